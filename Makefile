@@ -1,0 +1,38 @@
+# One-command set-up and test. Everything goes into .venv next to this file.
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+# Pinned versions CI and the reference numbers use; `make setup CONSTRAINTS=` installs the ranges.
+CONSTRAINTS ?= constraints.txt
+CFLAG       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+# sam2's optional CUDA extension only fills small mask holes; 0 keeps the build portable.
+SAM2_BUILD_CUDA ?= 0
+
+.PHONY: setup test lint format bench clean
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(CFLAG) torch torchvision
+	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PIP) install $(CFLAG) --no-build-isolation sam2==1.1.0
+	$(PIP) install $(CFLAG) -r requirements.txt -r requirements-dev.txt
+	$(PIP) install $(CFLAG) --no-deps --no-build-isolation -e .
+
+test: lint
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench:
+	$(PY) benchmarks/bench_stage1_backbone_reuse.py
+	$(PY) benchmarks/bench_stage2_feature_reuse.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

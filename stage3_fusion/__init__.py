@@ -1,0 +1,5 @@
+"""Stage 3: conditional fusion of stage-1 and SAM 2 masks, MeViS archives and evaluation."""
+
+from stage3_fusion.fusion import FusionResult, fuse_expression
+
+__all__ = ["FusionResult", "fuse_expression"]
