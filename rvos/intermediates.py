@@ -1,0 +1,328 @@
+"""Per-video intermediate files exchanged by the stages.
+
+One ``.npz`` per video and stage (``<work_dir>/stage{1,2,3}/<video_id>.npz``), written atomically,
+loaded with ``allow_pickle=False``. Each file holds a JSON header (format name, version, video
+metadata, the fingerprint of the configuration that produced it, per-expression scalars) and
+plain numeric arrays; masks are :class:`~rvos.masks.RunLengthMasks` at frame size.
+
+A file counts as finished for a rerun only if it parses, has the current version and was made by
+the same stage configuration (fingerprint); anything else is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvos.io import atomic_output
+from rvos.masks import RunLengthMasks
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_HEADER_KEY = "__header__"
+
+
+class IntermediateError(ValueError):
+    """An intermediate file that is missing, corrupt, of another version or another stage."""
+
+
+def config_fingerprint(config: Any) -> str:
+    """A short stable hash of a JSON-serialisable configuration (sorted keys)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- generic record I/O ---------------------------------------------------------------------
+
+
+def save_record(path: Path, kind: str, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+    """Write ``header`` (JSON) and ``arrays`` to ``path`` atomically."""
+    full_header = {"format": kind, "version": FORMAT_VERSION, **header}
+    payload = dict(arrays)
+    payload[_HEADER_KEY] = np.frombuffer(json.dumps(full_header).encode(), dtype=np.uint8)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **payload)
+
+
+def load_record(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a record written by :func:`save_record`; raise :class:`IntermediateError` if unusable."""
+    if not path.is_file():
+        raise IntermediateError(f"{path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        header = json.loads(arrays.pop(_HEADER_KEY).tobytes().decode())
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+    ) as err:
+        raise IntermediateError(f"{path}: corrupt intermediate ({err})") from err
+    if header.get("format") != kind:
+        raise IntermediateError(f"{path}: holds {header.get('format')!r}, expected {kind!r}")
+    if header.get("version") != FORMAT_VERSION:
+        raise IntermediateError(
+            f"{path}: format version {header.get('version')}, this code reads {FORMAT_VERSION}"
+        )
+    return header, arrays
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The JSON header of a record, or ``None`` if the file is absent or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(data[_HEADER_KEY].tobytes().decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+
+
+def is_finished(path: Path, kind: str, fingerprint: str) -> bool:
+    """Whether ``path`` is a complete record of ``kind`` made with configuration ``fingerprint``."""
+    header = read_header(path)
+    if header is None:
+        return False
+    if header.get("format") != kind or header.get("version") != FORMAT_VERSION:
+        return False
+    if header.get("config_fingerprint") != fingerprint:
+        logger.info("%s was made with another configuration: recomputing", path.name)
+        return False
+    return True
+
+
+def _put_masks(arrays: dict[str, np.ndarray], key: str, masks: RunLengthMasks) -> None:
+    arrays[f"{key}.counts"] = masks.counts
+    arrays[f"{key}.offsets"] = masks.offsets
+    arrays[f"{key}.shape"] = np.asarray(masks.shape, dtype=np.int64)
+
+
+def _get_masks(arrays: dict[str, np.ndarray], key: str) -> RunLengthMasks:
+    try:
+        return RunLengthMasks(
+            shape=tuple(int(s) for s in arrays[f"{key}.shape"]),
+            counts=arrays[f"{key}.counts"],
+            offsets=arrays[f"{key}.offsets"],
+        )
+    except KeyError as err:
+        raise IntermediateError(f"missing array {err}") from None
+
+
+def _video_header(video: Any, fingerprint: str) -> dict[str, Any]:
+    """Header fields shared by the per-video records of all stages."""
+    return {
+        "video_id": video.video_id,
+        "frame_names": list(video.frame_names),
+        "height": video.height,
+        "width": video.width,
+        "exp_ids": list(video.expressions),
+        "config_fingerprint": fingerprint,
+    }
+
+
+def _video_fields(header: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "video_id": header["video_id"],
+        "frame_names": list(header["frame_names"]),
+        "height": int(header["height"]),
+        "width": int(header["width"]),
+    }
+
+
+# -- stage 1 --------------------------------------------------------------------------------
+
+STAGE1_KIND = "referdino-plus/stage1"
+
+
+@dataclass
+class ExpressionProposals:
+    """Stage-1 output for one expression: the top-``K`` queries of ReferDINO.
+
+    Attributes:
+        scores: ``[T, K] float32`` sigmoid of the query logits per frame.
+        boxes: ``[T, K, 4] float32`` normalised ``(cx, cy, w, h)``.
+        masks: ``[T, K, H, W]`` binary masks at frame size (``upsample(logits) > 0``).
+        query_ids: ``[K] int64`` index of each kept query among all of the model's queries.
+        answer: ``[T, H, W]`` the stage-1 answer: union of the queries whose mean score exceeds
+            ``stage1.obj_threshold`` (top-1 if none), over *all* queries, as ReferDINO's MeViS
+            inference script computes it.
+    """
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    masks: RunLengthMasks
+    query_ids: np.ndarray
+    answer: RunLengthMasks
+
+
+@dataclass
+class Stage1Video:
+    """All stage-1 outputs of one video."""
+
+    video_id: str
+    frame_names: list[str]
+    height: int
+    width: int
+    expressions: dict[str, ExpressionProposals] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_names)
+
+
+def save_stage1(path: Path, video: Stage1Video, *, fingerprint: str) -> None:
+    """Write a :class:`Stage1Video` atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    for index, exp in enumerate(video.expressions.values()):
+        prefix = f"e{index}"
+        arrays[f"{prefix}.scores"] = np.asarray(exp.scores, dtype=np.float32)
+        arrays[f"{prefix}.boxes"] = np.asarray(exp.boxes, dtype=np.float32)
+        arrays[f"{prefix}.query_ids"] = np.asarray(exp.query_ids, dtype=np.int64)
+        _put_masks(arrays, f"{prefix}.masks", exp.masks)
+        _put_masks(arrays, f"{prefix}.answer", exp.answer)
+    header = _video_header(video, fingerprint)
+    save_record(path, STAGE1_KIND, header, arrays)
+
+
+def load_stage1(path: Path) -> Stage1Video:
+    """Read a stage-1 file; :class:`IntermediateError` names the file if it is unusable."""
+    header, arrays = load_record(path, STAGE1_KIND)
+    try:
+        expressions = {
+            exp_id: ExpressionProposals(
+                scores=arrays[f"e{i}.scores"],
+                boxes=arrays[f"e{i}.boxes"],
+                masks=_get_masks(arrays, f"e{i}.masks"),
+                query_ids=arrays[f"e{i}.query_ids"],
+                answer=_get_masks(arrays, f"e{i}.answer"),
+            )
+            for i, exp_id in enumerate(header["exp_ids"])
+        }
+        return Stage1Video(**_video_fields(header), expressions=expressions)
+    except (KeyError, IntermediateError, ValueError) as err:
+        raise IntermediateError(f"{path}: incomplete stage-1 intermediate ({err})") from None
+
+
+# -- stage 2 --------------------------------------------------------------------------------
+
+STAGE2_KIND = "referdino-plus/stage2"
+
+
+@dataclass
+class ExpressionRefinement:
+    """Stage-2 output for one expression.
+
+    Attributes:
+        kept_queries: ``[K] int64`` indices (into the stage-1 queries) of the queries SAM 2 tracked.
+        prompt_frames: ``[K] int64`` frame index where each kept query prompted SAM 2.
+        sam2_masks: ``[T, K, H, W]`` SAM 2 masks per object.
+        stage1_union: ``[T, H, W]`` union of the kept queries' stage-1 masks (fusion input).
+    """
+
+    kept_queries: np.ndarray
+    prompt_frames: np.ndarray
+    sam2_masks: RunLengthMasks
+    stage1_union: RunLengthMasks
+
+    def sam2_union(self) -> np.ndarray:
+        """``[T, H, W] bool`` union of the SAM 2 objects (empty when no query was kept)."""
+        return self.sam2_masks.decode().any(axis=1)
+
+
+@dataclass
+class Stage2Video:
+    video_id: str
+    frame_names: list[str]
+    height: int
+    width: int
+    expressions: dict[str, ExpressionRefinement] = field(default_factory=dict)
+
+
+def save_stage2(path: Path, video: Stage2Video, *, fingerprint: str) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for index, exp in enumerate(video.expressions.values()):
+        prefix = f"e{index}"
+        arrays[f"{prefix}.kept_queries"] = np.asarray(exp.kept_queries, dtype=np.int64)
+        arrays[f"{prefix}.prompt_frames"] = np.asarray(exp.prompt_frames, dtype=np.int64)
+        _put_masks(arrays, f"{prefix}.sam2_masks", exp.sam2_masks)
+        _put_masks(arrays, f"{prefix}.stage1_union", exp.stage1_union)
+    header = _video_header(video, fingerprint)
+    save_record(path, STAGE2_KIND, header, arrays)
+
+
+def load_stage2(path: Path) -> Stage2Video:
+    header, arrays = load_record(path, STAGE2_KIND)
+    try:
+        expressions = {
+            exp_id: ExpressionRefinement(
+                kept_queries=arrays[f"e{i}.kept_queries"],
+                prompt_frames=arrays[f"e{i}.prompt_frames"],
+                sam2_masks=_get_masks(arrays, f"e{i}.sam2_masks"),
+                stage1_union=_get_masks(arrays, f"e{i}.stage1_union"),
+            )
+            for i, exp_id in enumerate(header["exp_ids"])
+        }
+        return Stage2Video(**_video_fields(header), expressions=expressions)
+    except (KeyError, IntermediateError, ValueError) as err:
+        raise IntermediateError(f"{path}: incomplete stage-2 intermediate ({err})") from None
+
+
+# -- stage 3 --------------------------------------------------------------------------------
+
+STAGE3_KIND = "referdino-plus/stage3"
+
+
+@dataclass
+class ExpressionFusion:
+    """Stage-3 output for one expression: fused masks and the decision that produced them."""
+
+    masks: RunLengthMasks
+    multi_object: bool
+    frames_sam2_smaller: int
+    frames_both_nonempty: int
+
+
+@dataclass
+class Stage3Video:
+    video_id: str
+    frame_names: list[str]
+    height: int
+    width: int
+    expressions: dict[str, ExpressionFusion] = field(default_factory=dict)
+
+
+def save_stage3(path: Path, video: Stage3Video, *, fingerprint: str) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    decisions = {}
+    for index, (exp_id, exp) in enumerate(video.expressions.items()):
+        _put_masks(arrays, f"e{index}.masks", exp.masks)
+        decisions[exp_id] = {
+            "multi_object": exp.multi_object,
+            "frames_sam2_smaller": exp.frames_sam2_smaller,
+            "frames_both_nonempty": exp.frames_both_nonempty,
+        }
+    header = {**_video_header(video, fingerprint), "decisions": decisions}
+    save_record(path, STAGE3_KIND, header, arrays)
+
+
+def load_stage3(path: Path) -> Stage3Video:
+    header, arrays = load_record(path, STAGE3_KIND)
+    try:
+        expressions = {
+            exp_id: ExpressionFusion(
+                masks=_get_masks(arrays, f"e{i}.masks"), **header["decisions"][exp_id]
+            )
+            for i, exp_id in enumerate(header["exp_ids"])
+        }
+        return Stage3Video(**_video_fields(header), expressions=expressions)
+    except (KeyError, TypeError, IntermediateError, ValueError) as err:
+        raise IntermediateError(f"{path}: incomplete stage-3 intermediate ({err})") from None
