@@ -34,6 +34,14 @@ class IntermediateError(ValueError):
     """An intermediate file that is missing, corrupt, of another version or another stage."""
 
 
+STAGE_KINDS = {1: "referdino-plus/stage1", 2: "referdino-plus/stage2", 3: "referdino-plus/stage3"}
+
+
+def stage_path(work_dir: Path, stage: int, video_id: str) -> Path:
+    """``<work_dir>/stage<N>/<video_id>.npz``: where a stage keeps a video's record."""
+    return Path(work_dir) / f"stage{stage}" / f"{video_id}.npz"
+
+
 def config_fingerprint(config: Any) -> str:
     """A short stable hash of a JSON-serialisable configuration (sorted keys)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
@@ -140,7 +148,7 @@ def _video_fields(header: dict[str, Any]) -> dict[str, Any]:
 
 # -- stage 1 --------------------------------------------------------------------------------
 
-STAGE1_KIND = "referdino-plus/stage1"
+STAGE1_KIND = STAGE_KINDS[1]
 
 
 @dataclass
@@ -214,7 +222,7 @@ def load_stage1(path: Path) -> Stage1Video:
 
 # -- stage 2 --------------------------------------------------------------------------------
 
-STAGE2_KIND = "referdino-plus/stage2"
+STAGE2_KIND = STAGE_KINDS[2]
 
 
 @dataclass
@@ -278,7 +286,7 @@ def load_stage2(path: Path) -> Stage2Video:
 
 # -- stage 3 --------------------------------------------------------------------------------
 
-STAGE3_KIND = "referdino-plus/stage3"
+STAGE3_KIND = STAGE_KINDS[3]
 
 
 @dataclass

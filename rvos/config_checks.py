@@ -1,0 +1,47 @@
+"""Checks of a composed pipeline configuration, with messages that name the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHOICES = {
+    "stage2.prompt": ("mask", "box", "point"),
+    "stage2.tracker": ("sam2", "samurai"),
+    "stage1.autocast": (None, "float16", "bfloat16"),
+    "stage2.autocast": (None, "float16", "bfloat16"),
+    "stage1.feature_cache_device": ("auto", "cpu"),
+    "stage2.feature_cache_device": ("auto", "cpu"),
+}
+POSITIVE_INTS = ("stage1.short_side", "stage1.clip_length", "stage1.top_k", "stage2.num_points")
+UNIT_INTERVAL = ("stage1.obj_threshold", "stage2.score_threshold")
+
+
+class ConfigError(ValueError):
+    """A configuration value out of its domain."""
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def check_config(cfg: Any) -> None:
+    """Raise :class:`ConfigError` for the first key whose value is out of its domain."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {list(allowed)}")
+    for key in POSITIVE_INTS:
+        value = _get(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key}={value!r}: expected a positive integer")
+    for key in UNIT_INTERVAL:
+        value = _get(cfg, key)
+        if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}={value!r}: expected a number in [0, 1]")
+    for key in ("stage3.shrink_ratio", "stage3.majority"):
+        value = list(_get(cfg, key))
+        if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+            raise ConfigError(f"{key}={value!r}: expected [numerator, denominator] of positive ints")

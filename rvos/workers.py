@@ -1,0 +1,221 @@
+"""Running a per-video job over sorted videos on one or more devices.
+
+A *job* is named by ``"module:function"``; the function takes ``(config: dict, device: str)``,
+loads its models once, and returns a callable that processes one ``video_id``. With one device
+the job runs in this process (debuggable, no pickling); with several, one spawned process per
+device, each bound to its GPU, processes its contiguous shard of the sorted video ids.
+
+A video that raises is reported with its id and traceback; the worker goes on with its other
+videos, and every other shard's finished work is kept. A worker process that dies (killed,
+out of memory, segfault) is reported with the video it was working on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import queue
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+VideoProcessor = Callable[[str], None]
+_POLL_SECONDS = 1.0
+
+
+def shard(video_ids: Sequence[str], num_shards: int) -> list[list[str]]:
+    """Split the sorted ``video_ids`` into ``num_shards`` contiguous, near-equal shards.
+
+    Deterministic: the same ids give the same shards whatever their input order. The first
+    ``len % num_shards`` shards get one extra video.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    ordered = sorted(video_ids)
+    base, extra = divmod(len(ordered), num_shards)
+    shards, start = [], 0
+    for index in range(num_shards):
+        size = base + (1 if index < extra else 0)
+        shards.append(ordered[start : start + size])
+        start += size
+    return shards
+
+
+@dataclass
+class Failure:
+    """A video (or a worker set-up, ``video_id=None``) that failed."""
+
+    worker: int
+    device: str
+    video_id: str | None
+    message: str
+
+
+@dataclass
+class RunSummary:
+    done: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def resolve_job(target: str) -> Callable[[dict[str, Any], str], VideoProcessor]:
+    """Import ``"package.module:function"``."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def bind_device(device: str) -> None:
+    """Make ``device`` the current CUDA device of this process (no-op on CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
+
+
+def _run_shard(
+    worker: int,
+    device: str,
+    target: str,
+    config: dict[str, Any],
+    video_ids: list[str],
+    emit: Callable[..., None],
+) -> None:
+    """Load the job once and process ``video_ids``, reporting through ``emit(kind, ...)``."""
+    try:
+        bind_device(device)
+        process = resolve_job(target)(config, device)
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which exits non-zero
+        emit("setup_failed", worker, None, _describe(err))
+        return
+    for video_id in video_ids:
+        emit("start", worker, video_id, "")
+        try:
+            process(video_id)
+        except Exception as err:  # noqa: BLE001 - one video's failure must not stop the shard
+            emit("failed", worker, video_id, _describe(err))
+        else:
+            emit("done", worker, video_id, "")
+
+
+def _describe(err: BaseException) -> str:
+    return "".join(traceback.format_exception(err)).rstrip()
+
+
+def _process_entry(
+    worker: int,
+    device: str,
+    target: str,
+    config: dict[str, Any],
+    video_ids: list[str],
+    events: Any,
+    log_level: int,
+) -> None:
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s [worker {worker} {device}] %(levelname)s %(message)s"
+    )
+    _run_shard(worker, device, target, config, video_ids, lambda *e: events.put(e))
+    events.put(("exit", worker, None, ""))
+
+
+def run_sharded(
+    target: str,
+    config: dict[str, Any],
+    video_ids: Sequence[str],
+    devices: Sequence[str],
+    *,
+    desc: str,
+) -> RunSummary:
+    """Process ``video_ids`` with the job ``target`` on ``devices`` (one worker per device).
+
+    Returns:
+        which videos finished and which failed (with the worker, device and traceback).
+    """
+    shards = shard(video_ids, len(devices))
+    summary = RunSummary()
+    bars = [
+        tqdm(total=len(ids), desc=f"{desc} [{dev}]", position=i, leave=True, dynamic_ncols=True)
+        for i, (ids, dev) in enumerate(zip(shards, devices, strict=True))
+    ]
+    current: dict[int, str | None] = {}
+
+    def on_event(kind: str, worker: int, video_id: str | None, message: str) -> None:
+        if kind == "start":
+            current[worker] = video_id
+            bars[worker].set_postfix_str(str(video_id), refresh=True)
+            return
+        if kind == "done":
+            summary.done.append(str(video_id))
+        elif kind in ("failed", "setup_failed"):
+            summary.failures.append(Failure(worker, devices[worker], video_id, message))
+            what = f"video {video_id!r}" if video_id else "set-up"
+            logger.error("%s on %s: %s failed:\n%s", desc, devices[worker], what, message)
+        current[worker] = None
+        if kind != "setup_failed":
+            bars[worker].update(1)
+
+    try:
+        if len(devices) == 1:
+            _run_shard(0, devices[0], target, config, shards[0], on_event)
+        else:
+            _run_processes(target, config, shards, devices, on_event, current)
+    finally:
+        for bar in bars:
+            bar.close()
+    return summary
+
+
+def _run_processes(
+    target: str,
+    config: dict[str, Any],
+    shards: list[list[str]],
+    devices: Sequence[str],
+    on_event: Callable[[str, int, str | None, str], None],
+    current: dict[int, str | None],
+) -> None:
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    processes = {}
+    for worker, (ids, device) in enumerate(zip(shards, devices, strict=True)):
+        if not ids:
+            continue
+        process = context.Process(
+            target=_process_entry,
+            args=(worker, device, target, config, ids, events, logging.getLogger().level),
+            name=f"worker-{worker}-{device}",
+        )
+        process.start()
+        processes[worker] = process
+    running = set(processes)
+    while running:
+        try:
+            kind, worker, video_id, message = events.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            for worker in list(running):
+                process = processes[worker]
+                if not process.is_alive() and process.exitcode not in (None, 0):
+                    video_id = current.get(worker)
+                    on_event(
+                        "failed" if video_id else "setup_failed",
+                        worker,
+                        video_id,
+                        f"worker process died with exit code {process.exitcode}",
+                    )
+                    running.discard(worker)
+            continue
+        if kind == "exit":
+            running.discard(worker)
+        else:
+            on_event(kind, worker, video_id, message)
+    for process in processes.values():
+        process.join()
+        if process.exitcode != 0:
+            logger.warning("%s exited with code %s", process.name, process.exitcode)

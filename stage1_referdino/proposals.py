@@ -1,0 +1,108 @@
+"""From ReferDINO's raw outputs (or ReferDINO-Plus legacy files) to stage-1 records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rvos.intermediates import ExpressionProposals, Stage1Video
+from rvos.legacy import LegacyVideo
+from rvos.masks import RunLengthMasks, upsample_mask_logits
+
+
+def answer_query_indices(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
+    """Queries of the stage-1 answer, as ReferDINO's MeViS inference script selects them.
+
+    Args:
+        scores: ``[T, N]`` per-frame sigmoid scores.
+        obj_threshold: keep queries whose mean score over all frames exceeds it.
+    Returns:
+        ``[n] int64`` query indices (ascending); the single best query if none passes.
+    """
+    mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
+    kept = np.flatnonzero(mean > obj_threshold)
+    if kept.size == 0:
+        kept = np.array([int(np.argmax(mean))])
+    return kept.astype(np.int64)
+
+
+def top_k_query_indices(scores: np.ndarray, top_k: int | None) -> np.ndarray:
+    """``[min(K, N)] int64`` queries with the highest mean score, best first (stable on ties)."""
+    mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
+    order = np.argsort(-mean, kind="stable")
+    return order if top_k is None else order[:top_k]
+
+
+def proposals_from_outputs(
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    mask_logits: np.ndarray,
+    frame_size: tuple[int, int],
+    *,
+    top_k: int | None,
+    obj_threshold: float,
+) -> ExpressionProposals:
+    """Build one expression's stage-1 record from the model outputs.
+
+    Args:
+        scores: ``[T, N] float32`` sigmoid scores.
+        boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)``.
+        mask_logits: ``[T, N, h, w]`` mask logits.
+        frame_size: ``(H, W)`` original frame size.
+        top_k: queries kept in the record (``None``: all).
+        obj_threshold: threshold of the stage-1 answer (:func:`answer_query_indices`).
+    """
+    kept = top_k_query_indices(scores, top_k)
+    answer = answer_query_indices(scores, obj_threshold)
+    needed = np.union1d(kept, answer)
+    binary = upsample_mask_logits(np.asarray(mask_logits)[:, needed], frame_size)
+    column = {int(q): i for i, q in enumerate(needed)}
+    kept_masks = binary[:, [column[int(q)] for q in kept]]
+    answer_mask = binary[:, [column[int(q)] for q in answer]].any(axis=1)
+    return ExpressionProposals(
+        scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
+        boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
+        masks=RunLengthMasks.encode(kept_masks),
+        query_ids=kept.astype(np.int64),
+        answer=RunLengthMasks.encode(answer_mask),
+    )
+
+
+def stage1_from_legacy(
+    legacy: LegacyVideo, frame_names: Sequence[str], *, obj_threshold: float
+) -> Stage1Video:
+    """Convert a ReferDINO-Plus legacy file to a stage-1 record, keeping all of its queries.
+
+    Raises:
+        ValueError: its frame count differs from ``frame_names`` (the split's list).
+    """
+    height, width = legacy.size
+    video = Stage1Video(
+        video_id=legacy.video_id, frame_names=list(frame_names), height=height, width=width
+    )
+    for exp_id, arrays in legacy.expressions.items():
+        if arrays["scores"].shape[0] != len(frame_names):
+            raise ValueError(
+                f"legacy video {legacy.video_id!r}, expression {exp_id!r}: "
+                f"{arrays['scores'].shape[0]} frames, meta_expressions.json lists "
+                f"{len(frame_names)}"
+            )
+        proposals = proposals_from_outputs(
+            arrays["scores"],
+            arrays["boxes"],
+            arrays["masks"],
+            (height, width),
+            top_k=None,
+            obj_threshold=obj_threshold,
+        )
+        # Keep the legacy query order: stage 2 indexes queries as the original script did.
+        order = np.argsort(proposals.query_ids, kind="stable")
+        video.expressions[exp_id] = ExpressionProposals(
+            scores=proposals.scores[:, order],
+            boxes=proposals.boxes[:, order],
+            masks=proposals.masks.select(order, axis=1),
+            query_ids=proposals.query_ids[order],
+            answer=proposals.answer,
+        )
+    return video
