@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing as mp
-import queue
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from tqdm import tqdm
@@ -26,7 +26,6 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 VideoProcessor = Callable[[str], None]
-_POLL_SECONDS = 1.0
 
 
 def shard(video_ids: Sequence[str], num_shards: int) -> list[list[str]]:
@@ -116,14 +115,16 @@ def _process_entry(
     target: str,
     config: dict[str, Any],
     video_ids: list[str],
-    events: Any,
+    channel: Connection,
     log_level: int,
 ) -> None:
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s [worker {worker} {device}] %(levelname)s %(message)s"
     )
-    _run_shard(worker, device, target, config, video_ids, lambda *e: events.put(e))
-    events.put(("exit", worker, None, ""))
+    # Connection.send is synchronous: an event sent before a crash is never lost.
+    _run_shard(worker, device, target, config, video_ids, lambda *event: channel.send(event))
+    channel.send(("exit", worker, None, ""))
+    channel.close()
 
 
 def run_sharded(
@@ -181,40 +182,44 @@ def _run_processes(
     on_event: Callable[[str, int, str | None, str], None],
     current: dict[int, str | None],
 ) -> None:
+    """One spawned process per non-empty shard; events arrive over one pipe per worker."""
     context = mp.get_context("spawn")
-    events = context.Queue()
-    processes = {}
+    processes, channels = {}, {}
     for worker, (ids, device) in enumerate(zip(shards, devices, strict=True)):
         if not ids:
             continue
+        receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
             target=_process_entry,
-            args=(worker, device, target, config, ids, events, logging.getLogger().level),
+            args=(worker, device, target, config, ids, sender, logging.getLogger().level),
             name=f"worker-{worker}-{device}",
         )
         process.start()
-        processes[worker] = process
-    running = set(processes)
-    while running:
-        try:
-            kind, worker, video_id, message = events.get(timeout=_POLL_SECONDS)
-        except queue.Empty:
-            for worker in list(running):
-                process = processes[worker]
-                if not process.is_alive() and process.exitcode not in (None, 0):
-                    video_id = current.get(worker)
-                    on_event(
-                        "failed" if video_id else "setup_failed",
-                        worker,
-                        video_id,
-                        f"worker process died with exit code {process.exitcode}",
-                    )
-                    running.discard(worker)
-            continue
-        if kind == "exit":
-            running.discard(worker)
-        else:
-            on_event(kind, worker, video_id, message)
+        sender.close()
+        processes[worker], channels[worker] = process, receiver
+    while channels:
+        ready = wait(list(channels.values()))
+        for worker, channel in list(channels.items()):
+            if channel not in ready:
+                continue
+            try:
+                kind, _, video_id, message = channel.recv()
+            except EOFError:
+                # The process ended without saying goodbye: it died.
+                processes[worker].join()
+                video_id = current.get(worker)
+                on_event(
+                    "failed" if video_id else "setup_failed",
+                    worker,
+                    video_id,
+                    f"worker process died with exit code {processes[worker].exitcode}",
+                )
+                del channels[worker]
+                continue
+            if kind == "exit":
+                del channels[worker]
+            else:
+                on_event(kind, worker, video_id, message)
     for process in processes.values():
         process.join()
         if process.exitcode != 0:
