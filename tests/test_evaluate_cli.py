@@ -1,0 +1,198 @@
+"""``python -m stage3_fusion.evaluate`` on a tiny MeViS split built in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from stage3_fusion.evaluate import evaluate_archive
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# video_id -> (frame size (H, W), frame names)
+VIDEOS = {
+    "vid_a": ((6, 8), ["00000", "00001", "00002"]),
+    "vid_b": ((5, 5), ["00000", "00001"]),
+}
+# (video_id, exp_id) -> anno_ids; the ground truth is the union of the anno masks.
+EXPRESSIONS = {
+    ("vid_a", "0"): [0],
+    ("vid_a", "1"): [0, 1],
+    ("vid_a", "2"): [2],
+    ("vid_b", "0"): [3],
+}
+
+
+def _anno_masks() -> dict[int, list[np.ndarray | None]]:
+    """Per anno_id, per frame: a mask or None (object absent)."""
+    masks: dict[int, list[np.ndarray | None]] = {}
+    size_a, size_b = VIDEOS["vid_a"][0], VIDEOS["vid_b"][0]
+    masks[0] = [_box(size_a, t, t + 2, 1, 3) for t in range(3)]  # moves down
+    masks[1] = [_box(size_a, 3, 5, 4, 7) for _ in range(3)]
+    masks[2] = [_box(size_a, 0, 2, 5, 8), None, _box(size_a, 4, 6, 0, 8)]
+    masks[3] = [_box(size_b, 1, 4, 1, 4), _box(size_b, 2, 5, 2, 5)]
+    return masks
+
+
+def _box(size: tuple[int, int], r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def _encode(mask: np.ndarray | None) -> dict | None:
+    if mask is None:
+        return None
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _gt(video_id: str, exp_id: str, frame_idx: int) -> np.ndarray:
+    masks = _anno_masks()
+    union = np.zeros(VIDEOS[video_id][0], dtype=bool)
+    for anno_id in EXPRESSIONS[(video_id, exp_id)]:
+        mask = masks[anno_id][frame_idx]
+        if mask is not None:
+            union |= mask
+    return union
+
+
+def _png(mask: np.ndarray) -> bytes:
+    buffer = BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def split(tmp_path: Path) -> Path:
+    root = tmp_path / "valid_u"
+    root.mkdir()
+    videos: dict[str, dict] = {}
+    for video_id, (_, frames) in VIDEOS.items():
+        videos[video_id] = {"frames": frames, "expressions": {}}
+    for (video_id, exp_id), anno_ids in EXPRESSIONS.items():
+        videos[video_id]["expressions"][exp_id] = {
+            "exp": f"object {exp_id}",
+            "obj_id": anno_ids,
+            "anno_id": anno_ids,
+        }
+    (root / "meta_expressions.json").write_text(json.dumps({"videos": videos}))
+    mask_dict = {str(a): [_encode(m) for m in ms] for a, ms in _anno_masks().items()}
+    (root / "mask_dict.json").write_text(json.dumps(mask_dict))
+    return root
+
+
+def _perfect_files() -> dict[str, bytes]:
+    files = {}
+    for video_id, exp_id in EXPRESSIONS:
+        for frame_idx, name in enumerate(VIDEOS[video_id][1]):
+            files[f"{video_id}/{exp_id}/{name}.png"] = _png(_gt(video_id, exp_id, frame_idx))
+    return files
+
+
+def _write_folder(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stage3_fusion.evaluate", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _table(stdout: str) -> dict[str, str]:
+    header, values = stdout.strip().splitlines()[-2:]
+    return dict(zip(header.split(), values.split(), strict=True))
+
+
+def test_perfect_zip_scores_100(split: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "fused.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in _perfect_files().items():
+            zf.writestr(name, data)
+    out_json = tmp_path / "scores.json"
+    proc = _run(archive, "--data-root", split, "--json", out_json, "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert _table(proc.stdout) == {"J": "100.00", "F": "100.00", "J&F": "100.00"}
+    scores = json.loads(out_json.read_text())
+    assert (scores["J"], scores["F"], scores["J&F"]) == (1.0, 1.0, 1.0)
+    assert scores["num_expressions"] == 4
+    assert scores["per_expression"]["vid_b"]["0"]["status"] == "ok"
+
+
+def test_missing_video_expression_and_frame(split: Path, tmp_path: Path) -> None:
+    files = _perfect_files()
+    # vid_b is absent (its expression scores 0), so is vid_a/1 (scores 0); frame 00001 of
+    # vid_a/2 is absent and its ground truth is null, so as an empty mask it is still right.
+    files = {
+        name: data
+        for name, data in files.items()
+        if not name.startswith(("vid_b/", "vid_a/1/")) and name != "vid_a/2/00001.png"
+    }
+    pred = _write_folder(tmp_path / "pred", files)
+    out_json = tmp_path / "scores.json"
+    proc = _run(pred, "--data-root", split, "--json", out_json, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    # Expressions: vid_a/0 = 1, vid_a/1 = 0, vid_a/2 = 1, vid_b/0 = 0 -> mean 0.5.
+    assert _table(proc.stdout) == {"J": "50.00", "F": "50.00", "J&F": "50.00"}
+    assert "vid_a/2/00001.png" in proc.stderr
+    scores = json.loads(out_json.read_text())
+    per_exp = scores["per_expression"]
+    assert per_exp["vid_b"]["0"] == {
+        "J": 0.0,
+        "F": 0.0,
+        "J&F": 0.0,
+        "status": "missing_video",
+        "missing_frames": [],
+    }
+    assert per_exp["vid_a"]["1"]["status"] == "missing_expression"
+    assert per_exp["vid_a"]["2"]["missing_frames"] == ["00001"]
+    assert (per_exp["vid_a"]["2"]["J"], per_exp["vid_a"]["2"]["F"]) == (1.0, 1.0)
+    assert scores["num_missing_videos"] == 1
+    assert scores["num_missing_expressions"] == 1
+
+
+def test_missed_object_on_one_frame(split: Path, tmp_path: Path) -> None:
+    files = _perfect_files()
+    # vid_b/0 predicted empty on its last frame: J and F are 0 there, 1 on the other frame.
+    files["vid_b/0/00001.png"] = _png(np.zeros(VIDEOS["vid_b"][0], dtype=bool))
+    pred = _write_folder(tmp_path / "pred", files)
+    result = evaluate_archive(pred, split, jobs=1, progress=False)
+    assert result.per_expression[("vid_b", "0")].j == 0.5
+    assert result.per_expression[("vid_b", "0")].f == 0.5
+    # Mean over 4 expressions: (1 + 1 + 1 + 0.5) / 4.
+    assert result.j == result.f == result.jf == 0.875
+
+
+def test_missing_mask_dict_is_a_clear_error(split: Path, tmp_path: Path) -> None:
+    (split / "mask_dict.json").unlink()
+    pred = _write_folder(tmp_path / "pred", _perfect_files())
+    proc = _run(pred, "--data-root", split)
+    assert proc.returncode != 0
+    assert "mask_dict.json not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_frame_size_is_a_clear_error(split: Path, tmp_path: Path) -> None:
+    files = _perfect_files()
+    files["vid_a/0/00002.png"] = _png(np.zeros((3, 3), dtype=bool))
+    pred = _write_folder(tmp_path / "pred", files)
+    with pytest.raises(ValueError, match="vid_a/0, frame 2: prediction is 3x3"):
+        evaluate_archive(pred, split, jobs=1, progress=False)
