@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 
 from rvos.io import safe_component
 
@@ -219,32 +221,58 @@ class MevisSplit:
         video = self.videos[video_id]
         expression = video.expressions[exp_id]
         height, width = self.frame_size(video_id)
-        return decode_expression_gt(
-            self.mask_dict, expression.anno_ids, video.num_frames, height, width
-        )
+        missing = [a for a in expression.anno_ids if a not in self.mask_dict]
+        if missing:
+            raise DataError(
+                f"video {video_id!r}, expression {exp_id!r}: annotation(s) {missing} are "
+                "missing from mask_dict.json"
+            )
+        return load_gt_masks(self.mask_dict, expression.anno_ids, video.num_frames, height, width)
 
 
-def decode_expression_gt(
-    mask_dict: dict[str, list],
-    anno_ids: tuple[str, ...] | list[str],
-    num_frames: int,
-    height: int,
-    width: int,
+def gt_frame_mask(
+    mask_dict: dict[str, list], anno_ids: Sequence[str], frame_idx: int, height: int, width: int
 ) -> np.ndarray:
-    """Union over ``anno_ids`` of their per-frame COCO RLE masks, ``[T, H, W] bool``.
+    """Ground truth of one expression on one frame: the union of its ``anno_ids``' masks.
 
-    A ``None`` entry (object absent on that frame) adds nothing.
+    ``mask_dict[anno_id][frame_idx]`` is a COCO RLE (``{"size": [H, W], "counts": str}``) or
+    ``None`` (object absent: empty). Returns ``[H, W] bool``, column-major as pycocotools
+    decodes it.
     """
-    from pycocotools import mask as mask_utils
-
-    masks = np.zeros((num_frames, height, width), dtype=bool)
+    mask = None
     for anno_id in anno_ids:
-        if str(anno_id) not in mask_dict:
-            raise DataError(f"annotation {anno_id!r} is missing from mask_dict.json")
-        for t, rle in enumerate(mask_dict[str(anno_id)][:num_frames]):
-            if rle is None:
-                continue
-            if isinstance(rle.get("counts"), str):
-                rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-            masks[t] |= mask_utils.decode(rle).astype(bool)
+        rle = mask_dict[str(anno_id)][frame_idx]
+        if not rle:
+            continue
+        # Column-major like pycocotools' output: the union needs no transposing copies.
+        decoded = mask_utils.decode(rle).astype(bool)
+        if decoded.shape != (height, width):
+            raise ValueError(
+                f"anno_id {anno_id}, frame {frame_idx}: ground truth is {decoded.shape[1]}x"
+                f"{decoded.shape[0]}, expected {width}x{height}"
+            )
+        mask = decoded if mask is None else mask | decoded
+    return np.zeros((height, width), dtype=bool) if mask is None else mask
+
+
+def load_gt_masks(
+    mask_dict: dict[str, list], anno_ids: Sequence[str], num_frames: int, height: int, width: int
+) -> np.ndarray:
+    """Ground truth of one expression, ``[T, H, W] bool`` (see :func:`gt_frame_mask`)."""
+    masks = np.zeros((num_frames, height, width), dtype=bool)
+    for frame_idx in range(num_frames):
+        masks[frame_idx] = gt_frame_mask(mask_dict, anno_ids, frame_idx, height, width)
     return masks
+
+
+def gt_frame_size(mask_dict: dict[str, list], anno_ids: Sequence[str]) -> tuple[int, int] | None:
+    """``(H, W)`` from the first non-null RLE of ``anno_ids``; None if all frames are null."""
+    for anno_id in anno_ids:
+        for rle in mask_dict[str(anno_id)]:
+            if rle:
+                height, width = rle["size"]
+                return int(height), int(width)
+    return None
+
+
+# ----------------------------------------------------------------------------- predictions

@@ -37,10 +37,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from joblib import Parallel, delayed
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
+from rvos.mevis import gt_frame_mask, gt_frame_size
 
 logger = logging.getLogger(__name__)
 
@@ -155,54 +155,6 @@ def _read_json(path: Path) -> object:
             return json.load(file)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-def gt_frame_mask(
-    mask_dict: dict[str, list], anno_ids: Sequence[str], frame_idx: int, height: int, width: int
-) -> np.ndarray:
-    """Ground truth of one expression on one frame: the union of its ``anno_ids``' masks.
-
-    ``mask_dict[anno_id][frame_idx]`` is a COCO RLE (``{"size": [H, W], "counts": str}``) or
-    ``None`` (object absent: empty). Returns ``[H, W] bool``, column-major as pycocotools
-    decodes it.
-    """
-    mask = None
-    for anno_id in anno_ids:
-        rle = mask_dict[str(anno_id)][frame_idx]
-        if not rle:
-            continue
-        # Column-major like pycocotools' output: the union needs no transposing copies.
-        decoded = mask_utils.decode(rle).astype(bool)
-        if decoded.shape != (height, width):
-            raise ValueError(
-                f"anno_id {anno_id}, frame {frame_idx}: ground truth is {decoded.shape[1]}x"
-                f"{decoded.shape[0]}, expected {width}x{height}"
-            )
-        mask = decoded if mask is None else mask | decoded
-    return np.zeros((height, width), dtype=bool) if mask is None else mask
-
-
-def load_gt_masks(
-    mask_dict: dict[str, list], anno_ids: Sequence[str], num_frames: int, height: int, width: int
-) -> np.ndarray:
-    """Ground truth of one expression, ``[T, H, W] bool`` (see :func:`gt_frame_mask`)."""
-    masks = np.zeros((num_frames, height, width), dtype=bool)
-    for frame_idx in range(num_frames):
-        masks[frame_idx] = gt_frame_mask(mask_dict, anno_ids, frame_idx, height, width)
-    return masks
-
-
-def gt_frame_size(mask_dict: dict[str, list], anno_ids: Sequence[str]) -> tuple[int, int] | None:
-    """``(H, W)`` from the first non-null RLE of ``anno_ids``; None if all frames are null."""
-    for anno_id in anno_ids:
-        for rle in mask_dict[str(anno_id)]:
-            if rle:
-                height, width = rle["size"]
-                return int(height), int(width)
-    return None
-
-
-# ----------------------------------------------------------------------------- predictions
 
 
 class PredictionArchive:
