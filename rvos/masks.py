@@ -11,8 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -163,20 +161,21 @@ def bounding_box_area(mask: np.ndarray) -> int:
     return int(rows[-1] - rows[0]) * int(cols[-1] - cols[0])
 
 
-def upsample_mask_logits(
-    logits: np.ndarray | torch.Tensor, size: tuple[int, int], *, chunk: int = 8
-) -> np.ndarray:
+def upsample_mask_logits(logits, size: tuple[int, int], *, chunk: int = 8) -> np.ndarray:
     """Binary masks at frame size from low-resolution logits.
 
     ``interpolate(logits, size, mode="bilinear", align_corners=False) > 0``, computed in float32
     ``chunk`` frames at a time to bound memory.
 
     Args:
-        logits: ``[T, N, h, w]`` mask logits.
+        logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor).
         size: ``(H, W)`` frame size.
     Returns:
         ``[T, N, H, W] bool``.
     """
+    import torch  # only this helper needs torch: keeps the evaluator's workers light
+    import torch.nn.functional as F
+
     logits = torch.as_tensor(logits)
     frames = [
         (
