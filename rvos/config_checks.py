@@ -12,7 +12,7 @@ CHOICES = {
     "stage1.feature_cache_device": ("auto", "cpu"),
     "stage2.feature_cache_device": ("auto", "cpu"),
 }
-POSITIVE_INTS = ("stage1.short_side", "stage1.clip_length", "stage1.top_k", "stage2.num_points")
+POSITIVE_INTS = ("stage1.short_side", "stage1.top_k", "stage2.num_points")
 UNIT_INTERVAL = ("stage1.obj_threshold", "stage2.score_threshold")
 
 
@@ -44,4 +44,6 @@ def check_config(cfg: Any) -> None:
     for key in ("stage3.shrink_ratio", "stage3.majority"):
         value = list(_get(cfg, key))
         if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
-            raise ConfigError(f"{key}={value!r}: expected [numerator, denominator] of positive ints")
+            raise ConfigError(
+                f"{key}={value!r}: expected [numerator, denominator] of positive ints"
+            )

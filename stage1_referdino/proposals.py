@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from rvos import intermediates as im
 from rvos.intermediates import ExpressionProposals, Stage1Video
-from rvos.legacy import LegacyVideo
+from rvos.legacy import LegacyVideo, read_legacy_npz
 from rvos.masks import RunLengthMasks, upsample_mask_logits
+from rvos.mevis import DataError, MevisSplit
 
 
 def answer_query_indices(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
@@ -106,3 +110,36 @@ def stage1_from_legacy(
             answer=proposals.answer,
         )
     return video
+
+
+def load_stage1_outputs(config: dict[str, Any], split: MevisSplit, video_id: str) -> im.Stage1Video:
+    """The video's stage-1 record; with ``stage1.legacy_dir``, imported from the legacy file once.
+
+    Raises:
+        DataError: the record does not cover the video's frames or expressions.
+    """
+    work_dir = Path(config["work_dir"])
+    fingerprint = config["run"]["fingerprints"]["stage1"]
+    path = im.stage_path(work_dir, 1, video_id)
+    legacy_dir = config["stage1"].get("legacy_dir")
+    video = split.videos[video_id]
+    if legacy_dir and not im.is_finished(path, im.STAGE1_KIND, fingerprint):
+        legacy = read_legacy_npz(Path(legacy_dir) / f"{video_id}.npz")
+        try:
+            record = stage1_from_legacy(
+                legacy, video.frame_names, obj_threshold=config["stage1"]["obj_threshold"]
+            )
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        im.save_stage1(path, record, fingerprint=fingerprint)
+    record = im.load_stage1(path)
+    if list(record.frame_names) != list(video.frame_names):
+        raise DataError(
+            f"video {video_id!r}: the stage-1 record in {path} has {len(record.frame_names)} "
+            f"frames, meta_expressions.json lists {video.num_frames}: recompute stage 1"
+        )
+    missing = [e for e in video.expressions if e not in record.expressions]
+    if missing:
+        raise DataError(f"video {video_id!r}: stage-1 outputs miss expression(s) {missing}")
+    record.expressions = {e: record.expressions[e] for e in video.expressions}
+    return record

@@ -1,7 +1,7 @@
 """Stage 2 per video: refine every expression's kept queries with SAM 2.
 
-Reads the video's stage-1 record (or, with ``stage1.legacy_dir``, converts the ReferDINO-Plus
-``<video>.npz`` into one first), opens the video once (frames decoded and image features computed
+Reads the video's stage-1 record (:func:`~stage1_referdino.proposals.load_stage1_outputs`: with
+``stage1.legacy_dir``, the ReferDINO-Plus ``<video>.npz`` converted into one), opens the video once (frames decoded and image features computed
 once for all expressions and both propagation directions), and writes the stage-2 record.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 
 from rvos import intermediates as im
 from rvos.masks import RunLengthMasks
-from rvos.mevis import DataError, MevisSplit
+from rvos.mevis import MevisSplit
+from stage1_referdino.proposals import load_stage1_outputs
 from stage2_sam2_refine.refine import RefineConfig, Refiner, RefineResult, build_refiner
 
 logger = logging.getLogger(__name__)
@@ -44,42 +45,6 @@ def build_stage2_refiner(stage2: dict[str, Any], device: str) -> Refiner:
     )
 
 
-def load_stage1_input(config: dict[str, Any], split: MevisSplit, video_id: str) -> im.Stage1Video:
-    """The video's stage-1 record; with ``stage1.legacy_dir``, imported from the legacy file once.
-
-    Raises:
-        DataError: the record does not cover the video's frames or expressions.
-    """
-    work_dir = Path(config["work_dir"])
-    fingerprint = config["run"]["fingerprints"]["stage1"]
-    path = im.stage_path(work_dir, 1, video_id)
-    legacy_dir = config["stage1"].get("legacy_dir")
-    video = split.videos[video_id]
-    if legacy_dir and not im.is_finished(path, im.STAGE1_KIND, fingerprint):
-        from rvos.legacy import read_legacy_npz
-        from stage1_referdino.proposals import stage1_from_legacy
-
-        legacy = read_legacy_npz(Path(legacy_dir) / f"{video_id}.npz")
-        try:
-            record = stage1_from_legacy(
-                legacy, video.frame_names, obj_threshold=config["stage1"]["obj_threshold"]
-            )
-        except ValueError as err:
-            raise DataError(str(err)) from None
-        im.save_stage1(path, record, fingerprint=fingerprint)
-    record = im.load_stage1(path)
-    if list(record.frame_names) != list(video.frame_names):
-        raise DataError(
-            f"video {video_id!r}: the stage-1 record in {path} has {len(record.frame_names)} "
-            f"frames, meta_expressions.json lists {video.num_frames}: recompute stage 1"
-        )
-    missing = [e for e in video.expressions if e not in record.expressions]
-    if missing:
-        raise DataError(f"video {video_id!r}: stage-1 outputs miss expression(s) {missing}")
-    record.expressions = {e: record.expressions[e] for e in video.expressions}
-    return record
-
-
 def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
     """Stage-2 record of one expression: SAM 2 masks plus the kept queries' stage-1 union."""
     kept = np.asarray(result.query_indices, dtype=np.int64)
@@ -105,7 +70,7 @@ def build_video_processor(config: dict[str, Any], device: str):
     fingerprint = config["run"]["fingerprints"]["stage2"]
 
     def process(video_id: str) -> None:
-        stage1 = load_stage1_input(config, split, video_id)
+        stage1 = load_stage1_outputs(config, split, video_id)
         output = im.Stage2Video(video_id, stage1.frame_names, stage1.height, stage1.width)
         results = refiner.refine_video(
             split.frame_paths(video_id), stage1.expressions, video_id=video_id
