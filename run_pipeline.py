@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse flags and ``key=value`` overrides in any order (``--stages 2 3 data.root=...``)."""
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    flags = [a for a in argv if a not in overrides]
+    args = build_parser().parse_args(flags)
+    args.overrides = list(args.overrides) + overrides
+    return args
+
+
 def compose_config(overrides: Sequence[str], name: str | None = None):
     """Compose ``configs/pipeline.yaml`` with hydra overrides (``name`` from ``--name``)."""
     from hydra import compose, initialize_config_dir
@@ -82,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rvos.demo import main as demo_main
 
         return demo_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,172 @@
+"""End-to-end command-line runs on the tiny fixture models."""
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from split_factory import make_split
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT / "run_pipeline.py"), *map(str, args)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_expression(archive: zipfile.ZipFile, key: str, frames) -> np.ndarray:
+    return np.stack(
+        [np.asarray(Image.open(io.BytesIO(archive.read(f"{key}/{f}.png")))) > 0 for f in frames]
+    )
+
+
+@pytest.mark.parametrize("weights", ["weights_propagating", "weights_quiet"])
+def test_stages_2_3_reproduce_referdino_plus(fixtures_dir, tmp_path, weights):
+    """Acceptance: legacy stage-1 files -> SAM 2 -> fusion equals the original refine script."""
+    refine, sam2 = fixtures_dir / "refine_tiny", fixtures_dir / "sam2_tiny"
+    run_cli(
+        "--stages", "2", "3", "--cpu", "--name", weights,
+        f"data.root={refine / 'mevis'}",
+        f"stage1.legacy_dir={refine / 'legacy_stage1'}",
+        f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
+        f"stage2.checkpoint={sam2 / f'{weights}.pt'}",
+        f"work_dir={tmp_path / 'work'}",
+        f"submission_dir={tmp_path / 'submissions'}",
+    )  # fmt: skip
+    expected = np.load(refine / f"expected_fused_{weights}.npz")
+    meta = json.loads((refine / f"expected_fused_{weights}.json").read_text())
+    report = json.loads((tmp_path / "work" / "report.json").read_text())
+    with zipfile.ZipFile(tmp_path / "submissions" / "fused.zip") as archive:
+        assert len(archive.namelist()) == sum(len(m["frames"]) for m in meta["masks"].values())
+        for key in expected.files:
+            frames, shape = meta["masks"][key]["frames"], meta["masks"][key]["shape"]
+            want = np.unpackbits(expected[key], axis=-1)[..., : shape[2]].astype(bool)
+            got = read_expression(archive, key, frames)
+            assert got.shape == tuple(shape)
+            inter, union = (want & got).sum((1, 2)), (want | got).sum((1, 2))
+            iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1)).mean()
+            assert iou >= 0.99, f"{key}: mean IoU {iou:.4f}"
+            assert report["fusion"][key] == meta["fusion"][key], key
+    decisions = {k: v["multi_object"] for k, v in report["fusion"].items()}
+    if weights == "weights_quiet":
+        assert any(decisions.values()), "the quiet weights must exercise the multi-object branch"
+    for name in ("stage1.zip", "stage2.zip"):
+        assert (tmp_path / "submissions" / name).is_file()
+
+
+def _rle(mask):
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": encoded["size"], "counts": encoded["counts"].decode()}
+
+
+@pytest.fixture
+def tiny_split(tmp_path):
+    """Two short videos with ground truth."""
+    videos = {
+        "vid1": {
+            "frames": ["00000", "00001", "00002"],
+            "expressions": {"0": "the dog", "1": "a cat"},
+        },
+        "vid2": {"frames": ["00000", "00001"], "expressions": {"0": "the bird flying away"}},
+    }
+    root = make_split(tmp_path / "split", videos, size=(72, 96))
+    mask_dict = {}
+    for video_id, spec in videos.items():
+        for exp_id in spec["expressions"]:
+            mask = np.zeros((72, 96), dtype=bool)
+            mask[10:40, 20:60] = True
+            mask_dict[f"{video_id}-{exp_id}"] = [_rle(mask)] * len(spec["frames"])
+    (root / "mask_dict.json").write_text(json.dumps(mask_dict))
+    return root
+
+
+def tiny_model_overrides(fixtures_dir, root, tmp_path):
+    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
+    return [
+        f"data.root={root}",
+        f"stage1.model={stage1 / 'model.yaml'}",
+        f"stage1.checkpoint={stage1 / 'referdino_checkpoint.pth'}",
+        "stage1.short_side=64",
+        "stage1.top_k=3",
+        f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
+        f"stage2.checkpoint={sam2 / 'weights_propagating.pt'}",
+        f"work_dir={tmp_path / 'work'}",
+        f"submission_dir={tmp_path / 'submissions'}",
+    ]
+
+
+def test_full_pipeline_resume_and_evaluation(fixtures_dir, tmp_path, tiny_split):
+    overrides = tiny_model_overrides(fixtures_dir, tiny_split, tmp_path)
+    first = run_cli("--cpu", *overrides)
+    # Evaluation table for the three archives.
+    for name in ("stage1.zip", "stage2.zip", "fused.zip"):
+        assert name in first.stdout
+        with zipfile.ZipFile(tmp_path / "submissions" / name) as archive:
+            assert sorted(archive.namelist()) == sorted(
+                [f"vid1/{e}/{f:05d}.png" for e in "01" for f in range(3)]
+                + [f"vid2/0/{f:05d}.png" for f in range(2)]
+            )
+            image = Image.open(io.BytesIO(archive.read("vid2/0/00001.png")))
+            assert image.mode == "L" and image.size == (96, 72)
+    work = tmp_path / "work"
+    assert (work / "config.yaml").is_file()
+    report = json.loads((work / "report.json").read_text())
+    assert set(report["scores"]) == {"stage1.zip", "stage2.zip", "fused.zip"}
+    assert set(report["fusion"]) == {"vid1/0", "vid1/1", "vid2/0"}
+
+    # A rerun finds every video finished and recomputes nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in work.glob("stage*/*.npz")}
+    second = run_cli("--cpu", *overrides)
+    assert "0 video(s) to process, 2 already finished" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in work.glob("stage*/*.npz")} == stamps
+
+    # A changed stage-2 setting invalidates stages 2 and 3 only.
+    third = run_cli("--cpu", "--stages", "2", "3", *overrides, "stage2.score_threshold=0.3")
+    assert "stage 2 (SAM 2): 2 video(s) to process" in third.stderr
+    assert stamps[work / "stage1" / "vid1.npz"] == (work / "stage1" / "vid1.npz").stat().st_mtime_ns
+
+
+def test_missing_checkpoint_names_the_download_script(fixtures_dir, tmp_path, tiny_split):
+    overrides = tiny_model_overrides(fixtures_dir, tiny_split, tmp_path)
+    proc = run_cli(
+        "--cpu", "--stages", "1", *overrides, "stage1.checkpoint=nowhere.pth", check=False
+    )
+    assert proc.returncode == 1
+    assert "download_ckpts.sh" in proc.stderr
+    assert not (tmp_path / "submissions" / "stage1.zip").exists()
+
+
+def test_later_stage_without_inputs_says_what_to_run(fixtures_dir, tmp_path, tiny_split):
+    overrides = tiny_model_overrides(fixtures_dir, tiny_split, tmp_path)
+    proc = run_cli("--cpu", "--stages", "3", *overrides, check=False)
+    assert proc.returncode == 1
+    assert "run --stages 2 3" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stage2.prompt=scribble", "stage2.prompt='scribble'"),
+        ("stage9.foo=1", "stage9"),
+        ("stage1.top_k=0", "stage1.top_k=0"),
+    ],
+)
+def test_bad_overrides_exit_2(tmp_path, override, message):
+    proc = run_cli("--cpu", override, f"work_dir={tmp_path}", check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
