@@ -1,0 +1,159 @@
+"""The per-expression reference: SAM 2's own predictor, used the way ReferDINO-Plus uses it.
+
+For each expression ReferDINO-Plus calls ``init_state(video_path)`` (decoding the video and
+encoding frames again), adds one prompt per kept query and propagates forward, then in reverse.
+:func:`reference_refine` does exactly that with SAM 2's unmodified
+:class:`~sam2.sam2_video_predictor.SAM2VideoPredictor`, built by SAM 2's own
+``build_sam2_video_predictor``. It exists to check and to time
+:class:`~stage2_sam2_refine.refine.Refiner` against (tests, benchmarks); the pipeline does not
+use it.
+
+Off CUDA, SAM 2's predictor cannot run as released: it stores memory features in bfloat16, which
+its float32 CPU memory attention rejects. :class:`Float32MemoryPredictor` changes only that, by
+putting the float32 memory the encoder produced back in place of the bfloat16 copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import initialize_config_dir, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from sam2.build_sam import build_sam2_video_predictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+from stage2_sam2_refine.build import SAM2_MODEL_CONFIGS, class_path, resolve_sam2_config
+from stage2_sam2_refine.prompts import (
+    boxes_to_pixel_xyxy,
+    prompt_frames,
+    sample_points_from_mask,
+    select_queries,
+)
+from stage2_sam2_refine.refine import AUTOCAST_DTYPES, RefineConfig, RefineResult
+
+
+class Float32MemoryPredictor(SAM2VideoPredictor):
+    """SAM 2's predictor with memory features kept in float32 off CUDA (nothing else changed)."""
+
+    _float32_memory: torch.Tensor | None = None
+
+    def _encode_new_memory(self, *args, **kwargs):
+        features, pos_enc = super()._encode_new_memory(*args, **kwargs)
+        self._float32_memory = features
+        return features, pos_enc
+
+    def _float32(self, stored: torch.Tensor) -> torch.Tensor:
+        if stored.device.type == "cuda" or self._float32_memory is None:
+            return stored
+        return self._float32_memory.to(stored.device)
+
+    def _run_single_frame_inference(self, *args, **kwargs):
+        self._float32_memory = None
+        out, pred_masks = super()._run_single_frame_inference(*args, **kwargs)
+        if out["maskmem_features"] is not None:
+            out["maskmem_features"] = self._float32(out["maskmem_features"])
+        return out, pred_masks
+
+    def _run_memory_encoder(self, *args, **kwargs):
+        self._float32_memory = None
+        features, pos_enc = super()._run_memory_encoder(*args, **kwargs)
+        return self._float32(features), pos_enc
+
+
+@contextlib.contextmanager
+def sam2_hydra(config_dir: Path | None) -> Iterator[None]:
+    """Hydra searching the ``sam2`` package (or ``config_dir``); the global state is restored."""
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        if config_dir is None:
+            with initialize_config_module("sam2", version_base="1.2"):
+                yield
+        else:
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
+                yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def build_reference_predictor(
+    model: str | os.PathLike, checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> SAM2VideoPredictor:
+    """SAM 2's predictor from ``sam2.build_sam.build_sam2_video_predictor`` (default options).
+
+    Args:
+        model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path.
+        checkpoint: the SAM 2 checkpoint.
+        device: ``cuda`` gives the unmodified class; elsewhere :class:`Float32MemoryPredictor`.
+    """
+    name = os.fspath(model)
+    cls = SAM2VideoPredictor if torch.device(device).type == "cuda" else Float32MemoryPredictor
+    overrides = [f"++model._target_={class_path(cls)}"]
+    if name in SAM2_MODEL_CONFIGS:
+        config_dir, config_name = None, SAM2_MODEL_CONFIGS[name]
+    else:
+        path = resolve_sam2_config(name).resolve()
+        config_dir, config_name = path.parent, path.name
+    with sam2_hydra(config_dir):
+        return build_sam2_video_predictor(
+            config_name, os.fspath(checkpoint), device=device, hydra_overrides_extra=overrides
+        )
+
+
+def reference_refine(
+    predictor: SAM2VideoPredictor,
+    frame_dir: str | os.PathLike,
+    *,
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    masks: np.ndarray,
+    config: RefineConfig,
+) -> RefineResult:
+    """One expression, ReferDINO-Plus's way: a fresh ``init_state`` from the frame folder.
+
+    Args:
+        predictor: from :func:`build_reference_predictor`.
+        frame_dir: the video's JPEG folder (``<frame index>.jpg`` names, as SAM 2 requires).
+        scores, boxes, masks: ``[T, N]``, ``[T, N, 4]``, ``[T, N, H, W] bool`` stage-1 proposals.
+        config: the same options :class:`~stage2_sam2_refine.refine.Refiner` takes; a query whose
+            mask is empty on its prompt frame is prompted with that mask under ``point``.
+    """
+    num_frames = scores.shape[0]
+    height, width = masks.shape[-2:]
+    queries = select_queries(scores, config.score_threshold)
+    if queries.size == 0:
+        return RefineResult.empty(num_frames, height, width)
+    frames = prompt_frames(scores, queries)
+    rng = np.random.default_rng(config.point_seed)
+    autocast = contextlib.nullcontext()
+    if predictor.device.type == "cuda" and config.autocast is not None:
+        autocast = torch.autocast("cuda", dtype=AUTOCAST_DTYPES[config.autocast])
+    segments: dict[int, np.ndarray] = {}
+    with torch.inference_mode(), autocast:
+        state = predictor.init_state(video_path=os.fspath(frame_dir))
+        for obj_id, (query, frame_idx) in enumerate(zip(queries, frames, strict=True)):
+            mask = np.asarray(masks[frame_idx, query], dtype=bool)
+            if config.prompt == "box":
+                box = boxes_to_pixel_xyxy(boxes[frame_idx, query], height, width)
+                predictor.add_new_points_or_box(state, int(frame_idx), obj_id, box=box)
+                continue
+            if config.prompt == "point":
+                points = sample_points_from_mask(mask, config.num_points, rng)
+                if len(points):
+                    labels = np.ones(len(points), dtype=np.int32)
+                    predictor.add_new_points_or_box(
+                        state, int(frame_idx), obj_id, points=points, labels=labels
+                    )
+                    continue
+            predictor.add_new_mask(state, int(frame_idx), obj_id, mask)
+        for reverse in (False, True):
+            for frame_idx, _, logits in predictor.propagate_in_video(state, reverse=reverse):
+                segments[frame_idx] = (logits > 0).squeeze(1).cpu().numpy()
+    stacked = np.stack([segments[t] for t in range(num_frames)])
+    return RefineResult(masks=stacked, query_indices=queries, prompt_frames=frames)

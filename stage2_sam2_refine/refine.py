@@ -1,0 +1,372 @@
+"""Stage 2: refine each expression's stage-1 proposals with SAM 2.
+
+Per expression, as ReferDINO-Plus's ``refine_from_refdino.py``:
+
+1. keep the queries whose mean score over the frames where it exceeds ``score_threshold`` also
+   exceeds it (:func:`~stage2_sam2_refine.prompts.select_queries`);
+2. prompt SAM 2 with each kept query (one object per query, object ids ``0..K-1`` in query
+   order) on the frame where it scores highest, with its stage-1 mask (or its box, or points
+   sampled from its mask);
+3. propagate forward from the earliest prompted frame to the end, then in reverse from that frame
+   to the start. The reverse pass rewrites the earliest prompted frame, so every frame's masks
+   come from exactly one pass: frames ``0..f0`` from the reverse pass, ``f0+1..T-1`` from the
+   forward pass (``f0 = 0``: the reverse pass does nothing and frame 0 comes from the forward pass).
+
+A video's frames are decoded once and each frame's image features are encoded once for all of its
+expressions and both directions (:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from rvos.masks import RunLengthMasks
+from stage2_sam2_refine.build import build_sam2_predictor
+from stage2_sam2_refine.predictor import (
+    FEATURE_CACHE_DEVICES,
+    SharedFeatureVideoPredictor,
+    VideoSession,
+)
+from stage2_sam2_refine.prompts import (
+    boxes_to_pixel_xyxy,
+    prompt_frames,
+    sample_points_from_mask,
+    select_queries,
+)
+
+logger = logging.getLogger(__name__)
+
+PROMPT_KINDS = ("mask", "box", "point")
+AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How stage 2 prompts and runs SAM 2 (defaults: ReferDINO-Plus ``refine_from_refdino.py``).
+
+    Attributes:
+        score_threshold: keep a query whose mean score over the frames where it exceeds this also
+            exceeds it (0.275: ReferDINO-Plus refine threshold).
+        prompt: ``mask`` (ReferDINO-Plus), ``box`` or ``point``.
+        num_points: positive clicks sampled from the mask when ``prompt == "point"``
+            (20: ReferDINO-Plus ``num_points``).
+        point_seed: seed of the point sampler; each expression restarts from it.
+        autocast: CUDA autocast dtype, ``float16`` (ReferDINO-Plus), ``bfloat16`` or ``None``
+            (float32). CPU always runs in float32.
+        offload_video_to_cpu: keep decoded frames on the CPU (long videos).
+        offload_state_to_cpu: keep tracking memories on the CPU (long videos).
+        feature_cache_device: ``auto`` (model device) or ``cpu``: where shared image features wait.
+        retry_offloaded_on_oom: on CUDA out-of-memory, redo the video with everything offloaded.
+    """
+
+    score_threshold: float = 0.275
+    prompt: str = "mask"
+    num_points: int = 20
+    point_seed: int = 0
+    autocast: str | None = "float16"
+    offload_video_to_cpu: bool = False
+    offload_state_to_cpu: bool = False
+    feature_cache_device: str = "auto"
+    retry_offloaded_on_oom: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prompt not in PROMPT_KINDS:
+            raise ValueError(f"prompt must be one of {PROMPT_KINDS}, got {self.prompt!r}")
+        if self.num_points < 1:
+            raise ValueError(f"num_points must be positive, got {self.num_points}")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or null, got {self.autocast!r}"
+            )
+        if self.feature_cache_device not in FEATURE_CACHE_DEVICES:
+            raise ValueError(
+                f"feature_cache_device must be one of {FEATURE_CACHE_DEVICES}, "
+                f"got {self.feature_cache_device!r}"
+            )
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> RefineConfig:
+        """Pick this class's fields out of a larger mapping (e.g. the ``stage2`` config group)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in names})
+
+
+class Proposals(Protocol):
+    """One expression's stage-1 output, as stage 2 reads it.
+
+    Attributes:
+        scores: ``[T, N] float32`` per-frame query scores.
+        boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)``.
+        masks: ``[T, N, H, W]`` binary masks at frame size (``upsample(logits) > 0``): a bool
+            array or :class:`rvos.masks.RunLengthMasks`; only kept queries' prompt frames are read.
+    """
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    masks: np.ndarray | RunLengthMasks
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """SAM 2's masks for one expression.
+
+    Attributes:
+        masks: ``[T, K, H, W] bool`` one mask stack per kept query (``K = 0``: none kept).
+        query_indices: ``[K] int64`` the kept stage-1 queries, ascending; object ``k`` is query
+            ``query_indices[k]``.
+        prompt_frames: ``[K] int64`` the frame where each object was prompted.
+    """
+
+    masks: np.ndarray
+    query_indices: np.ndarray
+    prompt_frames: np.ndarray
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.query_indices.shape[0])
+
+    def union(self) -> np.ndarray:
+        """``[T, H, W] bool`` union over objects (all empty when ``K = 0``)."""
+        return self.masks.any(axis=1)
+
+    @classmethod
+    def empty(cls, num_frames: int, height: int, width: int) -> RefineResult:
+        """The result of an expression without any kept query."""
+        return cls(
+            masks=np.zeros((num_frames, 0, height, width), dtype=bool),
+            query_indices=np.zeros(0, dtype=np.int64),
+            prompt_frames=np.zeros(0, dtype=np.int64),
+        )
+
+
+def _mask_at(masks: np.ndarray | RunLengthMasks, frame_idx: int, query: int) -> np.ndarray:
+    """``[H, W] bool`` stage-1 mask of ``query`` on ``frame_idx``."""
+    if isinstance(masks, RunLengthMasks):
+        num_queries = masks.shape[1]
+        return masks.decode([frame_idx * num_queries + query])[0]
+    return np.asarray(masks[frame_idx, query], dtype=bool)
+
+
+class Refiner:
+    """Stage-2 refinement with one SAM 2 model (build it once per worker: :func:`build_refiner`).
+
+    Args:
+        predictor: a built :class:`SharedFeatureVideoPredictor` (or subclass) in eval mode.
+        config: prompting and memory options.
+    """
+
+    def __init__(self, predictor: SharedFeatureVideoPredictor, config: RefineConfig) -> None:
+        self.predictor = predictor
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def open_video(
+        self,
+        frame_paths: Sequence[str | os.PathLike],
+        *,
+        video_id: str,
+        offload: bool = False,
+    ) -> VideoSession:
+        """Decode a video once for all of its expressions.
+
+        Args:
+            frame_paths: the video's frames in order (e.g. ``MevisSplit.frame_paths(video_id)``).
+            video_id: named in logs and errors.
+            offload: offload frames, memories and features to the CPU regardless of the config.
+        """
+        cfg = self.config
+        return self.predictor.open_video(
+            frame_paths,
+            video_id=video_id,
+            offload_video_to_cpu=offload or cfg.offload_video_to_cpu,
+            offload_state_to_cpu=offload or cfg.offload_state_to_cpu,
+            feature_cache_device="cpu" if offload else cfg.feature_cache_device,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda" or self.config.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.config.autocast])
+
+    def refine(
+        self,
+        session: VideoSession,
+        *,
+        scores: np.ndarray,
+        boxes: np.ndarray,
+        masks: np.ndarray | RunLengthMasks,
+        exp_id: str = "",
+    ) -> RefineResult:
+        """Refine one expression of an opened video.
+
+        Args:
+            session: from :meth:`open_video`.
+            scores: ``[T, N] float32`` stage-1 query scores.
+            boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)`` (read for box prompts).
+            masks: ``[T, N, H, W]`` binary stage-1 masks at frame size (see :class:`Proposals`).
+            exp_id: named in logs and errors.
+        Returns:
+            per kept query, SAM 2's masks on every frame.
+        Raises:
+            ValueError: shapes that disagree with each other or with the video.
+        """
+        where = f"video {session.video_id!r}, expression {exp_id!r}"
+        scores = np.asarray(scores, dtype=np.float32)
+        height, width = session.size
+        if scores.ndim != 2 or scores.shape[0] != session.num_frames:
+            raise ValueError(
+                f"{where}: scores have shape {scores.shape}, expected "
+                f"[{session.num_frames}, N] for the video's {session.num_frames} frames"
+            )
+        num_frames, num_queries = scores.shape
+        if tuple(np.shape(boxes)) != (num_frames, num_queries, 4):
+            raise ValueError(f"{where}: boxes have shape {np.shape(boxes)}, scores {scores.shape}")
+        if tuple(masks.shape) != (num_frames, num_queries, height, width):
+            raise ValueError(
+                f"{where}: masks have shape {tuple(masks.shape)}, expected "
+                f"{(num_frames, num_queries, height, width)} (frame size {width}x{height})"
+            )
+        queries = select_queries(scores, self.config.score_threshold)
+        if queries.size == 0:
+            logger.debug("%s: no query above %s", where, self.config.score_threshold)
+            return RefineResult.empty(num_frames, height, width)
+        frames = prompt_frames(scores, queries)
+        logger.debug("%s: queries %s prompted on frames %s", where, queries, frames)
+
+        predictor = self.predictor
+        out = np.zeros((num_frames, len(queries), height, width), dtype=bool)
+        written = np.zeros(num_frames, dtype=bool)
+        with torch.inference_mode(), self._autocast():
+            state = predictor.init_expression_state(session)
+            self._add_prompts(state, queries, frames, boxes, masks, where=where)
+            for reverse in (False, True):
+                for frame_idx, _, mask_logits in predictor.propagate_in_video(
+                    state, reverse=reverse
+                ):
+                    out[frame_idx] = (mask_logits > 0).squeeze(1).cpu().numpy()
+                    written[frame_idx] = True
+        if not written.all():
+            raise RuntimeError(f"{where}: propagation skipped frames {np.flatnonzero(~written)}")
+        return RefineResult(masks=out, query_indices=queries, prompt_frames=frames)
+
+    def _add_prompts(
+        self,
+        state: dict[str, Any],
+        queries: np.ndarray,
+        frames: np.ndarray,
+        boxes: np.ndarray,
+        masks: np.ndarray | RunLengthMasks,
+        *,
+        where: str,
+    ) -> None:
+        """Prompt object ``k`` (query ``queries[k]``) on frame ``frames[k]``."""
+        predictor, cfg = self.predictor, self.config
+        height, width = state["video_height"], state["video_width"]
+        rng = np.random.default_rng(cfg.point_seed)
+        for obj_id, (query, frame_idx) in enumerate(zip(queries, frames, strict=True)):
+            query, frame_idx = int(query), int(frame_idx)
+            if cfg.prompt == "box":
+                box = boxes_to_pixel_xyxy(np.asarray(boxes[frame_idx, query]), height, width)
+                predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=obj_id, box=box)
+                continue
+            mask = _mask_at(masks, frame_idx, query)
+            if cfg.prompt == "point":
+                points = sample_points_from_mask(mask, cfg.num_points, rng)
+                if len(points):
+                    labels = np.ones(len(points), dtype=np.int32)
+                    predictor.add_new_points_or_box(
+                        state, frame_idx=frame_idx, obj_id=obj_id, points=points, labels=labels
+                    )
+                    continue
+                logger.warning(
+                    "%s: query %d has an empty mask on frame %d; prompting it with that (empty) "
+                    "mask instead of points",
+                    where,
+                    query,
+                    frame_idx,
+                )
+            predictor.add_new_mask(state, frame_idx=frame_idx, obj_id=obj_id, mask=mask)
+
+    def refine_video(
+        self,
+        frame_paths: Sequence[str | os.PathLike],
+        expressions: Mapping[str, Proposals],
+        *,
+        video_id: str,
+    ) -> Iterator[tuple[str, RefineResult]]:
+        """Refine all expressions of a video, decoding it and encoding its frames once.
+
+        On CUDA out-of-memory (and ``retry_offloaded_on_oom``), logs a warning naming the video,
+        reopens it with frames, memories and features on the CPU, and carries on from the
+        expression that failed; results already yielded stay valid.
+
+        Yields:
+            ``(exp_id, result)`` in the order of ``expressions``.
+        """
+        items = list(expressions.items())
+        done = 0
+        offload = False
+        while True:
+            try:
+                session = self.open_video(frame_paths, video_id=video_id, offload=offload)
+                while done < len(items):
+                    exp_id, proposals = items[done]
+                    result = self.refine(
+                        session,
+                        scores=proposals.scores,
+                        boxes=proposals.boxes,
+                        masks=proposals.masks,
+                        exp_id=exp_id,
+                    )
+                    yield exp_id, result
+                    done += 1
+                return
+            except torch.cuda.OutOfMemoryError:
+                if offload or not self.config.retry_offloaded_on_oom:
+                    raise
+            # Outside the handler, so that the failed attempt's tensors can be freed.
+            session = None
+            torch.cuda.empty_cache()
+            logger.warning(
+                "video %s: CUDA out of memory at expression %s; retrying the video with frames, "
+                "tracking state and image features offloaded to the CPU",
+                video_id,
+                items[done][0] if done < len(items) else "(opening)",
+            )
+            offload = True
+
+
+def build_refiner(
+    *,
+    model: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    config: RefineConfig | None = None,
+    predictor_cls: type[SharedFeatureVideoPredictor] = SharedFeatureVideoPredictor,
+    overrides: Mapping[str, Any] | None = None,
+) -> Refiner:
+    """Build SAM 2 (:func:`~stage2_sam2_refine.build.build_sam2_predictor`) and its refiner.
+
+    Args:
+        model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path.
+        checkpoint: SAM 2 checkpoint; missing -> ``FileNotFoundError`` naming ``download_ckpts.sh``.
+        device: where SAM 2 runs.
+        config: prompting/memory options (default: ReferDINO-Plus).
+        predictor_cls: the predictor class (a tracker variant subclasses the default).
+        overrides: extra ``model.<key>`` settings for the predictor's constructor.
+    """
+    predictor = build_sam2_predictor(
+        model, checkpoint, device=device, predictor_cls=predictor_cls, overrides=overrides
+    )
+    return Refiner(predictor, config or RefineConfig())

@@ -1,0 +1,174 @@
+"""Building SAM 2 for stage 2: configs as SAM 2's builder composes them, strict checkpoints,
+frames decoded as SAM 2 decodes them, and clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose
+from omegaconf import OmegaConf
+from sam2.utils.misc import load_video_frames
+
+from rvos.masks import RunLengthMasks
+from stage2_sam2_refine.build import (
+    SAM2_MODEL_CONFIGS,
+    build_sam2_predictor,
+    class_path,
+    compose_sam2_config,
+    load_sam2_checkpoint,
+    resolve_sam2_config,
+)
+from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, load_frames
+from stage2_sam2_refine.reference import sam2_hydra
+from stage2_sam2_refine.refine import RefineConfig, Refiner, _mask_at
+
+# The overrides `sam2.build_sam.build_sam2_video_predictor` composes with (apply_postprocessing).
+SAM2_BUILDER_OVERRIDES = [
+    f"++model._target_={class_path(SharedFeatureVideoPredictor)}",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+    "++model.binarize_mask_from_pts_for_mem_enc=true",
+    "++model.fill_hole_area=8",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "sam2_tiny"
+
+
+@pytest.mark.parametrize("name", sorted(SAM2_MODEL_CONFIGS))
+def test_named_config_equals_sam2_builder_composition(name: str):
+    ours = compose_sam2_config(name)
+    with sam2_hydra(None):
+        theirs = compose(config_name=SAM2_MODEL_CONFIGS[name], overrides=SAM2_BUILDER_OVERRIDES)
+        OmegaConf.resolve(theirs)
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs)
+
+
+def test_yaml_path_config_equals_sam2_builder_composition(tiny: Path):
+    yaml_path = tiny / "tiny_sam2.1.yaml"
+    ours = compose_sam2_config(yaml_path)
+    with sam2_hydra(tiny):
+        theirs = compose(config_name=yaml_path.name, overrides=SAM2_BUILDER_OVERRIDES)
+        OmegaConf.resolve(theirs)
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs)
+    assert ours.model.fill_hole_area == 8
+
+
+def test_unknown_model_is_rejected():
+    with pytest.raises(FileNotFoundError, match="sam2.1_hiera_l"):
+        resolve_sam2_config("sam2.1_hiera_xl")
+    assert resolve_sam2_config("sam2.1_hiera_b+").name == "sam2.1_hiera_b+.yaml"
+
+
+def test_missing_checkpoint_names_download_script(tiny: Path, tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="download_ckpts.sh"):
+        build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tmp_path / "sam2.1_hiera_large.pt")
+
+
+def test_checkpoint_loads_strictly(tiny: Path, tmp_path: Path):
+    predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
+    assert type(predictor) is SharedFeatureVideoPredictor and not predictor.training
+    state = torch.load(tiny / "weights_quiet.pt", map_location="cpu", weights_only=True)["model"]
+    for name, value in predictor.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+    bad = dict(state)
+    bad.pop(next(iter(bad)))
+    bad["extra.weight"] = torch.zeros(1)
+    torch.save({"model": bad}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match="1 missing key.*1 unexpected key"):
+        load_sam2_checkpoint(predictor, tmp_path / "bad.pt")
+    torch.save(state, tmp_path / "flat.pt")
+    with pytest.raises(ValueError, match="not a SAM 2 checkpoint"):
+        load_sam2_checkpoint(predictor, tmp_path / "flat.pt")
+
+
+def test_frames_are_decoded_as_sam2_decodes_them(fixtures_dir: Path):
+    folder = fixtures_dir / "refine_tiny" / "mevis" / "JPEGImages" / "videoA"
+    theirs, height, width = load_video_frames(
+        str(folder), image_size=64, offload_video_to_cpu=True, compute_device=torch.device("cpu")
+    )
+    frames = sorted(folder.glob("*.jpg"))
+    ours, h, w = load_frames(frames, 64)
+    assert (h, w) == (height, width) == (540, 960)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    assert torch.equal((ours - mean) / std, theirs)
+
+
+def test_unreadable_or_odd_frames_name_the_video(tmp_path: Path, fixtures_dir: Path):
+    folder = fixtures_dir / "refine_tiny" / "mevis" / "JPEGImages" / "videoA"
+    with pytest.raises(OSError, match="videoX"):
+        load_frames([folder / "00000.jpg", tmp_path / "missing.jpg"], 32, video_id="videoX")
+    from PIL import Image
+
+    Image.new("RGB", (10, 20)).save(tmp_path / "small.jpg")
+    with pytest.raises(ValueError, match="videoX"):
+        load_frames([folder / "00000.jpg", tmp_path / "small.jpg"], 32, video_id="videoX")
+
+
+def test_refine_checks_shapes_and_skips_sam2_without_kept_query(tiny: Path, fixtures_dir: Path):
+    predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
+    refiner = Refiner(predictor, RefineConfig())
+    frames = sorted((fixtures_dir / "refine_tiny/mevis/JPEGImages/videoA").glob("*.jpg"))[:3]
+    session = refiner.open_video(frames, video_id="videoA")
+    scores = np.full((3, 2), 0.1, dtype=np.float32)
+    boxes = np.zeros((3, 2, 4), dtype=np.float32)
+    masks = np.zeros((3, 2, 540, 960), dtype=bool)
+    result = refiner.refine(session, scores=scores, boxes=boxes, masks=masks, exp_id="7")
+    assert result.masks.shape == (3, 0, 540, 960)
+    assert not session.features  # SAM 2 never ran
+    with pytest.raises(ValueError, match="video 'videoA', expression '7'"):
+        refiner.refine(session, scores=scores[:2], boxes=boxes, masks=masks, exp_id="7")
+    with pytest.raises(ValueError, match="frame size 960x540"):
+        refiner.refine(session, scores=scores, boxes=boxes, masks=masks[..., :10], exp_id="7")
+
+
+def test_prompt_masks_read_from_run_length_stack():
+    rng = np.random.default_rng(0)
+    masks = rng.uniform(size=(4, 3, 6, 7)) > 0.5
+    encoded = RunLengthMasks.encode(masks)
+    for frame_idx, query in [(0, 0), (2, 1), (3, 2)]:
+        np.testing.assert_array_equal(_mask_at(encoded, frame_idx, query), masks[frame_idx, query])
+        np.testing.assert_array_equal(_mask_at(masks, frame_idx, query), masks[frame_idx, query])
+
+
+class _OutOfMemoryOnce(Refiner):
+    """Raises CUDA out-of-memory on expression "b" unless the video was reopened offloaded."""
+
+    def refine(self, session, *, scores, boxes, masks, exp_id=""):
+        if exp_id == "b" and not session.offload_state_to_cpu:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().refine(session, scores=scores, boxes=boxes, masks=masks, exp_id=exp_id)
+
+
+def test_out_of_memory_retries_the_video_offloaded(tiny, fixtures_dir, caplog):
+    predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
+    frames = sorted((fixtures_dir / "refine_tiny/mevis/JPEGImages/videoA").glob("*.jpg"))[:2]
+    props = SimpleNamespace(
+        scores=np.zeros((2, 1), np.float32),
+        boxes=np.zeros((2, 1, 4), np.float32),
+        masks=np.zeros((2, 1, 540, 960), bool),
+    )
+    expressions = {"a": props, "b": props, "c": props}
+    with caplog.at_level(logging.WARNING, logger="stage2_sam2_refine.refine"):
+        done = [
+            e
+            for e, _ in _OutOfMemoryOnce(predictor, RefineConfig()).refine_video(
+                frames, expressions, video_id="videoZ"
+            )
+        ]
+    assert done == ["a", "b", "c"]
+    assert "videoZ" in caplog.text and "expression b" in caplog.text
+
+    strict = _OutOfMemoryOnce(predictor, RefineConfig(retry_offloaded_on_oom=False))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        list(strict.refine_video(frames, expressions, video_id="videoZ"))
