@@ -1,0 +1,385 @@
+"""Configuration, construction and checkpoint loading of ReferDINO.
+
+A model configuration uses the vocabulary of the ``GroundingDINO`` block of ReferDINO's
+``configs/*.yaml`` (plain values). It is given as a name of ``configs/referdino/<name>.yaml``, a
+YAML path, or a dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+
+from .model.lora import LoRALinear, merge_lora_
+from .model.position_encoding import PositionEmbeddingSineHW
+from .model.referdino import ReferDINO
+from .model.segmentation import FPNSpatialDecoder
+from .model.swin import SwinTransformer, swin_hyperparameters
+from .model.text_encoder import build_bert
+from .model.transformer import DeformableTransformerDecoderLayer, Transformer
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs" / "referdino"
+CHECKPOINT_DIR = PROJECT_ROOT / "checkpoints"
+# Checkpoint entries that are not model state (profiler counters left in released files).
+IGNORED_CHECKPOINT_SUFFIXES = ("total_params", "total_ops")
+# Keys of ReferDINO's GroundingDINO block that only matter for training; accepted and unused.
+TRAINING_ONLY_KEYS = frozenset(
+    {
+        "aux_loss",
+        "backbone_freeze_keywords",
+        "dn_bbox_coef",
+        "dn_box_noise_scale",
+        "dn_label_coef",
+        "dn_label_noise_ratio",
+        "dn_labelbook_size",
+        "full_tune",
+        "pretrained_path",
+        "use_checkpoint",
+        "use_transformer_ckpt",
+    }
+)
+DOWNLOAD_HINT = "run ./download_ckpts.sh (see README) to fetch the released weights"
+# Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
+MASK_DECODER_FFN_DIM = 1024
+MASK_DECODER_ACTIVATION = "relu"
+
+
+@dataclass(frozen=True)
+class SegHeadConfig:
+    """``SegHead`` block: the deformable mask decoder."""
+
+    mask_dim: int = 256  # channels of the pixel decoder output
+    n_heads: int = 8  # attention heads
+    n_points: int = 16  # deformable sampling points per head
+    dropout: float = 0.0  # dropout (inactive at inference)
+    n_layers: int = 3  # decoder layers
+    use_self_attention: bool = True  # queries attend to each other (always on in ReferDINO)
+    use_text_cross_attention: bool = True  # queries attend to the text
+
+
+@dataclass(frozen=True)
+class ReferDINOConfig:
+    """Inference-relevant keys of ReferDINO's ``GroundingDINO`` config block (same names)."""
+
+    backbone: str | dict = "swin_B_384_22k"  # Swin variant name or hyper-parameter dict
+    position_embedding: str = "sine"  # image position embedding (only "sine")
+    pe_temperatureH: float = 20  # sine frequency base along the height
+    pe_temperatureW: float = 20  # sine frequency base along the width
+    return_interm_indices: tuple[int, ...] = (0, 1, 2, 3)  # backbone stages returned
+    enc_layers: int = 6  # encoder layers
+    dec_layers: int = 6  # decoder layers
+    pre_norm: bool = False  # pre-norm layers (unsupported, must be false)
+    dim_feedforward: int = 2048  # FFN width
+    hidden_dim: int = 256  # transformer width
+    dropout: float = 0.0  # dropout (inactive at inference)
+    nheads: int = 8  # attention heads
+    num_queries: int = 900  # proposals selected for the decoder
+    query_dim: int = 4  # box queries (must be 4)
+    num_patterns: int = 0  # pattern embeddings (unsupported, must be 0)
+    num_feature_levels: int = 4  # transformer feature levels
+    enc_n_points: int = 4  # encoder deformable sampling points
+    dec_n_points: int = 4  # decoder deformable sampling points
+    two_stage_type: str = "standard"  # query selection from the encoder (only "standard")
+    two_stage_bbox_embed_share: bool = False  # proposal box head shared with the decoder's
+    two_stage_class_embed_share: bool = False  # parameter-free either way
+    transformer_activation: str = "relu"  # FFN activation
+    dec_pred_bbox_embed_share: bool = True  # one box head for all decoder layers
+    embed_init_tgt: bool = True  # decoder content queries are learned embeddings
+    max_text_len: int = 256  # tokens kept per expression
+    text_encoder_type: str = "bert-base-uncased"  # tokenizer + BERT config: name or folder
+    use_text_enhancer: bool = True  # encoder text self-attention layers
+    use_fusion_layer: bool = True  # encoder image-text fusion layers
+    use_text_cross_attention: bool = True  # decoder text cross-attention
+    text_dropout: float = 0.0  # dropout (inactive at inference)
+    fusion_dropout: float = 0.0  # dropout (inactive at inference)
+    fusion_droppath: float = 0.1  # stochastic depth (inactive at inference)
+    sub_sentence_present: bool = True  # BERT attention restricted to sub-sentences
+    query_decay: float = 0.5  # decoder query pruning ratio per layer
+    dec_lora: bool = True  # LoRA factors on the decoder
+    enc_lora: bool = True  # LoRA factors on the encoder
+    lora_rank: int = 32  # LoRA rank
+    temporal_layer: int = 3  # temporal decoder blocks
+    tracking_alpha: float = 0.1  # query tracking memory update rate
+    clip_len: int = 36  # frames per clip in inference (ReferDINO's crop_len)
+    SegHead: SegHeadConfig = field(default_factory=SegHeadConfig)  # mask decoder
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ReferDINOConfig:
+        """Validate a GroundingDINO block; unknown keys raise, training-only keys are dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known - TRAINING_ONLY_KEYS
+        if unknown:
+            raise ValueError(f"unknown ReferDINO config keys: {sorted(unknown)}")
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if "SegHead" in kwargs:
+            seg = dict(kwargs["SegHead"])
+            seg_known = {f.name for f in fields(SegHeadConfig)}
+            if set(seg) - seg_known:
+                raise ValueError(f"unknown SegHead keys: {sorted(set(seg) - seg_known)}")
+            kwargs["SegHead"] = SegHeadConfig(**seg)
+        if "return_interm_indices" in kwargs:
+            kwargs["return_interm_indices"] = tuple(kwargs["return_interm_indices"])
+        config = cls(**kwargs)
+        config.check_supported()
+        return config
+
+    def check_supported(self) -> None:
+        """Raise ``ValueError`` for settings this port does not implement."""
+        unsupported = {
+            "position_embedding": (self.position_embedding, "sine"),
+            "return_interm_indices": (self.return_interm_indices, (0, 1, 2, 3)),
+            "pre_norm": (self.pre_norm, False),
+            "query_dim": (self.query_dim, 4),
+            "num_patterns": (self.num_patterns, 0),
+            "num_feature_levels": (self.num_feature_levels, 4),
+            "two_stage_type": (self.two_stage_type, "standard"),
+        }
+        for key, (value, expected) in unsupported.items():
+            if value != expected:
+                raise ValueError(f"{key}={value!r} is not supported (expected {expected!r})")
+
+
+def load_model_config(model_cfg: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, Path]:
+    """Read a model configuration.
+
+    Args:
+        model_cfg: a name in ``configs/referdino/`` (``"mevis_swinb"``), a YAML path, or a dict.
+
+    Returns:
+        (the GroundingDINO block as a dict, the folder relative paths resolve against: the YAML's
+        folder, or the current directory for a dict).
+    """
+    if isinstance(model_cfg, Mapping):
+        return dict(model_cfg), Path.cwd()
+    path = Path(model_cfg)
+    if path.suffix not in (".yaml", ".yml"):
+        named = CONFIG_DIR / f"{model_cfg}.yaml"
+        if not named.is_file():
+            available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"no ReferDINO config named {model_cfg!r}; known: {available}")
+        path = named
+    if not path.is_file():
+        raise FileNotFoundError(f"ReferDINO config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of GroundingDINO keys")
+    return values, path.resolve().parent
+
+
+def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -> Path | str:
+    """Where to read the BERT tokenizer and config from.
+
+    Order: an existing absolute path; ``base_dir / text_encoder_type``;
+    ``<project>/checkpoints/<text_encoder_type>``; otherwise the name itself (loaded from the
+    local Hugging Face cache only, never downloaded).
+    """
+    candidate = Path(text_encoder_type).expanduser()
+    if candidate.is_absolute():
+        if not candidate.is_dir():
+            raise FileNotFoundError(f"text encoder folder not found: {candidate}; {DOWNLOAD_HINT}")
+        return candidate
+    for folder in (base_dir / candidate, CHECKPOINT_DIR / candidate):
+        if folder.is_dir():
+            return folder
+    return str(text_encoder_type)
+
+
+def load_text_encoder(source: Path | str) -> tuple[PreTrainedTokenizerBase, BertConfig]:
+    """Tokenizer and BERT config from a folder or a locally cached hub name (no download)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        bert_config = BertConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as err:  # ValueError: not a valid hub name either
+        raise FileNotFoundError(
+            f"BERT tokenizer/config {str(source)!r} not found locally "
+            f"(looked in the config's folder and {CHECKPOINT_DIR}); {DOWNLOAD_HINT}"
+        ) from err
+    return tokenizer, bert_config
+
+
+def build_referdino(
+    config: ReferDINOConfig,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    bert_config: BertConfig,
+    autocast_dtype: torch.dtype | None = None,
+) -> ReferDINO:
+    """Construct a randomly initialised ReferDINO (LoRA factors unmerged, ready for a checkpoint).
+
+    Args:
+        config: the architecture.
+        tokenizer: BERT tokenizer (only its vocabulary matters for the weights' shapes: none).
+        bert_config: BERT architecture (bert-base-uncased for the released checkpoints).
+        autocast_dtype: CUDA mixed precision (None, torch.float16, torch.bfloat16).
+    """
+    hidden = config.hidden_dim
+    backbone = SwinTransformer(**swin_hyperparameters(config.backbone))
+    position_embedding = PositionEmbeddingSineHW(
+        hidden // 2, config.pe_temperatureH, config.pe_temperatureW
+    )
+    transformer = Transformer(
+        d_model=hidden,
+        nhead=config.nheads,
+        num_queries=config.num_queries,
+        num_encoder_layers=config.enc_layers,
+        num_decoder_layers=config.dec_layers,
+        dim_feedforward=config.dim_feedforward,
+        dropout=config.dropout,
+        activation=config.transformer_activation,
+        num_feature_levels=config.num_feature_levels,
+        enc_n_points=config.enc_n_points,
+        dec_n_points=config.dec_n_points,
+        embed_init_tgt=config.embed_init_tgt,
+        use_text_enhancer=config.use_text_enhancer,
+        use_fusion_layer=config.use_fusion_layer,
+        use_text_cross_attention=config.use_text_cross_attention,
+        text_dropout=config.text_dropout,
+        query_decay=config.query_decay,
+    )
+    seg = config.SegHead
+    pixel_decoder = FPNSpatialDecoder(
+        hidden, [hidden, hidden, backbone.num_features[0]], seg.mask_dim
+    )
+    mask_decoder = nn.ModuleList(
+        DeformableTransformerDecoderLayer(
+            hidden,
+            d_ffn=MASK_DECODER_FFN_DIM,
+            dropout=seg.dropout,
+            activation=MASK_DECODER_ACTIVATION,
+            n_levels=1,
+            n_heads=seg.n_heads,
+            n_points=seg.n_points,
+            use_text_cross_attention=seg.use_text_cross_attention,
+        )
+        for _ in range(seg.n_layers)
+    )
+    return ReferDINO(
+        backbone=backbone,
+        position_embedding=position_embedding,
+        transformer=transformer,
+        bert=build_bert(bert_config),
+        tokenizer=tokenizer,
+        pixel_decoder=pixel_decoder,
+        mask_decoder=mask_decoder,
+        num_feature_levels=config.num_feature_levels,
+        nheads=config.nheads,
+        dec_pred_bbox_embed_share=config.dec_pred_bbox_embed_share,
+        two_stage_bbox_embed_share=config.two_stage_bbox_embed_share,
+        temporal_layer=config.temporal_layer,
+        tracking_alpha=config.tracking_alpha,
+        dropout=config.dropout,
+        enc_lora=config.enc_lora,
+        dec_lora=config.dec_lora,
+        lora_rank=config.lora_rank,
+        sub_sentence_present=config.sub_sentence_present,
+        max_text_len=config.max_text_len,
+        clip_len=config.clip_len,
+        autocast_dtype=autocast_dtype,
+    )
+
+
+def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``model_state_dict`` of a ReferDINO checkpoint (``weights_only`` load, on CPU)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"ReferDINO checkpoint not found: {path}; {DOWNLOAD_HINT}")
+    try:  # memory-mapped: the tensors are only read once, when copied into the model
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in the legacy (non-zip) serialisation cannot be mapped
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(content, dict) or "model_state_dict" not in content:
+        raise ValueError(f"{path}: expected a dict with 'model_state_dict'")
+    return content["model_state_dict"]
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load every parameter and buffer, strictly; ignorable profiler entries are dropped.
+
+    Raises:
+        RuntimeError: listing missing, unexpected or mis-shaped keys.
+    """
+    state_dict = {
+        k: v for k, v in state_dict.items() if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)
+    }
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    if problems:
+        raise RuntimeError("checkpoint does not match the ReferDINO config: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
+    """None, a torch dtype, or "float16"/"bfloat16" -> dtype."""
+    if autocast is None or isinstance(autocast, torch.dtype):
+        return autocast
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "none": None}
+    if str(autocast).lower() not in dtypes:
+        raise ValueError(f"autocast must be one of {sorted(dtypes)}, got {autocast!r}")
+    return dtypes[str(autocast).lower()]
+
+
+def load_referdino(
+    model_cfg: str | os.PathLike | Mapping[str, Any],
+    checkpoint: str | os.PathLike,
+    text_encoder: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    autocast: str | torch.dtype | None = None,
+) -> ReferDINO:
+    """Build ReferDINO, load a released checkpoint strictly, merge LoRA, move, set eval.
+
+    Args:
+        model_cfg: config name in ``configs/referdino/``, YAML path, or dict.
+        checkpoint: file with ``{"model_state_dict": ...}``.
+        text_encoder: tokenizer + BERT config folder (or cached hub name); overrides the config's
+            ``text_encoder_type``.
+        device: where to run.
+        autocast: mixed precision on CUDA ("float16", "bfloat16" or None); CPU stays float32.
+
+    Raises:
+        FileNotFoundError: missing config, checkpoint or text encoder files.
+        RuntimeError: the checkpoint's keys or shapes differ from the architecture.
+    """
+    values, base_dir = load_model_config(model_cfg)
+    config = ReferDINOConfig.from_dict(values)
+    source = text_encoder if text_encoder is not None else config.text_encoder_type
+    tokenizer, bert_config = load_text_encoder(resolve_text_encoder(source, base_dir))
+    state_dict = read_checkpoint(checkpoint)
+    model = build_referdino(
+        config,
+        tokenizer=tokenizer,
+        bert_config=bert_config,
+        autocast_dtype=_autocast_dtype(autocast),
+    )
+    load_state_dict_strict(model, state_dict)
+    merged = merge_lora_(model)
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise RuntimeError("LoRA layers left unmerged")
+    logger.info("loaded ReferDINO from %s (%d LoRA layers merged)", checkpoint, merged)
+    return model.to(device).eval()
