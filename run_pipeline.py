@@ -15,9 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 logger = logging.getLogger("referdino_plus")
 
 
@@ -41,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="recompute finished videos instead of skipping"
     )
+    parser.add_argument(
+        "--visualize",
+        action="store_true",
+        help="after the run, draw per-expression mask strips and a J&F-per-video plot into "
+        "work_dir/visualize (visualize.enabled=true)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
@@ -54,16 +58,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     flags = [a for a in argv if a not in overrides]
     args = build_parser().parse_args(flags)
     args.overrides = list(args.overrides) + overrides
+    if args.visualize:
+        args.overrides.append("visualize.enabled=true")
     return args
-
-
-def compose_config(overrides: Sequence[str], name: str | None = None):
-    """Compose ``configs/pipeline.yaml`` with hydra overrides (``name`` from ``--name``)."""
-    from hydra import compose, initialize_config_dir
-
-    overrides = list(overrides) + ([f"name={name}"] if name else [])
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="pipeline", overrides=overrides)
 
 
 def select_devices(gids: Sequence[int] | None, cpu: bool) -> list[str]:
@@ -102,13 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from rvos import pipeline
-    from rvos.config_checks import ConfigError, check_config
+    from rvos.config import ConfigError, compose_config
     from rvos.intermediates import IntermediateError
     from rvos.mevis import DataError
 
     try:
-        cfg = compose_config(args.overrides, args.name)
-        check_config(cfg)
+        cfg = compose_config(args.overrides + ([f"name={args.name}"] if args.name else []))
         devices = select_devices(args.gids, args.cpu)
     except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as err:
         logger.error("%s", err)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from rvos import intermediates as im
 from rvos.io import atomic_output
 from rvos.mevis import MevisSplit
+from rvos.visualize import VisualizeOptions, write_run_visualizations
 from rvos.workers import RunSummary, run_sharded
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class RunResult:
     stage_summaries: dict[int, RunSummary] = field(default_factory=dict)
     archives: dict[str, Path] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Archive name -> its full evaluation (per expression); for the J&F-per-video plot.
+    evaluations: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -142,6 +145,10 @@ def run(
     """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring."""
     plain = worker_config(cfg)
     work_dir = Path(plain["work_dir"])
+    try:
+        visualize = VisualizeOptions.from_config(plain.get("visualize"))
+    except ValueError as err:
+        raise PipelineError(str(err)) from None
     split = MevisSplit(plain["data"]["root"])
     video_ids = split.video_ids
     if plain["data"].get("validate_frames", True):
@@ -179,6 +186,8 @@ def run(
             break
     if result.ok:
         write_archives(plain, split, result)
+        if visualize.enabled:
+            write_run_visualizations(plain, split, result.evaluations)
     write_report(plain, split, result)
     return result
 
@@ -222,6 +231,7 @@ def write_archives(cfg: dict[str, Any], split: MevisSplit, result: RunResult) ->
                 path, split.root, jobs=evaluation["jobs"], bound_th=evaluation["bound_th"]
             )
             result.scores[name] = {"J": scores.j, "F": scores.f, "J&F": scores.jf}
+            result.evaluations[name] = scores
 
 
 def write_report(cfg: dict[str, Any], split: MevisSplit, result: RunResult) -> Path:

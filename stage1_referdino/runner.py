@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from rvos import intermediates as im
 from rvos.legacy import LegacyVideo, write_legacy_npz
@@ -88,6 +89,62 @@ def build_stage1_model(stage1: Mapping[str, Any], device: str) -> ReferDINO:
     )
 
 
+def stage1_record(
+    model: ReferDINO,
+    images: list[Image.Image],
+    sentences: Mapping[str, str],
+    stage1: Mapping[str, Any],
+    *,
+    video_id: str,
+    frame_names: list[str],
+    legacy: LegacyVideo | None = None,
+    progress: bool = False,
+) -> im.Stage1Video:
+    """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
+
+    Args:
+        images: the video's RGB frames, in the order of ``frame_names``.
+        sentences: ``exp_id -> sentence``.
+        stage1: the ``stage1`` config section (``short_side``, ``top_k``, ``obj_threshold``,
+            ``feature_cache_device``).
+        legacy: if given, each expression's raw outputs are added to it (legacy export).
+        progress: show a progress bar over the sentences.
+    Returns:
+        per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
+        ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
+    """
+    height, width = images[0].height, images[0].width
+    record = im.Stage1Video(video_id, list(frame_names), height, width)
+    with torch.inference_mode():
+        outputs = run_expressions(
+            model,
+            images,
+            sentences,
+            short_side=stage1["short_side"],
+            feature_cache_device=stage1["feature_cache_device"],
+        )
+        if progress:
+            outputs = tqdm(
+                outputs, total=len(sentences), desc="stage 1 (ReferDINO)", unit="sentence"
+            )
+        for exp_id, raw in outputs:
+            record.expressions[exp_id] = proposals_from_outputs(
+                raw.scores,
+                raw.boxes,
+                raw.mask_logits,
+                (height, width),
+                top_k=stage1["top_k"],
+                obj_threshold=stage1["obj_threshold"],
+            )
+            if legacy is not None:
+                legacy.expressions[exp_id] = {
+                    "scores": raw.scores,
+                    "boxes": raw.boxes,
+                    "masks": raw.mask_logits,
+                }
+    return record
+
+
 def build_video_processor(config: dict[str, Any], device: str):
     """Worker entry point (see :mod:`rvos.workers`): the model loads once, then one call per video.
 
@@ -105,34 +162,20 @@ def build_video_processor(config: dict[str, Any], device: str):
     def process(video_id: str) -> None:
         entry = split.videos[video_id]
         images = split.load_frames(video_id)
-        height, width = images[0].height, images[0].width
-        record = im.Stage1Video(video_id, list(entry.frame_names), height, width)
-        legacy = LegacyVideo(video_id, str(split.frame_dir(video_id)), (height, width))
-        sentences = {exp_id: e.text for exp_id, e in entry.expressions.items()}
-        with torch.inference_mode():
-            outputs = run_expressions(
-                model,
-                images,
-                sentences,
-                short_side=stage1["short_side"],
-                feature_cache_device=stage1["feature_cache_device"],
-            )
-            for exp_id, raw in outputs:
-                record.expressions[exp_id] = proposals_from_outputs(
-                    raw.scores,
-                    raw.boxes,
-                    raw.mask_logits,
-                    (height, width),
-                    top_k=stage1["top_k"],
-                    obj_threshold=stage1["obj_threshold"],
-                )
-                if stage1["export_legacy"]:
-                    legacy.expressions[exp_id] = {
-                        "scores": raw.scores,
-                        "boxes": raw.boxes,
-                        "masks": raw.mask_logits,
-                    }
+        legacy = None
         if stage1["export_legacy"]:
+            size = (images[0].height, images[0].width)
+            legacy = LegacyVideo(video_id, str(split.frame_dir(video_id)), size)
+        record = stage1_record(
+            model,
+            images,
+            {exp_id: e.text for exp_id, e in entry.expressions.items()},
+            stage1,
+            video_id=video_id,
+            frame_names=list(entry.frame_names),
+            legacy=legacy,
+        )
+        if legacy is not None:
             write_legacy_npz(work_dir / "legacy_stage1" / f"{video_id}.npz", legacy)
         im.save_stage1(im.stage_path(work_dir, 1, video_id), record, fingerprint=fingerprint)
 

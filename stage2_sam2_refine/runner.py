@@ -8,10 +8,13 @@ once for all expressions and both propagation directions), and writes the stage-
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from rvos import intermediates as im
 from rvos.masks import RunLengthMasks
@@ -62,6 +65,31 @@ def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
     )
 
 
+def stage2_record(
+    refiner: Refiner,
+    stage1: im.Stage1Video,
+    frame_paths: Sequence[str | os.PathLike],
+    *,
+    progress: bool = False,
+) -> im.Stage2Video:
+    """Stage-2 record of one video: SAM 2 on every expression's kept queries.
+
+    Args:
+        stage1: the video's stage-1 record.
+        frame_paths: its frames, in the order of ``stage1.frame_names``.
+        progress: show a progress bar over the expressions.
+    """
+    output = im.Stage2Video(stage1.video_id, stage1.frame_names, stage1.height, stage1.width)
+    results = refiner.refine_video(frame_paths, stage1.expressions, video_id=stage1.video_id)
+    if progress:
+        results = tqdm(
+            results, total=len(stage1.expressions), desc="stage 2 (SAM 2)", unit="sentence"
+        )
+    for exp_id, result in results:
+        output.expressions[exp_id] = refinement_record(stage1.expressions[exp_id], result)
+    return output
+
+
 def build_video_processor(config: dict[str, Any], device: str):
     """Worker entry point (see :mod:`rvos.workers`): SAM 2 loads once, then one call per video."""
     refiner = build_stage2_refiner(config["stage2"], device)
@@ -71,12 +99,7 @@ def build_video_processor(config: dict[str, Any], device: str):
 
     def process(video_id: str) -> None:
         stage1 = load_stage1_outputs(config, split, video_id)
-        output = im.Stage2Video(video_id, stage1.frame_names, stage1.height, stage1.width)
-        results = refiner.refine_video(
-            split.frame_paths(video_id), stage1.expressions, video_id=video_id
-        )
-        for exp_id, result in results:
-            output.expressions[exp_id] = refinement_record(stage1.expressions[exp_id], result)
+        output = stage2_record(refiner, stage1, split.frame_paths(video_id))
         im.save_stage2(im.stage_path(work_dir, 2, video_id), output, fingerprint=fingerprint)
 
     return process

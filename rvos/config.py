@@ -1,8 +1,12 @@
-"""Checks of a composed pipeline configuration, with messages that name the key."""
+"""The pipeline configuration: composing ``configs/pipeline.yaml`` and checking its values."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 CHOICES = {
     "stage2.prompt": ("mask", "box", "point"),
@@ -47,3 +51,18 @@ def check_config(cfg: Any) -> None:
             raise ConfigError(
                 f"{key}={value!r}: expected [numerator, denominator] of positive ints"
             )
+
+
+def compose_config(overrides: Sequence[str] = ()) -> Any:
+    """``configs/pipeline.yaml`` composed with hydra ``overrides`` (``key=value``), then checked.
+
+    Hydra's global state is restored afterwards, so the ``sam2`` package's own config module
+    keeps working. Raises hydra/omegaconf errors for unknown keys, :class:`ConfigError` for
+    values out of their domain.
+    """
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="pipeline", overrides=list(overrides))
+    check_config(cfg)
+    return cfg

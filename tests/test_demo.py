@@ -1,0 +1,188 @@
+"""``run_pipeline.py demo``: a video or a frame folder and sentences -> overlay, masks, summary."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from rvos.demo import (
+    DemoError,
+    clean_sentences,
+    decode_video,
+    natural_key,
+    parse_args,
+    read_frame_folder,
+)
+from rvos.visualize import caption_band, color_of
+
+PROJECT = Path(__file__).resolve().parents[1]
+HEIGHT, WIDTH = 64, 96
+
+
+def write_clip(path: Path, num_frames: int = 8, size=(HEIGHT, WIDTH), rate: int = 8) -> Path:
+    """An H.264 clip of a red square moving right over a grey background."""
+    height, width = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(num_frames):
+            pixels = np.full((height, width, 3), 60, dtype=np.uint8)
+            x = 4 + 8 * t
+            pixels[20:44, x : x + 20] = (220, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def demo_overrides(fixtures_dir: Path) -> list[str]:
+    """The tiny random-weight models (as ``tests/test_cli.py``), few queries to stay fast."""
+    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
+    return [
+        f"stage1.model={stage1 / 'model.yaml'}",
+        f"stage1.checkpoint={stage1 / 'referdino_checkpoint.pth'}",
+        "stage1.short_side=64",
+        "stage1.top_k=2",
+        f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
+        f"stage2.checkpoint={sam2 / 'weights_propagating.pt'}",
+    ]
+
+
+def run_demo(*args, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT / "run_pipeline.py"), "demo", *map(str, args)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], str, str]:
+    """Frames ``[H, W, 3] uint8``, codec name and pixel format of a video file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, stream.codec_context.name, stream.codec_context.pix_fmt
+
+
+def check_masks(folder: Path, names: list[str], size=(WIDTH, HEIGHT)) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.png" for n in names)
+    for name in names:
+        with Image.open(folder / f"{name}.png") as image:
+            assert image.mode == "L" and image.size == size
+            assert set(np.unique(np.asarray(image))) <= {0, 255}
+
+
+def test_video_demo_writes_overlay_masks_and_summary(fixtures_dir, tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    sentences = ["a square", "the background"]
+    run_demo(
+        "--video", clip, "--text", sentences[0], "--text", sentences[1], "--cpu", "--out", out,
+        *demo_overrides(fixtures_dir),
+    )  # fmt: skip
+    frames, codec, pix_fmt = read_video(out / "overlay.mp4")
+    band = caption_band(sentences, [color_of(i) for i in range(2)], WIDTH)
+    height = HEIGHT + band.shape[0]
+    assert (codec, pix_fmt) == ("h264", "yuv420p")
+    assert len(frames) == 8
+    assert frames[0].shape == (height + height % 2, WIDTH, 3)
+    names = [f"{t:05d}" for t in range(8)]
+    for index in range(2):
+        check_masks(out / "masks" / str(index), names)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["text"] for s in summary["sentences"]] == sentences
+    assert summary["frames"] == 8 and summary["frame_size"] == [HEIGHT, WIDTH]
+    for entry in summary["sentences"]:
+        assert {"kept_queries", "fused_output", "multi_object"} <= set(entry)
+
+
+def test_frame_folder_in_natural_order_with_frame_step(fixtures_dir, tmp_path):
+    """Odd frame sizes are padded to even in the video only; the masks keep the frame size."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in (8, 9, 10, 11):
+        pixels = rng.integers(0, 255, (HEIGHT - 1, WIDTH - 1, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{number}.{'png' if number % 2 else 'jpg'}")
+    out = tmp_path / "out"
+    run_demo(
+        "--video", folder, "--text", "a thing", "--frame-step", "2", "--cpu", "--out", out,
+        *demo_overrides(fixtures_dir),
+    )  # fmt: skip
+    check_masks(out / "masks" / "0", ["8", "10"], size=(WIDTH - 1, HEIGHT - 1))
+    frames, _, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == 2
+    assert frames[0].shape[1] == WIDTH and frames[0].shape[0] % 2 == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_file", "no such file"),
+        ("corrupt_file", "not a readable video"),
+        ("empty_text", "--text #2 is empty"),
+        ("missing_checkpoint", "download_ckpts.sh"),
+    ],
+)
+def test_bad_input_exits_with_one_line(fixtures_dir, tmp_path, case, message):
+    video, texts, overrides = tmp_path / "clip.mp4", ["a square"], demo_overrides(fixtures_dir)
+    if case != "missing_file":
+        write_clip(video, num_frames=2)
+    if case == "corrupt_file":
+        video.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8))
+    if case == "empty_text":
+        texts.append("   ")
+    if case == "missing_checkpoint":
+        overrides.append(f"stage2.checkpoint={tmp_path / 'nowhere.pt'}")
+    text_args = [arg for text in texts for arg in ("--text", text)]
+    proc = run_demo(
+        "--video", video, *text_args, "--cpu", "--out", tmp_path / "out", *overrides, check=False
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "overlay.mp4").exists()
+
+
+# -- in-process units -------------------------------------------------------------------------
+
+
+def test_decode_video_frame_step_and_max_frames(tmp_path):
+    clip = decode_video(
+        write_clip(tmp_path / "clip.mp4", num_frames=7), frame_step=3, max_frames=None,
+        fallback_fps=10,
+    )  # fmt: skip
+    assert clip.frame_names == ["00000", "00003", "00006"]
+    assert clip.size == (HEIGHT, WIDTH) and float(clip.fps) == pytest.approx(8 / 3)
+    short = decode_video(tmp_path / "clip.mp4", frame_step=2, max_frames=2, fallback_fps=10)
+    assert short.frame_names == ["00000", "00002"]
+
+
+def test_frame_folder_rejects_mixed_sizes(tmp_path):
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    with pytest.raises(DemoError, match="one size"):
+        read_frame_folder(tmp_path, frame_step=1, max_frames=None, fps=10)
+
+
+def test_sentences_and_arguments():
+    assert clean_sentences(["  the  dog\n", "a cat"]) == ["the dog", "a cat"]
+    with pytest.raises(DemoError, match="#1 is empty"):
+        clean_sentences([""])
+    args = parse_args(["--video", "v.mp4", "stage2.model=x", "--text", "a=b", "--cpu"])
+    assert args.text == ["a=b"] and args.overrides == ["stage2.model=x"]
+    with pytest.raises(DemoError, match="key=value"):
+        parse_args(["--video", "v.mp4", "--text", "a", "stray"])
+    assert sorted(["f10", "f2", "F1"], key=natural_key) == ["F1", "f2", "f10"]

@@ -1,0 +1,274 @@
+"""Mask pictures: overlays, captions, per-expression strips and the J&F-per-video plot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from split_factory import make_split
+
+from rvos import intermediates as im
+from rvos.masks import RunLengthMasks
+from rvos.mevis import MevisSplit
+from rvos.visualize import (
+    STRIP_ROWS,
+    VisualizeOptions,
+    caption_band,
+    evenly_spaced,
+    jf_bar_plot,
+    jf_plot_size,
+    mask_outline,
+    mask_strip,
+    overlay_masks,
+    pad_to_even,
+    per_video_jf,
+    strip_font,
+    strip_layout,
+    write_run_visualizations,
+)
+
+PROJECT = Path(__file__).resolve().parents[1]
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def square_masks(num_frames: int, height: int, width: int) -> np.ndarray:
+    """``[T, H, W] bool``: a 6x6 square moving right by 2 px per frame."""
+    masks = np.zeros((num_frames, height, width), dtype=bool)
+    for t in range(num_frames):
+        masks[t, 4:10, 2 + 2 * t : 8 + 2 * t] = True
+    return masks
+
+
+def test_overlay_blends_inside_draws_outline_and_keeps_outside():
+    image = np.full((12, 16, 3), 100, dtype=np.uint8)
+    mask = np.zeros((12, 16), dtype=bool)
+    mask[2:10, 3:13] = True
+    out = overlay_masks(image, [mask], [RED], alpha=0.5, contour_width=1)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert tuple(out[5, 7]) == (178, 50, 50)  # inside: half red, half grey
+    assert tuple(out[2, 7]) == RED  # outline
+    assert tuple(out[0, 0]) == (100, 100, 100)  # outside
+    outline = mask_outline(mask, 1)
+    assert outline.sum() == 2 * 10 + 2 * 6 and not (outline & ~mask).any()
+    empty = overlay_masks(image, [np.zeros_like(mask)], [BLUE], alpha=1.0, contour_width=2)
+    assert (empty == image).all()
+
+
+def test_caption_band_wraps_long_sentences_to_the_width():
+    short = caption_band(["a dog"], [RED], 200)
+    long = caption_band(["the dog that runs to the left and then jumps " * 3], [RED], 200)
+    assert short.dtype == np.uint8 and short.shape[1:] == (200, 3)
+    assert long.shape[1] == 200 and long.shape[0] > short.shape[0]
+    two = caption_band(["a dog", "a cat"], [RED, BLUE], 200)
+    assert two.shape[0] > short.shape[0]
+    # The caption is drawn in its colour.
+    assert (np.abs(two.astype(int) - BLUE).sum(axis=-1) == 0).any()
+
+
+def test_pad_to_even():
+    assert pad_to_even(np.zeros((5, 7, 3), dtype=np.uint8)).shape == (6, 8, 3)
+    assert pad_to_even(np.zeros((4, 6, 3), dtype=np.uint8)).shape == (4, 6, 3)
+
+
+def test_mask_strip_has_the_layout_size_and_colours_each_row(tmp_path):
+    height, width, tile_height = 24, 32, 48
+    frames = [np.full((height, width, 3), 90, dtype=np.uint8) for _ in range(4)]
+    masks = square_masks(4, height, width)
+    rows = [masks, np.zeros_like(masks), masks]
+    strip = mask_strip(
+        frames,
+        rows,
+        title="vid/0: the square",
+        frame_names=["00000", "00001", "00002", "00003"],
+        tile_height=tile_height,
+    )
+    layout = strip_layout(
+        rows=3,
+        cols=4,
+        frame_size=(height, width),
+        tile_height=tile_height,
+        title_lines=1,
+        font=strip_font(tile_height),
+    )
+    assert strip.size == layout.size
+    assert layout.tile_width == 64
+    pixels = np.asarray(strip)
+    for row, (_, color) in enumerate(STRIP_ROWS):
+        x, y = layout.tile_origin(row, 0)
+        inside = pixels[y + 7 * 2, x + 5 * 2].astype(int)  # mask pixel (7, 5) at scale 2
+        grey = np.array([90, 90, 90])
+        if row == 1:
+            assert (inside == grey).all()
+        else:
+            assert np.abs(inside - (grey + np.array(color)) / 2).max() <= 2
+    path = tmp_path / "strip.png"
+    strip.save(path)
+    assert Image.open(path).size == layout.size
+
+
+def test_jf_bar_plot_has_the_announced_size(tmp_path):
+    scores = {
+        "stage1.zip": {"a": 0.2, "b": 0.5, "c": 0.9},
+        "stage2.zip": {"a": 0.3, "b": 0.6, "c": 0.8},
+        "fused.zip": {"a": 0.4, "b": 0.7, "c": 0.85},
+    }
+    path = jf_bar_plot(scores, tmp_path / "plot.png", totals={"fused.zip": 0.65})
+    with Image.open(path) as image:
+        assert image.size == jf_plot_size(3)
+    assert jf_plot_size(30)[1] > jf_plot_size(3)[1]
+
+
+def test_per_video_jf_and_frame_choice():
+    score = SimpleNamespace
+    per_expression = {("a", "0"): score(jf=0.2), ("a", "1"): score(jf=0.4), ("b", "0"): score(jf=1)}
+    assert per_video_jf(per_expression) == pytest.approx({"a": 0.3, "b": 1.0})
+    assert evenly_spaced(10, 4) == [0, 3, 6, 9]
+    assert evenly_spaced(2, 4) == [0, 1]
+    assert evenly_spaced(0, 4) == []
+
+
+def test_options_name_the_bad_key():
+    assert VisualizeOptions.from_config({"num_frames": 3}).num_frames == 3
+    with pytest.raises(ValueError, match="visualize.num_frames"):
+        VisualizeOptions.from_config({"num_frames": 0})
+    with pytest.raises(ValueError, match="visualize.alpha"):
+        VisualizeOptions.from_config({"alpha": 2})
+    with pytest.raises(ValueError, match="unknown visualize key"):
+        VisualizeOptions.from_config({"frames": 2})
+
+
+def write_records(work_dir: Path, split: MevisSplit, fingerprints: dict[str, str]) -> None:
+    """Stage 1-3 records of every video of ``split`` with one moving square per expression."""
+    for video_id, video in split.videos.items():
+        height, width = split.frame_size(video_id)
+        frames = list(video.frame_names)
+        masks = square_masks(len(frames), height, width)
+        stage1 = im.Stage1Video(video_id, frames, height, width)
+        stage2 = im.Stage2Video(video_id, frames, height, width)
+        stage3 = im.Stage3Video(video_id, frames, height, width)
+        for exp_id in video.expressions:
+            stage1.expressions[exp_id] = im.ExpressionProposals(
+                scores=np.ones((len(frames), 1), dtype=np.float32),
+                boxes=np.zeros((len(frames), 1, 4), dtype=np.float32),
+                masks=RunLengthMasks.encode(masks[:, None]),
+                query_ids=np.zeros(1, dtype=np.int64),
+                answer=RunLengthMasks.encode(masks),
+            )
+            stage2.expressions[exp_id] = im.ExpressionRefinement(
+                kept_queries=np.zeros(1, dtype=np.int64),
+                prompt_frames=np.zeros(1, dtype=np.int64),
+                sam2_masks=RunLengthMasks.encode(masks[:, None]),
+                stage1_union=RunLengthMasks.encode(masks),
+            )
+            stage3.expressions[exp_id] = im.ExpressionFusion(
+                masks=RunLengthMasks.encode(masks),
+                multi_object=False,
+                frames_sam2_smaller=0,
+                frames_both_nonempty=len(frames),
+            )
+        im.save_stage1(
+            im.stage_path(work_dir, 1, video_id), stage1, fingerprint=fingerprints["stage1"]
+        )
+        im.save_stage2(
+            im.stage_path(work_dir, 2, video_id), stage2, fingerprint=fingerprints["stage2"]
+        )
+        im.save_stage3(
+            im.stage_path(work_dir, 3, video_id), stage3, fingerprint=fingerprints["stage3"]
+        )
+
+
+def test_run_visualizations_from_records(tmp_path):
+    videos = {
+        "vid1": {"frames": [f"{t:05d}" for t in range(6)], "expressions": {"0": "a", "1": "b"}},
+        "vid2": {"frames": ["00000", "00001"], "expressions": {"0": "the square"}},
+    }
+    split = MevisSplit(make_split(tmp_path / "split", videos, size=(24, 32)))
+    fingerprints = {"stage1": "f1", "stage2": "f2", "stage3": "f3"}
+    work_dir = tmp_path / "work"
+    write_records(work_dir, split, fingerprints)
+    cfg = {
+        "name": "test",
+        "work_dir": str(work_dir),
+        "run": {"fingerprints": fingerprints},
+        "visualize": {"enabled": True, "num_frames": 3, "tile_height": 48},
+    }
+    evaluation = SimpleNamespace(
+        jf=0.5,
+        per_expression={
+            ("vid1", "0"): SimpleNamespace(jf=0.4),
+            ("vid1", "1"): SimpleNamespace(jf=0.6),
+            ("vid2", "0"): SimpleNamespace(jf=0.9),
+        },
+    )
+    written = write_run_visualizations(cfg, split, {"fused.zip": evaluation})
+    root = work_dir / "visualize"
+    assert sorted(written) == sorted(
+        [root / "vid1" / "0.png", root / "vid1" / "1.png", root / "vid2" / "0.png"]
+        + [root / "jf_per_video.png"]
+    )
+    with Image.open(root / "vid1" / "0.png") as image:
+        assert (
+            image.size[0]
+            == strip_layout(
+                rows=3,
+                cols=3,
+                frame_size=(24, 32),
+                tile_height=48,
+                title_lines=1,
+                font=strip_font(48),
+            ).size[0]
+        )
+    with Image.open(root / "jf_per_video.png") as image:
+        assert image.size == jf_plot_size(2)
+    # Strips newer than the records are kept; a stale record set is not drawn.
+    assert write_run_visualizations(cfg, split, None) == []
+    stale = {**cfg, "run": {"fingerprints": {**fingerprints, "stage3": "other"}}}
+    assert write_run_visualizations(stale, split, None) == []
+
+
+def _rle(mask: np.ndarray) -> dict:
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": encoded["size"], "counts": encoded["counts"].decode()}
+
+
+def test_visualize_flag_on_a_pipeline_run(fixtures_dir, tmp_path):
+    """``run_pipeline.py --visualize`` on the tiny models: strips per expression and the plot."""
+    videos = {"vid1": {"frames": ["00000", "00001", "00002"], "expressions": {"0": "the dog"}}}
+    root = make_split(tmp_path / "split", videos, size=(48, 64))
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[10:30, 20:50] = True
+    (root / "mask_dict.json").write_text(json.dumps({"vid1-0": [_rle(mask)] * 3}))
+    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT / "run_pipeline.py"),
+            "--cpu",
+            "--visualize",
+            f"data.root={root}",
+            f"stage1.model={stage1 / 'model.yaml'}",
+            f"stage1.checkpoint={stage1 / 'referdino_checkpoint.pth'}",
+            "stage1.short_side=64",
+            "stage1.top_k=2",
+            f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
+            f"stage2.checkpoint={sam2 / 'weights_quiet.pt'}",
+            f"work_dir={tmp_path / 'work'}",
+            f"submission_dir={tmp_path / 'submissions'}",
+            "visualize.tile_height=48",
+        ],  # fmt: skip
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    folder = tmp_path / "work" / "visualize"
+    with Image.open(folder / "vid1" / "0.png") as image:
+        assert image.size[1] > 3 * 48
+    with Image.open(folder / "jf_per_video.png") as image:
+        assert image.size == jf_plot_size(1)
