@@ -267,8 +267,8 @@ def write_report(cfg: dict[str, Any], split: MevisSplit, result: RunResult) -> P
 
 
 def format_scores(scores: dict[str, dict[str, float]]) -> str:
-    """A small text table of J, F, J&F per archive."""
+    """A small text table of J, F, J&F per archive, in percent (as the MeViS leaderboard)."""
     lines = [f"{'archive':<12} {'J':>7} {'F':>7} {'J&F':>7}"]
     for name, s in scores.items():
-        lines.append(f"{name:<12} {s['J']:>7.2f} {s['F']:>7.2f} {s['J&F']:>7.2f}")
+        lines.append(f"{name:<12} {100 * s['J']:>7.2f} {100 * s['F']:>7.2f} {100 * s['J&F']:>7.2f}")
     return "\n".join(lines)
