@@ -8,6 +8,7 @@ original inference script does.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -166,15 +167,30 @@ def build_video_processor(config: dict[str, Any], device: str):
         if stage1["export_legacy"]:
             size = (images[0].height, images[0].width)
             legacy = LegacyVideo(video_id, str(split.frame_dir(video_id)), size)
-        record = stage1_record(
+        sentences = {exp_id: e.text for exp_id, e in entry.expressions.items()}
+        run = functools.partial(
+            stage1_record,
             model,
             images,
-            {exp_id: e.text for exp_id, e in entry.expressions.items()},
-            stage1,
+            sentences,
             video_id=video_id,
             frame_names=list(entry.frame_names),
             legacy=legacy,
         )
+        try:
+            record = run(stage1)
+        except torch.OutOfMemoryError:
+            if stage1["feature_cache_device"] == "cpu":
+                raise
+            record = None  # free the failed attempt before retrying
+        if record is None:
+            torch.cuda.empty_cache()
+            logger.warning(
+                "video %s: CUDA out of memory; retrying with the backbone features in host memory "
+                "(stage1.feature_cache_device=cpu)",
+                video_id,
+            )
+            record = run({**stage1, "feature_cache_device": "cpu"})
         if legacy is not None:
             write_legacy_npz(work_dir / "legacy_stage1" / f"{video_id}.npz", legacy)
         im.save_stage1(im.stage_path(work_dir, 1, video_id), record, fingerprint=fingerprint)

@@ -1,0 +1,38 @@
+"""The stage-1 runner's bookkeeping around the model (the model itself: test_stage1_*)."""
+
+import numpy as np
+import torch
+from split_factory import make_split
+from test_intermediates import make_stage1
+
+from rvos import intermediates as im
+from rvos.config import compose_config
+from rvos.pipeline import worker_config
+from stage1_referdino import runner
+from stage1_referdino.proposals import answer_query_indices, top_k_query_indices
+
+
+def test_answer_rule_matches_referdino_mevis_inference():
+    scores = np.array([[0.1, 0.3, 0.25], [0.2, 0.2, 0.1]], dtype=np.float32)  # means .15 .25 .175
+    assert answer_query_indices(scores, 0.2).tolist() == [1]
+    assert answer_query_indices(scores, 0.1).tolist() == [0, 1, 2]
+    assert answer_query_indices(scores, 0.9).tolist() == [1]  # none passes: top-1
+    assert top_k_query_indices(scores, 2).tolist() == [1, 2]
+
+
+def test_out_of_memory_retries_with_features_in_host_memory(tmp_path, monkeypatch):
+    root = make_split(tmp_path / "split", {"v": {"frames": ["00000"], "expressions": {"0": "x"}}})
+    config = worker_config(compose_config([f"data.root={root}", f"work_dir={tmp_path / 'work'}"]))
+    attempts = []
+
+    def fake_record(model, images, sentences, stage1, **kwargs):
+        attempts.append(stage1["feature_cache_device"])
+        if stage1["feature_cache_device"] != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return make_stage1()
+
+    monkeypatch.setattr(runner, "build_stage1_model", lambda stage1, device: None)
+    monkeypatch.setattr(runner, "stage1_record", fake_record)
+    runner.build_video_processor(config, "cpu")("v")
+    assert attempts == ["auto", "cpu"]
+    assert im.stage_path(tmp_path / "work", 1, "v").is_file()
