@@ -32,6 +32,7 @@ format:
 
 bench:
 	$(PY) benchmarks/bench_stage1_backbone_reuse.py
+	$(PY) benchmarks/bench_stage1_backbone_reuse.py --backbone swin_B_384_22k
 	$(PY) benchmarks/bench_stage2_feature_reuse.py
 
 clean:
