@@ -56,13 +56,20 @@ def check_config(cfg: Any) -> None:
 def compose_config(overrides: Sequence[str] = ()) -> Any:
     """``configs/pipeline.yaml`` composed with hydra ``overrides`` (``key=value``), then checked.
 
-    Hydra's global state is restored afterwards, so the ``sam2`` package's own config module
-    keeps working. Raises hydra/omegaconf errors for unknown keys, :class:`ConfigError` for
-    values out of their domain.
+    Works whether or not the ``sam2`` package (which initialises hydra's global state on import)
+    was imported before; hydra's global state is restored afterwards. Raises hydra/omegaconf
+    errors for unknown keys, :class:`ConfigError` for values out of their domain.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name="pipeline", overrides=list(overrides))
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name="pipeline", overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(backup)
     check_config(cfg)
     return cfg

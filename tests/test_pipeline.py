@@ -62,3 +62,17 @@ def test_pending_videos_after_a_crash(tmp_path):
 def test_score_table_is_in_percent():
     table = format_scores({"fused.zip": {"J": 0.5512, "F": 0.6, "J&F": 0.5756}})
     assert table.splitlines()[1].split() == ["fused.zip", "55.12", "60.00", "57.56"]
+
+
+def test_config_composes_after_sam2_was_imported():
+    """sam2 initialises hydra on import; composing ours must neither fail nor break sam2's."""
+    import sam2  # noqa: F401
+    from hydra.core.global_hydra import GlobalHydra
+
+    assert GlobalHydra.instance().is_initialized()
+    cfg = compose_config(["stage2.prompt=box"])
+    assert cfg.stage2.prompt == "box"
+    from hydra import compose
+
+    sam2_cfg = compose(config_name="configs/sam2.1/sam2.1_hiera_t.yaml")
+    assert "model" in sam2_cfg
