@@ -41,6 +41,7 @@ _NON_NUMERIC_KEYS = {
     "feature_cache_device",
     "offload_video_to_cpu",
     "offload_state_to_cpu",
+    "retry_offloaded_on_oom",
 }
 
 

@@ -30,6 +30,7 @@ def test_speed_settings_do_not_invalidate_results():
     base = plain_config()
     tuned = plain_config(
         "stage2.offload_video_to_cpu=true",
+        "stage2.retry_offloaded_on_oom=false",
         "stage1.feature_cache_device=cpu",
         "stage1.export_legacy=true",
     )
