@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,6 +252,98 @@ class SharedFeatureVideoPredictor(SAM2VideoPredictor):
             "frames_tracked_per_obj": {},
             SESSION_KEY: session,
         }
+
+    # -- propagation --------------------------------------------------------------------------
+
+    @staticmethod
+    def _processing_order(
+        inference_state: dict[str, Any],
+        start_frame_idx: int | None,
+        max_frame_num_to_track: int | None,
+        reverse: bool,
+    ) -> range:
+        """Frames one propagation pass visits, as SAM 2 orders them.
+
+        By default a pass starts at the earliest prompted frame of any object and runs to the
+        last frame (forward) or to frame 0 (reverse; nothing when it starts at frame 0).
+        """
+        if start_frame_idx is None:
+            start_frame_idx = min(
+                t
+                for outputs in inference_state["output_dict_per_obj"].values()
+                for t in outputs["cond_frame_outputs"]
+            )
+        span = (
+            inference_state["num_frames"]
+            if max_frame_num_to_track is None
+            else max_frame_num_to_track
+        )
+        if reverse:
+            if start_frame_idx == 0:
+                return range(0)
+            return range(start_frame_idx, max(start_frame_idx - span, 0) - 1, -1)
+        return range(
+            start_frame_idx, min(start_frame_idx + span, inference_state["num_frames"] - 1) + 1
+        )
+
+    def _propagate_object(
+        self, inference_state: dict[str, Any], obj_idx: int, frame_idx: int, reverse: bool
+    ) -> torch.Tensor:
+        """One object's low-resolution mask logits on ``frame_idx``, ``[1, 1, S/4, S/4]``.
+
+        A prompted frame returns its stored output; any other frame is tracked from memory and
+        its output stored for later frames.
+        """
+        outputs = inference_state["output_dict_per_obj"][obj_idx]
+        if frame_idx in outputs["cond_frame_outputs"]:
+            current_out = outputs["cond_frame_outputs"][frame_idx]
+            pred_masks = current_out["pred_masks"].to(inference_state["device"], non_blocking=True)
+            if self.clear_non_cond_mem_around_input:
+                self._clear_obj_non_cond_mem_around_input(inference_state, frame_idx, obj_idx)
+        else:
+            current_out, pred_masks = self._run_single_frame_inference(
+                inference_state=inference_state,
+                output_dict=outputs,
+                frame_idx=frame_idx,
+                batch_size=1,  # objects are tracked one at a time
+                is_init_cond_frame=False,
+                point_inputs=None,
+                mask_inputs=None,
+                reverse=reverse,
+                run_mem_encoder=True,
+            )
+            outputs["non_cond_frame_outputs"][frame_idx] = current_out
+        inference_state["frames_tracked_per_obj"][obj_idx][frame_idx] = {"reverse": reverse}
+        return pred_masks
+
+    @torch.inference_mode()
+    def propagate_in_video(
+        self,
+        inference_state,
+        start_frame_idx=None,
+        max_frame_num_to_track=None,
+        reverse=False,
+    ) -> Iterator[tuple[int, list[Any], torch.Tensor]]:
+        """SAM 2's ``propagate_in_video``, computing the same masks, without a progress bar per
+        pass (a MeViS run makes thousands of passes; the pipeline shows its own progress).
+
+        Yields:
+            ``(frame_idx, obj_ids, masks [num_objects, 1, H, W] logits at video size)``.
+        """
+        self.propagate_in_video_preflight(inference_state)
+        obj_ids = inference_state["obj_ids"]
+        num_objects = self._get_obj_num(inference_state)
+        order = self._processing_order(
+            inference_state, start_frame_idx, max_frame_num_to_track, reverse
+        )
+        for frame_idx in order:
+            per_object = [
+                self._propagate_object(inference_state, obj_idx, frame_idx, reverse)
+                for obj_idx in range(num_objects)
+            ]
+            masks = torch.cat(per_object, dim=0) if num_objects > 1 else per_object[0]
+            _, video_res_masks = self._get_orig_video_res_output(inference_state, masks)
+            yield frame_idx, obj_ids, video_res_masks
 
     # -- image features -----------------------------------------------------------------------
 
