@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing as mp
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,17 @@ def _describe(err: BaseException) -> str:
     return "".join(traceback.format_exception(err)).rstrip()
 
 
+def share_cpu_threads(num_workers: int) -> None:
+    """Give this worker process its share of the CPU cores for torch's CPU ops.
+
+    Every process would otherwise start one thread per core, oversubscribing the machine
+    ``num_workers`` times for the CPU-side work (resizing masks, decoding frames).
+    """
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_workers))
+
+
 def _process_entry(
     worker: int,
     device: str,
@@ -117,10 +129,12 @@ def _process_entry(
     video_ids: list[str],
     channel: Connection,
     log_level: int,
+    num_workers: int,
 ) -> None:
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s [worker {worker} {device}] %(levelname)s %(message)s"
     )
+    share_cpu_threads(num_workers)
     # Connection.send is synchronous: an event sent before a crash is never lost.
     _run_shard(worker, device, target, config, video_ids, lambda *event: channel.send(event))
     channel.send(("exit", worker, None, ""))
@@ -191,7 +205,16 @@ def _run_processes(
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
             target=_process_entry,
-            args=(worker, device, target, config, ids, sender, logging.getLogger().level),
+            args=(
+                worker,
+                device,
+                target,
+                config,
+                ids,
+                sender,
+                logging.getLogger().level,
+                len(devices),
+            ),
             name=f"worker-{worker}-{device}",
         )
         process.start()

@@ -31,7 +31,7 @@ def test_single_worker_runs_in_process_and_reports_failures(tmp_path):
     assert sorted(summary.done) == ["a", "c"]
     assert [(f.video_id, f.device) for f in summary.failures] == [("b", "cpu")]
     assert "cannot process b" in summary.failures[0].message
-    pids = {p.read_text() for p in tmp_path.iterdir()}
+    pids = {p.read_text().split()[0] for p in tmp_path.iterdir()}
     assert pids == {str(os.getpid())}
 
 
@@ -45,7 +45,10 @@ def test_processes_keep_other_shards_and_report_a_dead_worker(tmp_path):
     assert failure.video_id == "b" and failure.worker == 0
     assert "exit code 3" in failure.message
     assert sorted(p.stem for p in tmp_path.iterdir()) == ["a", "c", "d"]
-    assert str(os.getpid()) not in {p.read_text() for p in tmp_path.iterdir()}
+    markers = [p.read_text().split() for p in tmp_path.iterdir()]
+    assert str(os.getpid()) not in {pid for pid, _ in markers}
+    # Each of the two processes uses its share of the cores.
+    assert {int(threads) for _, threads in markers} == {max(1, (os.cpu_count() or 1) // 2)}
 
 
 def test_setup_failure_is_reported(tmp_path):

@@ -13,7 +13,10 @@ def build_marker_job(config, device):
             raise RuntimeError(f"cannot process {video_id}")
         if video_id in config.get("die", ()):
             os._exit(3)
-        (out / f"{video_id}.{device.replace(':', '')}").write_text(str(os.getpid()))
+        import torch
+
+        marker = out / f"{video_id}.{device.replace(':', '')}"
+        marker.write_text(f"{os.getpid()} {torch.get_num_threads()}")
 
     return process
 
