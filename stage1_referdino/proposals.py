@@ -46,6 +46,7 @@ def proposals_from_outputs(
     *,
     top_k: int | None,
     obj_threshold: float,
+    frames_per_chunk: int = 8,
 ) -> ExpressionProposals:
     """Build one expression's stage-1 record from the model outputs.
 
@@ -56,20 +57,27 @@ def proposals_from_outputs(
         frame_size: ``(H, W)`` original frame size.
         top_k: queries kept in the record (``None``: all).
         obj_threshold: threshold of the stage-1 answer (:func:`answer_query_indices`).
+        frames_per_chunk: frames upsampled and encoded at a time (bounds memory).
     """
     kept = top_k_query_indices(scores, top_k)
     answer = answer_query_indices(scores, obj_threshold)
     needed = np.union1d(kept, answer)
-    binary = upsample_mask_logits(np.asarray(mask_logits)[:, needed], frame_size)
     column = {int(q): i for i, q in enumerate(needed)}
-    kept_masks = binary[:, [column[int(q)] for q in kept]]
-    answer_mask = binary[:, [column[int(q)] for q in answer]].any(axis=1)
+    kept_cols = [column[int(q)] for q in kept]
+    answer_cols = [column[int(q)] for q in answer]
+    logits = np.asarray(mask_logits)[:, needed]
+    kept_parts, answer_parts = [], []
+    # A few frames at a time: full-size masks of a long video do not fit in memory at once.
+    for start in range(0, logits.shape[0], frames_per_chunk):
+        binary = upsample_mask_logits(logits[start : start + frames_per_chunk], frame_size)
+        kept_parts.append(RunLengthMasks.encode(binary[:, kept_cols]))
+        answer_parts.append(RunLengthMasks.encode(binary[:, answer_cols].any(axis=1)))
     return ExpressionProposals(
         scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
         boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
-        masks=RunLengthMasks.encode(kept_masks),
+        masks=RunLengthMasks.concatenate(kept_parts),
         query_ids=kept.astype(np.int64),
-        answer=RunLengthMasks.encode(answer_mask),
+        answer=RunLengthMasks.concatenate(answer_parts),
     )
 
 

@@ -36,3 +36,27 @@ def test_out_of_memory_retries_with_features_in_host_memory(tmp_path, monkeypatc
     runner.build_video_processor(config, "cpu")("v")
     assert attempts == ["auto", "cpu"]
     assert im.stage_path(tmp_path / "work", 1, "v").is_file()
+
+
+def test_proposals_equal_the_dense_computation():
+    """Chunked upsampling + encoding gives the masks of one dense interpolate over all frames."""
+    import torch.nn.functional as F
+
+    from stage1_referdino.proposals import proposals_from_outputs
+
+    rng = np.random.default_rng(3)
+    num_frames, num_queries = 11, 5
+    scores = rng.random((num_frames, num_queries), dtype=np.float32)
+    boxes = rng.random((num_frames, num_queries, 4), dtype=np.float32)
+    logits = rng.standard_normal((num_frames, num_queries, 6, 9)).astype(np.float32)
+    out = proposals_from_outputs(
+        scores, boxes, logits, (23, 35), top_k=3, obj_threshold=0.5, frames_per_chunk=4
+    )
+    dense = F.interpolate(torch.from_numpy(logits), size=(23, 35), mode="bilinear") > 0
+    dense = dense.numpy()
+    kept = top_k_query_indices(scores, 3)
+    np.testing.assert_array_equal(out.query_ids, kept)
+    np.testing.assert_array_equal(out.masks.decode(), dense[:, kept])
+    answer = answer_query_indices(scores, 0.5)
+    np.testing.assert_array_equal(out.answer.decode(), dense[:, answer].any(axis=1))
+    np.testing.assert_array_equal(out.scores, scores[:, kept])
