@@ -6,6 +6,8 @@ PIP         := $(PY) -m pip
 # Pinned versions CI and the reference numbers use; `make setup CONSTRAINTS=` installs the ranges.
 CONSTRAINTS ?= constraints.txt
 CFLAG       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+# The pip CI uses (a newer one works too: make setup PIP_VERSION=...).
+PIP_VERSION ?= 26.3
 # sam2's optional CUDA extension only fills small mask holes; 0 keeps the build portable.
 SAM2_BUILD_CUDA ?= 0
 
@@ -13,7 +15,7 @@ SAM2_BUILD_CUDA ?= 0
 
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+	$(PIP) install --upgrade "pip==$(PIP_VERSION)"
 	$(PIP) install $(CFLAG) torch torchvision
 	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PIP) install $(CFLAG) --no-build-isolation sam2==1.1.0
 	$(PIP) install $(CFLAG) -r requirements.txt -r requirements-dev.txt
