@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,60 @@ def _video_fields(header: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _is_masks_field(f: Field) -> bool:
+    return f.type in ("RunLengthMasks", RunLengthMasks)
+
+
+def _is_array_field(f: Field) -> bool:
+    return f.type in ("np.ndarray", np.ndarray)
+
+
+def _save_video(
+    path: Path, kind: str, video: Any, fingerprint: str, *, scalars_key: str | None = None
+) -> None:
+    """Write a per-video record atomically.
+
+    Each expression's array and mask fields become arrays named ``e<index>.<field>``; its other
+    fields (scalars) go into the header under ``scalars_key``, keyed by expression id.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, (exp_id, exp) in enumerate(video.expressions.items()):
+        for f in fields(exp):
+            value, key = getattr(exp, f.name), f"e{index}.{f.name}"
+            if _is_masks_field(f):
+                _put_masks(arrays, key, value)
+            elif _is_array_field(f):
+                arrays[key] = np.asarray(value)
+            else:
+                scalars.setdefault(exp_id, {})[f.name] = value
+    header = _video_header(video, fingerprint)
+    if scalars_key is not None:
+        header[scalars_key] = scalars
+    save_record(path, kind, header, arrays)
+
+
+def _load_video(
+    path: Path, kind: str, video_cls: type, expression_cls: type, *, scalars_key: str | None = None
+) -> Any:
+    """Read a record written by :func:`_save_video` into ``video_cls`` of ``expression_cls``."""
+    header, arrays = load_record(path, kind)
+    try:
+        expressions = {}
+        for index, exp_id in enumerate(header["exp_ids"]):
+            values = dict(header[scalars_key][exp_id]) if scalars_key else {}
+            for f in fields(expression_cls):
+                key = f"e{index}.{f.name}"
+                if _is_masks_field(f):
+                    values[f.name] = _get_masks(arrays, key)
+                elif _is_array_field(f):
+                    values[f.name] = arrays[key]
+            expressions[exp_id] = expression_cls(**values)
+        return video_cls(**_video_fields(header), expressions=expressions)
+    except (KeyError, TypeError, IntermediateError, ValueError) as err:
+        raise IntermediateError(f"{path}: incomplete {kind} intermediate ({err})") from None
+
+
 # -- stage 1 --------------------------------------------------------------------------------
 
 STAGE1_KIND = STAGE_KINDS[1]
@@ -189,35 +243,12 @@ class Stage1Video:
 
 def save_stage1(path: Path, video: Stage1Video, *, fingerprint: str) -> None:
     """Write a :class:`Stage1Video` atomically."""
-    arrays: dict[str, np.ndarray] = {}
-    for index, exp in enumerate(video.expressions.values()):
-        prefix = f"e{index}"
-        arrays[f"{prefix}.scores"] = np.asarray(exp.scores, dtype=np.float32)
-        arrays[f"{prefix}.boxes"] = np.asarray(exp.boxes, dtype=np.float32)
-        arrays[f"{prefix}.query_ids"] = np.asarray(exp.query_ids, dtype=np.int64)
-        _put_masks(arrays, f"{prefix}.masks", exp.masks)
-        _put_masks(arrays, f"{prefix}.answer", exp.answer)
-    header = _video_header(video, fingerprint)
-    save_record(path, STAGE1_KIND, header, arrays)
+    _save_video(path, STAGE1_KIND, video, fingerprint)
 
 
 def load_stage1(path: Path) -> Stage1Video:
     """Read a stage-1 file; :class:`IntermediateError` names the file if it is unusable."""
-    header, arrays = load_record(path, STAGE1_KIND)
-    try:
-        expressions = {
-            exp_id: ExpressionProposals(
-                scores=arrays[f"e{i}.scores"],
-                boxes=arrays[f"e{i}.boxes"],
-                masks=_get_masks(arrays, f"e{i}.masks"),
-                query_ids=arrays[f"e{i}.query_ids"],
-                answer=_get_masks(arrays, f"e{i}.answer"),
-            )
-            for i, exp_id in enumerate(header["exp_ids"])
-        }
-        return Stage1Video(**_video_fields(header), expressions=expressions)
-    except (KeyError, IntermediateError, ValueError) as err:
-        raise IntermediateError(f"{path}: incomplete stage-1 intermediate ({err})") from None
+    return _load_video(path, STAGE1_KIND, Stage1Video, ExpressionProposals)
 
 
 # -- stage 2 --------------------------------------------------------------------------------
@@ -256,32 +287,13 @@ class Stage2Video:
 
 
 def save_stage2(path: Path, video: Stage2Video, *, fingerprint: str) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    for index, exp in enumerate(video.expressions.values()):
-        prefix = f"e{index}"
-        arrays[f"{prefix}.kept_queries"] = np.asarray(exp.kept_queries, dtype=np.int64)
-        arrays[f"{prefix}.prompt_frames"] = np.asarray(exp.prompt_frames, dtype=np.int64)
-        _put_masks(arrays, f"{prefix}.sam2_masks", exp.sam2_masks)
-        _put_masks(arrays, f"{prefix}.stage1_union", exp.stage1_union)
-    header = _video_header(video, fingerprint)
-    save_record(path, STAGE2_KIND, header, arrays)
+    """Write a :class:`Stage2Video` atomically."""
+    _save_video(path, STAGE2_KIND, video, fingerprint)
 
 
 def load_stage2(path: Path) -> Stage2Video:
-    header, arrays = load_record(path, STAGE2_KIND)
-    try:
-        expressions = {
-            exp_id: ExpressionRefinement(
-                kept_queries=arrays[f"e{i}.kept_queries"],
-                prompt_frames=arrays[f"e{i}.prompt_frames"],
-                sam2_masks=_get_masks(arrays, f"e{i}.sam2_masks"),
-                stage1_union=_get_masks(arrays, f"e{i}.stage1_union"),
-            )
-            for i, exp_id in enumerate(header["exp_ids"])
-        }
-        return Stage2Video(**_video_fields(header), expressions=expressions)
-    except (KeyError, IntermediateError, ValueError) as err:
-        raise IntermediateError(f"{path}: incomplete stage-2 intermediate ({err})") from None
+    """Read a stage-2 file; :class:`IntermediateError` names the file if it is unusable."""
+    return _load_video(path, STAGE2_KIND, Stage2Video, ExpressionRefinement)
 
 
 # -- stage 3 --------------------------------------------------------------------------------
@@ -309,28 +321,10 @@ class Stage3Video:
 
 
 def save_stage3(path: Path, video: Stage3Video, *, fingerprint: str) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    decisions = {}
-    for index, (exp_id, exp) in enumerate(video.expressions.items()):
-        _put_masks(arrays, f"e{index}.masks", exp.masks)
-        decisions[exp_id] = {
-            "multi_object": exp.multi_object,
-            "frames_sam2_smaller": exp.frames_sam2_smaller,
-            "frames_both_nonempty": exp.frames_both_nonempty,
-        }
-    header = {**_video_header(video, fingerprint), "decisions": decisions}
-    save_record(path, STAGE3_KIND, header, arrays)
+    """Write a :class:`Stage3Video` atomically; the fusion decisions go into the header."""
+    _save_video(path, STAGE3_KIND, video, fingerprint, scalars_key="decisions")
 
 
 def load_stage3(path: Path) -> Stage3Video:
-    header, arrays = load_record(path, STAGE3_KIND)
-    try:
-        expressions = {
-            exp_id: ExpressionFusion(
-                masks=_get_masks(arrays, f"e{i}.masks"), **header["decisions"][exp_id]
-            )
-            for i, exp_id in enumerate(header["exp_ids"])
-        }
-        return Stage3Video(**_video_fields(header), expressions=expressions)
-    except (KeyError, TypeError, IntermediateError, ValueError) as err:
-        raise IntermediateError(f"{path}: incomplete stage-3 intermediate ({err})") from None
+    """Read a stage-3 file; :class:`IntermediateError` names the file if it is unusable."""
+    return _load_video(path, STAGE3_KIND, Stage3Video, ExpressionFusion, scalars_key="decisions")
