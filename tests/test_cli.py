@@ -2,31 +2,14 @@
 
 import io
 import json
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 from pycocotools import mask as mask_utils
 from split_factory import make_split
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT / "run_pipeline.py"), *map(str, args)],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}")
-    return proc
 
 
 def read_expression(archive: zipfile.ZipFile, key: str, frames) -> np.ndarray:

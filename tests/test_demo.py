@@ -2,12 +2,12 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 
 from rvos.demo import (
@@ -20,7 +20,6 @@ from rvos.demo import (
 )
 from rvos.visualize import caption_band, color_of
 
-PROJECT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 64, 96
 
 
@@ -55,16 +54,7 @@ def demo_overrides(fixtures_dir: Path) -> list[str]:
 
 
 def run_demo(*args, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT / "run_pipeline.py"), "demo", *map(str, args)],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}")
-    return proc
+    return run_cli("demo", *args, check=check, timeout=600)
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], str, str]:
