@@ -16,7 +16,8 @@ CHOICES = {
     "stage1.feature_cache_device": ("auto", "cpu"),
     "stage2.feature_cache_device": ("auto", "cpu"),
 }
-POSITIVE_INTS = ("stage1.short_side", "stage1.top_k", "stage2.num_points")
+POSITIVE_INTS = ("stage1.short_side", "stage2.num_points")
+OPTIONAL_POSITIVE_INTS = ("stage1.top_k",)
 UNIT_INTERVAL = ("stage1.obj_threshold", "stage2.score_threshold")
 
 
@@ -37,8 +38,10 @@ def check_config(cfg: Any) -> None:
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {list(allowed)}")
-    for key in POSITIVE_INTS:
+    for key in POSITIVE_INTS + OPTIONAL_POSITIVE_INTS:
         value = _get(cfg, key)
+        if value is None and key in OPTIONAL_POSITIVE_INTS:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{key}={value!r}: expected a positive integer")
     for key in UNIT_INTERVAL:

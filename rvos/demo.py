@@ -133,15 +133,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def clean_sentences(texts: Sequence[str]) -> list[str]:
-    """The ``--text`` sentences with runs of whitespace collapsed, as MeViS expressions are read.
+def check_sentences(texts: Sequence[str]) -> list[str]:
+    """The ``--text`` sentences as written (as MeViS expressions are read: ReferDINO tokenizes the
+    raw text).
 
     Raises:
         DemoError: a sentence that is empty or only whitespace (numbered from 1).
     """
-    sentences = [" ".join(text.split()) for text in texts]
+    sentences = list(texts)
     for number, sentence in enumerate(sentences, start=1):
-        if not sentence:
+        if not sentence.strip():
             raise DemoError(f"--text #{number} is empty: give a sentence", EXIT_USAGE)
     return sentences
 
@@ -649,7 +650,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     from omegaconf import OmegaConf
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    sentences = clean_sentences(args.text)
+    sentences = check_sentences(args.text)
     if not args.video.exists():
         raise DemoError(f"--video {args.video}: no such file or folder")
     out_dir = args.out or DEFAULT_OUT_ROOT / source_name(args.video)

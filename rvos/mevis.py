@@ -69,7 +69,8 @@ def _parse_expression(video_id: str, exp_id: str, entry: object) -> Expression:
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: the expression text is empty or not a string ({text!r})")
     anno_ids = tuple(str(a) for a in entry.get("anno_id", ()))
-    return Expression(exp_id=exp_id, text=" ".join(text.split()), anno_ids=anno_ids)
+    # As written: ReferDINO feeds the raw text to BERT (only appending "." when it lacks one).
+    return Expression(exp_id=exp_id, text=text, anno_ids=anno_ids)
 
 
 def _parse_video(video_id: str, entry: object) -> Video:

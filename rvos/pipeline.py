@@ -45,6 +45,12 @@ _NON_NUMERIC_KEYS = {
 }
 
 
+# Bumped when a stage computes other outputs from the same configuration, so that records made by
+# earlier code are recomputed instead of mixed in (stage 1, 2: expressions as written, queries in
+# the model's order).
+STAGE1_REVISION = 2
+
+
 class PipelineError(RuntimeError):
     """A run that cannot start or did not complete; the message says what to do."""
 
@@ -73,7 +79,7 @@ def stage_fingerprints(cfg: dict[str, Any]) -> dict[str, str]:
         stage1_part = {"legacy_dir": stage1["legacy_dir"], "obj_threshold": stage1["obj_threshold"]}
     else:
         stage1_part = numeric(stage1)
-    fp1 = im.config_fingerprint({"stage1": stage1_part})
+    fp1 = im.config_fingerprint({"stage1": stage1_part, "revision": STAGE1_REVISION})
     fp2 = im.config_fingerprint({"stage2": numeric(cfg["stage2"]), "stage1": fp1})
     fp3 = im.config_fingerprint({"stage3": cfg["stage3"], "stage2": fp2})
     return {"stage1": fp1, "stage2": fp2, "stage3": fp3}

@@ -31,11 +31,22 @@ def answer_query_indices(scores: np.ndarray, obj_threshold: float) -> np.ndarray
     return kept.astype(np.int64)
 
 
-def top_k_query_indices(scores: np.ndarray, top_k: int | None) -> np.ndarray:
-    """``[min(K, N)] int64`` queries with the highest mean score, best first (stable on ties)."""
+def kept_query_ids(scores: np.ndarray, top_k: int | None) -> np.ndarray:
+    """The queries a stage-1 record keeps, in the model's query order.
+
+    Args:
+        scores: ``[T, N]`` per-frame sigmoid scores.
+        top_k: keep the ``top_k`` queries with the highest mean score (stable on ties);
+            ``None``: all ``N`` queries, as ReferDINO-Plus's refine script sees them.
+    Returns:
+        ``[min(K, N)] int64`` query ids, ascending.
+    """
+    num_queries = np.shape(scores)[1]
+    if top_k is None or top_k >= num_queries:
+        return np.arange(num_queries, dtype=np.int64)
     mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
-    order = np.argsort(-mean, kind="stable")
-    return order if top_k is None else order[:top_k]
+    best = np.argsort(-mean, kind="stable")[:top_k]
+    return np.sort(best).astype(np.int64)
 
 
 def proposals_from_outputs(
@@ -55,11 +66,11 @@ def proposals_from_outputs(
         boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)``.
         mask_logits: ``[T, N, h, w]`` mask logits.
         frame_size: ``(H, W)`` original frame size.
-        top_k: queries kept in the record (``None``: all).
+        top_k: queries kept in the record (``None``: all); see :func:`kept_query_ids`.
         obj_threshold: threshold of the stage-1 answer (:func:`answer_query_indices`).
         frames_per_chunk: frames upsampled and encoded at a time (bounds memory).
     """
-    kept = top_k_query_indices(scores, top_k)
+    kept = kept_query_ids(scores, top_k)
     answer = answer_query_indices(scores, obj_threshold)
     needed = np.union1d(kept, answer)
     column = {int(q): i for i, q in enumerate(needed)}
@@ -76,7 +87,7 @@ def proposals_from_outputs(
         scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
         boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
         masks=RunLengthMasks.concatenate(kept_parts),
-        query_ids=kept.astype(np.int64),
+        query_ids=kept,
         answer=RunLengthMasks.concatenate(answer_parts),
     )
 
@@ -100,22 +111,14 @@ def stage1_from_legacy(
                 f"{arrays['scores'].shape[0]} frames, meta_expressions.json lists "
                 f"{len(frame_names)}"
             )
-        proposals = proposals_from_outputs(
+        # All queries in the file's order: stage 2 indexes them as the original script did.
+        video.expressions[exp_id] = proposals_from_outputs(
             arrays["scores"],
             arrays["boxes"],
             arrays["masks"],
             (height, width),
             top_k=None,
             obj_threshold=obj_threshold,
-        )
-        # Keep the legacy query order: stage 2 indexes queries as the original script did.
-        order = np.argsort(proposals.query_ids, kind="stable")
-        video.expressions[exp_id] = ExpressionProposals(
-            scores=proposals.scores[:, order],
-            boxes=proposals.boxes[:, order],
-            masks=proposals.masks.select(order, axis=1),
-            query_ids=proposals.query_ids[order],
-            answer=proposals.answer,
         )
     return video
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from rvos.demo import (
     DemoError,
-    clean_sentences,
+    check_sentences,
     decode_video,
     natural_key,
     parse_args,
@@ -168,9 +168,9 @@ def test_frame_folder_rejects_mixed_sizes(tmp_path):
 
 
 def test_sentences_and_arguments():
-    assert clean_sentences(["  the  dog\n", "a cat"]) == ["the dog", "a cat"]
+    assert check_sentences(["the  dog. ", "a cat"]) == ["the  dog. ", "a cat"]  # as written
     with pytest.raises(DemoError, match="#1 is empty"):
-        clean_sentences([""])
+        check_sentences([""])
     args = parse_args(["--video", "v.mp4", "stage2.model=x", "--text", "a=b", "--cpu"])
     assert args.text == ["a=b"] and args.overrides == ["stage2.model=x"]
     with pytest.raises(DemoError, match="key=value"):

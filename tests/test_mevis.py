@@ -18,7 +18,7 @@ VIDEOS = {
 def test_reads_videos_sorted(tmp_path):
     split = MevisSplit(make_split(tmp_path, VIDEOS))
     assert split.video_ids == ["a", "b"]
-    assert split.videos["b"].expressions["1"].text == "a dog"
+    assert split.videos["b"].expressions["1"].text == "a  dog\n"  # as written
     assert [p.name for p in split.frame_paths("b")] == ["00000.jpg", "00001.jpg"]
     assert split.check_frames("b") == (12, 16)
     assert len(split.load_frames("b")) == 2

@@ -26,6 +26,17 @@ def test_fingerprints_chain_downstream():
     )
 
 
+def test_records_of_earlier_code_are_recomputed(monkeypatch):
+    """Stage-1 records made before expressions were read as written (and every query kept) have
+    another fingerprint, even with the same settings: they are recomputed, never mixed in."""
+    import rvos.pipeline
+
+    current = stage_fingerprints(plain_config("stage1.top_k=10"))
+    monkeypatch.setattr(rvos.pipeline, "STAGE1_REVISION", rvos.pipeline.STAGE1_REVISION - 1)
+    earlier = stage_fingerprints(plain_config("stage1.top_k=10"))
+    assert all(a != b for a, b in zip(current.values(), earlier.values(), strict=True))
+
+
 def test_speed_settings_do_not_invalidate_results():
     base = plain_config()
     tuned = plain_config(

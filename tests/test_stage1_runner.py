@@ -9,7 +9,7 @@ from rvos import intermediates as im
 from rvos.config import compose_config
 from rvos.pipeline import worker_config
 from stage1_referdino import runner
-from stage1_referdino.proposals import answer_query_indices, top_k_query_indices
+from stage1_referdino.proposals import answer_query_indices, kept_query_ids
 
 
 def test_answer_rule_matches_referdino_mevis_inference():
@@ -17,7 +17,10 @@ def test_answer_rule_matches_referdino_mevis_inference():
     assert answer_query_indices(scores, 0.2).tolist() == [1]
     assert answer_query_indices(scores, 0.1).tolist() == [0, 1, 2]
     assert answer_query_indices(scores, 0.9).tolist() == [1]  # none passes: top-1
-    assert top_k_query_indices(scores, 2).tolist() == [1, 2]
+    assert kept_query_ids(scores, 2).tolist() == [1, 2]  # best two, in the model's order
+    assert kept_query_ids(scores, 1).tolist() == [1]
+    assert kept_query_ids(scores, None).tolist() == [0, 1, 2]
+    assert kept_query_ids(scores, 5).tolist() == [0, 1, 2]
 
 
 def test_out_of_memory_retries_with_features_in_host_memory(tmp_path, monkeypatch):
@@ -54,7 +57,7 @@ def test_proposals_equal_the_dense_computation():
     )
     dense = F.interpolate(torch.from_numpy(logits), size=(23, 35), mode="bilinear") > 0
     dense = dense.numpy()
-    kept = top_k_query_indices(scores, 3)
+    kept = kept_query_ids(scores, 3)
     np.testing.assert_array_equal(out.query_ids, kept)
     np.testing.assert_array_equal(out.masks.decode(), dense[:, kept])
     answer = answer_query_indices(scores, 0.5)
