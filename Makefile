@@ -11,7 +11,7 @@ PIP_VERSION ?= 26.3
 # sam2's optional CUDA extension only fills small mask holes; 0 keeps the build portable.
 SAM2_BUILD_CUDA ?= 0
 
-.PHONY: setup test lint format bench clean
+.PHONY: setup test test-fast lint format bench clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ setup:
 
 test: lint
 	$(PY) -m pytest -q
+
+# Unit tests only (no model runs, no end-to-end command lines): seconds.
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
 
 lint:
 	$(PY) -m ruff check .

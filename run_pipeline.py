@@ -3,130 +3,14 @@
 
     python run_pipeline.py [--gids 0 1 2 3] [--stages 1 2 3] [--cpu] [--name RUN] [--overwrite]
                            [key=value ...]
+    python run_pipeline.py demo --video PATH --text SENTENCE [...]
 
-``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
-``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
-skips finished videos on a rerun.
+The same as the ``referdino-plus`` command; see :mod:`referdino_plus.cli`.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from collections.abc import Sequence
 
-logger = logging.getLogger("referdino_plus")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--gids", type=int, nargs="+", help="GPU ids: one worker process per GPU (default: GPU 0)"
-    )
-    parser.add_argument(
-        "--stages",
-        type=int,
-        nargs="+",
-        choices=(1, 2, 3),
-        default=[1, 2, 3],
-        help="stages to run; each reads the previous stage's cached outputs (default: 1 2 3)",
-    )
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU (one worker)")
-    parser.add_argument("--name", help="run name: work/<name>, submissions/<name>")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="recompute finished videos instead of skipping"
-    )
-    parser.add_argument(
-        "--visualize",
-        action="store_true",
-        help="after the run, draw per-expression mask strips and a J&F-per-video plot into "
-        "work_dir/visualize (visualize.enabled=true)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
-    )
-    return parser
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse flags and ``key=value`` overrides in any order (``--stages 2 3 data.root=...``)."""
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    flags = [a for a in argv if a not in overrides]
-    args = build_parser().parse_args(flags)
-    args.overrides = list(args.overrides) + overrides
-    if args.visualize:
-        args.overrides.append("visualize.enabled=true")
-    return args
-
-
-def select_devices(gids: Sequence[int] | None, cpu: bool) -> list[str]:
-    """``--gids``/``--cpu`` -> devices, one worker each. Raises ``ValueError`` for absent GPUs."""
-    if cpu:
-        if gids:
-            raise ValueError("--cpu and --gids exclude each other")
-        return ["cpu"]
-    import torch
-
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not gids:
-        return ["cuda:0"] if available else ["cpu"]
-    absent = [g for g in gids if g < 0 or g >= available]
-    if absent:
-        raise ValueError(f"GPU id(s) {absent} not available: this machine has {available} GPU(s)")
-    if len(set(gids)) != len(gids):
-        raise ValueError(f"--gids lists a GPU twice: {list(gids)}")
-    return [f"cuda:{g}" for g in gids]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["demo"]:
-        from rvos.demo import main as demo_main
-
-        return demo_main(argv[1:])
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from rvos import pipeline
-    from rvos.config import ConfigError, compose_config
-    from rvos.intermediates import IntermediateError
-    from rvos.mevis import DataError
-
-    try:
-        cfg = compose_config(args.overrides + ([f"name={args.name}"] if args.name else []))
-        devices = select_devices(args.gids, args.cpu)
-    except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
-    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
-    try:
-        with logging_redirect_tqdm():
-            result = pipeline.run(
-                cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
-            )
-    except (pipeline.PipelineError, DataError, IntermediateError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        return 1
-    for name, path in result.archives.items():
-        logger.info("archive %s: %s", name, path)
-    if result.scores:
-        print(pipeline.format_scores(result.scores))
-    if not result.ok:
-        logger.error("some videos failed (see above and %s/report.json)", cfg.work_dir)
-        return 1
-    return 0
-
+from referdino_plus.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

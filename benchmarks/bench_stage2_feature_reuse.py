@@ -13,6 +13,7 @@ Defaults: the tiny SAM 2.1 and the ``refine_tiny`` video of ``../shared/fixtures
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import sys
@@ -27,10 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from referdino_plus.config import load_config  # noqa: E402
 from rvos.legacy import read_legacy_npz  # noqa: E402
 from rvos.masks import upsample_mask_logits  # noqa: E402
+from stage2_sam2_refine.options import PromptKind  # noqa: E402
 from stage2_sam2_refine.reference import build_reference_predictor, reference_refine  # noqa: E402
-from stage2_sam2_refine.refine import RefineConfig, build_refiner  # noqa: E402
+from stage2_sam2_refine.refine import build_refiner  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
@@ -70,7 +73,12 @@ def main() -> None:
             boxes=tiled["boxes"],
             masks=upsample_mask_logits(tiled["masks"], legacy.size),
         )
-    config = RefineConfig(prompt=args.prompt)
+    options = dataclasses.replace(
+        load_config().stage2,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        prompt=PromptKind(args.prompt),
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         frame_dir = Path(tmp)
@@ -79,9 +87,7 @@ def main() -> None:
         frame_paths = sorted(frame_dir.glob("*.jpg"))
 
         stock = build_reference_predictor(args.model, args.checkpoint, device=args.device)
-        refiner = build_refiner(
-            model=args.model, checkpoint=args.checkpoint, device=args.device, config=config
-        )
+        refiner = build_refiner(options, device=args.device)
 
         _synchronize(args.device)
         start = time.perf_counter()
@@ -92,7 +98,7 @@ def main() -> None:
                 scores=p.scores,
                 boxes=p.boxes,
                 masks=p.masks,
-                config=config,
+                options=options,
             )
             for exp_id, p in proposals.items()
         }

@@ -26,7 +26,8 @@ from rvos.masks import RunLengthMasks
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: stage-2 records name the stage-1 columns they kept ``kept_columns``.
+FORMAT_VERSION = 2
 _HEADER_KEY = "__header__"
 
 
@@ -213,7 +214,8 @@ class ExpressionProposals:
         scores: ``[T, K] float32`` sigmoid of the query logits per frame.
         boxes: ``[T, K, 4] float32`` normalised ``(cx, cy, w, h)``.
         masks: ``[T, K, H, W]`` binary masks at frame size (``upsample(logits) > 0``).
-        query_ids: ``[K] int64`` index of each kept query among all of the model's queries.
+        query_ids: ``[K] int64`` the model's query id of each column (ascending; all ``N`` queries
+            unless ``stage1.top_k``).
         answer: ``[T, H, W]`` the stage-1 answer: union of the queries whose mean score exceeds
             ``stage1.obj_threshold`` (top-1 if none), over *all* queries, as ReferDINO's MeViS
             inference script computes it.
@@ -261,13 +263,14 @@ class ExpressionRefinement:
     """Stage-2 output for one expression.
 
     Attributes:
-        kept_queries: ``[K] int64`` indices (into the stage-1 queries) of the queries SAM 2 tracked.
+        kept_columns: ``[K] int64`` the columns of the stage-1 record whose queries SAM 2 tracked
+            (their model query ids: the stage-1 record's ``query_ids[kept_columns]``).
         prompt_frames: ``[K] int64`` frame index where each kept query prompted SAM 2.
         sam2_masks: ``[T, K, H, W]`` SAM 2 masks per object.
         stage1_union: ``[T, H, W]`` union of the kept queries' stage-1 masks (fusion input).
     """
 
-    kept_queries: np.ndarray
+    kept_columns: np.ndarray
     prompt_frames: np.ndarray
     sam2_masks: RunLengthMasks
     stage1_union: RunLengthMasks

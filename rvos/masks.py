@@ -191,8 +191,3 @@ def upsample_mask_logits(logits, size: tuple[int, int], *, chunk: int = 8) -> np
     if not frames:
         return np.zeros((0, logits.shape[1], *size), dtype=bool)
     return np.concatenate(frames)
-
-
-def union(masks: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Union over ``axis`` of a bool stack, e.g. ``[T, K, H, W] -> [T, H, W]``."""
-    return np.asarray(masks, dtype=bool).any(axis=axis)

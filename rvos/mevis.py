@@ -29,6 +29,8 @@ from rvos.io import safe_component
 logger = logging.getLogger(__name__)
 
 FRAME_SUFFIX = ".jpg"
+META_FILE = "meta_expressions.json"
+MASK_FILE = "mask_dict.json"  # ground truth, released for train and valid_u
 
 
 class DataError(ValueError):
@@ -111,7 +113,7 @@ class MevisSplit:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        meta_path = self.root / "meta_expressions.json"
+        meta_path = self.root / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{meta_path} not found (is data.root a MeViS split folder?)")
         try:
@@ -207,28 +209,21 @@ class MevisSplit:
 
     @property
     def has_ground_truth(self) -> bool:
-        return (self.root / "mask_dict.json").is_file()
+        return (self.root / MASK_FILE).is_file()
 
     @cached_property
     def mask_dict(self) -> dict[str, list]:
         """``anno_id -> [COCO RLE or None per frame]`` from ``mask_dict.json``."""
-        path = self.root / "mask_dict.json"
+        path = self.root / MASK_FILE
         if not path.is_file():
             raise DataError(f"{path} not found: this split has no ground truth")
-        return json.loads(path.read_text())
-
-    def gt_masks(self, video_id: str, exp_id: str) -> np.ndarray:
-        """Ground truth of an expression: the union of its ``anno_id`` masks, ``[T, H, W] bool``."""
-        video = self.videos[video_id]
-        expression = video.expressions[exp_id]
-        height, width = self.frame_size(video_id)
-        missing = [a for a in expression.anno_ids if a not in self.mask_dict]
-        if missing:
-            raise DataError(
-                f"video {video_id!r}, expression {exp_id!r}: annotation(s) {missing} are "
-                "missing from mask_dict.json"
-            )
-        return load_gt_masks(self.mask_dict, expression.anno_ids, video.num_frames, height, width)
+        try:
+            masks = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(masks, dict):
+            raise DataError(f"{path}: expected an object mapping anno_id to per-frame RLEs")
+        return masks
 
 
 def gt_frame_mask(

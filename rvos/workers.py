@@ -1,7 +1,8 @@
 """Running a per-video job over sorted videos on one or more devices.
 
-A *job* is named by ``"module:function"``; the function takes ``(config: dict, device: str)``,
-loads its models once, and returns a callable that processes one ``video_id``. With one device
+A worker runs a *builder* named by ``"module:function"``: it takes ``(job, device: str)`` — the
+job a plain, picklable object describing the stage's work (paths, fingerprints, options) — loads
+its models once, and returns a callable that processes one ``video_id``. With one device
 the job runs in this process (debuggable, no pickling); with several, one spawned process per
 device, each bound to its GPU, processes its contiguous shard of the sorted video ids.
 
@@ -67,7 +68,7 @@ class RunSummary:
         return not self.failures
 
 
-def resolve_job(target: str) -> Callable[[dict[str, Any], str], VideoProcessor]:
+def resolve_job(target: str) -> Callable[[Any, str], VideoProcessor]:
     """Import ``"package.module:function"``."""
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
@@ -85,14 +86,14 @@ def _run_shard(
     worker: int,
     device: str,
     target: str,
-    config: dict[str, Any],
+    job: Any,
     video_ids: list[str],
     emit: Callable[..., None],
 ) -> None:
     """Load the job once and process ``video_ids``, reporting through ``emit(kind, ...)``."""
     try:
         bind_device(device)
-        process = resolve_job(target)(config, device)
+        process = resolve_job(target)(job, device)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which exits non-zero
         emit("setup_failed", worker, None, _describe(err))
         return
@@ -125,7 +126,7 @@ def _process_entry(
     worker: int,
     device: str,
     target: str,
-    config: dict[str, Any],
+    job: Any,
     video_ids: list[str],
     channel: Connection,
     log_level: int,
@@ -136,20 +137,21 @@ def _process_entry(
     )
     share_cpu_threads(num_workers)
     # Connection.send is synchronous: an event sent before a crash is never lost.
-    _run_shard(worker, device, target, config, video_ids, lambda *event: channel.send(event))
+    _run_shard(worker, device, target, job, video_ids, lambda *event: channel.send(event))
     channel.send(("exit", worker, None, ""))
     channel.close()
 
 
 def run_sharded(
     target: str,
-    config: dict[str, Any],
+    job: Any,
     video_ids: Sequence[str],
     devices: Sequence[str],
     *,
     desc: str,
 ) -> RunSummary:
-    """Process ``video_ids`` with the job ``target`` on ``devices`` (one worker per device).
+    """Process ``video_ids`` with the builder ``target`` of ``job`` on ``devices`` (one worker
+    per device).
 
     Returns:
         which videos finished and which failed (with the worker, device and traceback).
@@ -179,9 +181,9 @@ def run_sharded(
 
     try:
         if len(devices) == 1:
-            _run_shard(0, devices[0], target, config, shards[0], on_event)
+            _run_shard(0, devices[0], target, job, shards[0], on_event)
         else:
-            _run_processes(target, config, shards, devices, on_event, current)
+            _run_processes(target, job, shards, devices, on_event, current)
     finally:
         for bar in bars:
             bar.close()
@@ -190,7 +192,7 @@ def run_sharded(
 
 def _run_processes(
     target: str,
-    config: dict[str, Any],
+    job: Any,
     shards: list[list[str]],
     devices: Sequence[str],
     on_event: Callable[[str, int, str | None, str], None],
@@ -209,7 +211,7 @@ def _run_processes(
                 worker,
                 device,
                 target,
-                config,
+                job,
                 ids,
                 sender,
                 logging.getLogger().level,

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,12 @@ from .model.transformer import DeformableTransformerDecoderLayer, Transformer
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "configs" / "referdino"
-CHECKPOINT_DIR = PROJECT_ROOT / "checkpoints"
+# The named architectures: configs/referdino/ of the repository, linked into this package (and
+# copied into a wheel).
+CONFIG_DIR = Path(str(resources.files("stage1_referdino") / "configs"))
+# Where download_ckpts.sh puts the BERT tokenizer and config, relative to the working directory
+# (as the checkpoint paths of configs/pipeline.yaml are).
+CHECKPOINT_DIR = Path("checkpoints")
 # Checkpoint entries that are not model state (profiler counters left in released files).
 IGNORED_CHECKPOINT_SUFFIXES = ("total_params", "total_ops")
 # Keys of ReferDINO's GroundingDINO block that only matter for training; accepted and unused.
@@ -183,7 +187,7 @@ def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -
     """Where to read the BERT tokenizer and config from.
 
     Order: an existing absolute path; ``base_dir / text_encoder_type``;
-    ``<project>/checkpoints/<text_encoder_type>``; otherwise the name itself (loaded from the
+    ``checkpoints/<text_encoder_type>`` under the working directory; otherwise the name itself (loaded from the
     local Hugging Face cache only, never downloaded).
     """
     candidate = Path(text_encoder_type).expanduser()

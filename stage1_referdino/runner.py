@@ -8,12 +8,11 @@ original inference script does.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +22,30 @@ from tqdm import tqdm
 from rvos import intermediates as im
 from rvos.legacy import LegacyVideo, write_legacy_npz
 from rvos.mevis import MevisSplit
+from rvos.options import CacheDevice
+from rvos.proposals import Stage1Records, proposals_from_outputs
+from rvos.workers import VideoProcessor
 from stage1_referdino.build import load_referdino
 from stage1_referdino.model import ReferDINO
-from stage1_referdino.proposals import load_stage1_outputs, proposals_from_outputs
+from stage1_referdino.options import Stage1Options
 from stage1_referdino.transforms import preprocess
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage1Job:
+    """What a stage-1 worker needs (plain, picklable).
+
+    Attributes:
+        data_root: the split.
+        records: where stage-1 records go (and, with ``stage1.legacy_dir``, come from).
+        options: the ``stage1`` section.
+    """
+
+    data_root: Path
+    records: Stage1Records
+    options: Stage1Options
 
 
 @dataclass
@@ -52,7 +69,7 @@ def run_expressions(
     expressions: Mapping[str, str],
     *,
     short_side: int,
-    feature_cache_device: str = "auto",
+    feature_cache_device: CacheDevice = CacheDevice.auto,
 ) -> Iterator[tuple[str, RawOutputs]]:
     """Run ReferDINO on one video for each ``exp_id -> sentence``, encoding the frames once.
 
@@ -65,7 +82,7 @@ def run_expressions(
         ``(exp_id, RawOutputs)`` in the order of ``expressions``.
     """
     video = preprocess(images, short_side=short_side)
-    storage = "cpu" if feature_cache_device == "cpu" else None
+    storage = "cpu" if feature_cache_device == CacheDevice.cpu else None
     features = model.encode_video(video, storage_device=storage)
     for exp_id, sentence in expressions.items():
         out = model.infer_features(features, sentence)
@@ -79,14 +96,14 @@ def run_expressions(
         )
 
 
-def build_stage1_model(stage1: Mapping[str, Any], device: str) -> ReferDINO:
-    """ReferDINO as ``stage1`` configures it (model, checkpoint, text encoder, autocast)."""
+def build_stage1_model(options: Stage1Options, device: str) -> ReferDINO:
+    """ReferDINO as ``options`` configure it (model, checkpoint, text encoder, autocast)."""
     return load_referdino(
-        stage1["model"],
-        stage1["checkpoint"],
-        text_encoder=stage1.get("text_encoder"),
+        options.model,
+        options.checkpoint,
+        text_encoder=options.text_encoder,
         device=device,
-        autocast=stage1.get("autocast"),
+        autocast=None if options.autocast is None else str(options.autocast),
     )
 
 
@@ -94,7 +111,7 @@ def stage1_record(
     model: ReferDINO,
     images: list[Image.Image],
     sentences: Mapping[str, str],
-    stage1: Mapping[str, Any],
+    options: Stage1Options,
     *,
     video_id: str,
     frame_names: list[str],
@@ -106,7 +123,7 @@ def stage1_record(
     Args:
         images: the video's RGB frames, in the order of ``frame_names``.
         sentences: ``exp_id -> sentence``.
-        stage1: the ``stage1`` config section (``short_side``, ``top_k``, ``obj_threshold``,
+        options: the ``stage1`` section (``short_side``, ``top_k``, ``obj_threshold``,
             ``feature_cache_device``).
         legacy: if given, each expression's raw outputs are added to it (legacy export).
         progress: show a progress bar over the sentences.
@@ -121,8 +138,8 @@ def stage1_record(
             model,
             images,
             sentences,
-            short_side=stage1["short_side"],
-            feature_cache_device=stage1["feature_cache_device"],
+            short_side=options.short_side,
+            feature_cache_device=options.feature_cache_device,
         )
         if progress:
             outputs = tqdm(
@@ -134,8 +151,8 @@ def stage1_record(
                 raw.boxes,
                 raw.mask_logits,
                 (height, width),
-                top_k=stage1["top_k"],
-                obj_threshold=stage1["obj_threshold"],
+                top_k=options.top_k,
+                obj_threshold=options.obj_threshold,
             )
             if legacy is not None:
                 legacy.expressions[exp_id] = {
@@ -146,41 +163,42 @@ def stage1_record(
     return record
 
 
-def build_video_processor(config: dict[str, Any], device: str):
+def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
     """Worker entry point (see :mod:`rvos.workers`): the model loads once, then one call per video.
 
     With ``stage1.legacy_dir`` no model runs: each video's ReferDINO-Plus file is imported.
     """
-    stage1 = config["stage1"]
-    split = MevisSplit(config["data"]["root"])
-    work_dir = Path(config["work_dir"])
-    fingerprint = config["run"]["fingerprints"]["stage1"]
-    if stage1.get("legacy_dir"):
-        return lambda video_id: load_stage1_outputs(config, split, video_id)
+    options, records = job.options, job.records
+    split = MevisSplit(job.data_root)
+    if records.legacy_dir is not None:
+        return lambda video_id: records.import_legacy(split, video_id)
 
-    model = build_stage1_model(stage1, device)
+    model = build_stage1_model(options, device)
 
     def process(video_id: str) -> None:
         entry = split.videos[video_id]
         images = split.load_frames(video_id)
         legacy = None
-        if stage1["export_legacy"]:
+        if options.export_legacy:
             size = (images[0].height, images[0].width)
             legacy = LegacyVideo(video_id, str(split.frame_dir(video_id)), size)
         sentences = {exp_id: e.text for exp_id, e in entry.expressions.items()}
-        run = functools.partial(
-            stage1_record,
-            model,
-            images,
-            sentences,
-            video_id=video_id,
-            frame_names=list(entry.frame_names),
-            legacy=legacy,
-        )
+
+        def run(run_options: Stage1Options) -> im.Stage1Video:
+            return stage1_record(
+                model,
+                images,
+                sentences,
+                run_options,
+                video_id=video_id,
+                frame_names=list(entry.frame_names),
+                legacy=legacy,
+            )
+
         try:
-            record = run(stage1)
+            record = run(options)
         except torch.OutOfMemoryError:
-            if stage1["feature_cache_device"] == "cpu":
+            if options.feature_cache_device == CacheDevice.cpu:
                 raise
             record = None  # free the failed attempt before retrying
         if record is None:
@@ -190,9 +208,9 @@ def build_video_processor(config: dict[str, Any], device: str):
                 "(stage1.feature_cache_device=cpu)",
                 video_id,
             )
-            record = run({**stage1, "feature_cache_device": "cpu"})
+            record = run(dataclasses.replace(options, feature_cache_device=CacheDevice.cpu))
         if legacy is not None:
-            write_legacy_npz(work_dir / "legacy_stage1" / f"{video_id}.npz", legacy)
-        im.save_stage1(im.stage_path(work_dir, 1, video_id), record, fingerprint=fingerprint)
+            write_legacy_npz(records.work_dir / "legacy_stage1" / f"{video_id}.npz", legacy)
+        im.save_stage1(records.path(video_id), record, fingerprint=records.fingerprint)
 
     return process

@@ -1,11 +1,12 @@
 """Stage 2 of ReferDINO-Plus: refine stage-1 proposals with SAM 2 (the ``sam2`` package).
 
-Typical use, one model per worker, one session per video, one call per expression::
+Typical use, one model per worker, one session per video, one call per expression
+(``options``: the ``stage2`` section of the pipeline configuration, e.g.
+``referdino_plus.config.load_config().stage2``)::
 
-    refiner = build_refiner(model="sam2.1_hiera_l", checkpoint="checkpoints/sam2.1_hiera_large.pt",
-                            device="cuda", config=RefineConfig())
+    refiner = build_refiner(options, device="cuda")
     for exp_id, result in refiner.refine_video(frame_paths, proposals, video_id=video_id):
-        ...  # result.masks: [T, K, H, W] bool, result.query_indices, result.prompt_frames
+        ...  # result.masks: [T, K, H, W] bool, result.columns, result.prompt_frames
 """
 
 from stage2_sam2_refine.build import (
@@ -16,6 +17,7 @@ from stage2_sam2_refine.build import (
     load_sam2_checkpoint,
     resolve_sam2_config,
 )
+from stage2_sam2_refine.options import PromptKind, SamuraiOptions, Stage2Options, Tracker
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession, load_frames
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
@@ -26,7 +28,6 @@ from stage2_sam2_refine.prompts import (
 )
 from stage2_sam2_refine.refine import (
     Proposals,
-    RefineConfig,
     Refiner,
     RefineResult,
     build_refiner,
@@ -35,11 +36,14 @@ from stage2_sam2_refine.refine import (
 __all__ = [
     "SAM2_MODEL_CONFIGS",
     "VIDEO_POSTPROCESSING",
+    "PromptKind",
     "Proposals",
-    "RefineConfig",
     "RefineResult",
     "Refiner",
+    "SamuraiOptions",
     "SharedFeatureVideoPredictor",
+    "Stage2Options",
+    "Tracker",
     "VideoSession",
     "boxes_to_pixel_xyxy",
     "build_refiner",

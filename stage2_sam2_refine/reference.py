@@ -29,13 +29,14 @@ from sam2.build_sam import build_sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from stage2_sam2_refine.build import SAM2_MODEL_CONFIGS, class_path, resolve_sam2_config
+from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
     prompt_frames,
     sample_points_from_mask,
     select_queries,
 )
-from stage2_sam2_refine.refine import AUTOCAST_DTYPES, RefineConfig, RefineResult
+from stage2_sam2_refine.refine import AUTOCAST_DTYPES, RefineResult
 
 
 class Float32MemoryPredictor(SAM2VideoPredictor):
@@ -113,7 +114,7 @@ def reference_refine(
     scores: np.ndarray,
     boxes: np.ndarray,
     masks: np.ndarray,
-    config: RefineConfig,
+    options: Stage2Options,
 ) -> RefineResult:
     """One expression, ReferDINO-Plus's way: a fresh ``init_state`` from the frame folder.
 
@@ -121,30 +122,30 @@ def reference_refine(
         predictor: from :func:`build_reference_predictor`.
         frame_dir: the video's JPEG folder (``<frame index>.jpg`` names, as SAM 2 requires).
         scores, boxes, masks: ``[T, N]``, ``[T, N, 4]``, ``[T, N, H, W] bool`` stage-1 proposals.
-        config: the same options :class:`~stage2_sam2_refine.refine.Refiner` takes; a query whose
+        options: the same options :class:`~stage2_sam2_refine.refine.Refiner` takes; a query whose
             mask is empty on its prompt frame is prompted with that mask under ``point``.
     """
     num_frames = scores.shape[0]
     height, width = masks.shape[-2:]
-    queries = select_queries(scores, config.score_threshold)
+    queries = select_queries(scores, options.score_threshold)
     if queries.size == 0:
         return RefineResult.empty(num_frames, height, width)
     frames = prompt_frames(scores, queries)
-    rng = np.random.default_rng(config.point_seed)
+    rng = np.random.default_rng(options.point_seed)
     autocast = contextlib.nullcontext()
-    if predictor.device.type == "cuda" and config.autocast is not None:
-        autocast = torch.autocast("cuda", dtype=AUTOCAST_DTYPES[config.autocast])
+    if predictor.device.type == "cuda" and options.autocast is not None:
+        autocast = torch.autocast("cuda", dtype=AUTOCAST_DTYPES[options.autocast])
     segments: dict[int, np.ndarray] = {}
     with torch.inference_mode(), autocast:
         state = predictor.init_state(video_path=os.fspath(frame_dir))
         for obj_id, (query, frame_idx) in enumerate(zip(queries, frames, strict=True)):
             mask = np.asarray(masks[frame_idx, query], dtype=bool)
-            if config.prompt == "box":
+            if options.prompt == "box":
                 box = boxes_to_pixel_xyxy(boxes[frame_idx, query], height, width)
                 predictor.add_new_points_or_box(state, int(frame_idx), obj_id, box=box)
                 continue
-            if config.prompt == "point":
-                points = sample_points_from_mask(mask, config.num_points, rng)
+            if options.prompt == "point":
+                points = sample_points_from_mask(mask, options.num_points, rng)
                 if len(points):
                     labels = np.ones(len(points), dtype=np.int32)
                     predictor.add_new_points_or_box(
@@ -156,4 +157,4 @@ def reference_refine(
             for frame_idx, _, logits in predictor.propagate_in_video(state, reverse=reverse):
                 segments[frame_idx] = (logits > 0).squeeze(1).cpu().numpy()
     stacked = np.stack([segments[t] for t in range(num_frames)])
-    return RefineResult(masks=stacked, query_indices=queries, prompt_frames=frames)
+    return RefineResult(masks=stacked, columns=queries, prompt_frames=frames)

@@ -22,19 +22,17 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from rvos.masks import RunLengthMasks
+from rvos.options import Autocast, CacheDevice
 from stage2_sam2_refine.build import build_sam2_predictor
-from stage2_sam2_refine.predictor import (
-    FEATURE_CACHE_DEVICES,
-    SharedFeatureVideoPredictor,
-    VideoSession,
-)
+from stage2_sam2_refine.options import PromptKind, Stage2Options, Tracker
+from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
     prompt_frames,
@@ -44,59 +42,7 @@ from stage2_sam2_refine.prompts import (
 
 logger = logging.getLogger(__name__)
 
-PROMPT_KINDS = ("mask", "box", "point")
-AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class RefineConfig:
-    """How stage 2 prompts and runs SAM 2 (defaults: ReferDINO-Plus ``refine_from_refdino.py``).
-
-    Attributes:
-        score_threshold: keep a query whose mean score over the frames where it exceeds this also
-            exceeds it (0.275: ReferDINO-Plus refine threshold).
-        prompt: ``mask`` (ReferDINO-Plus), ``box`` or ``point``.
-        num_points: positive clicks sampled from the mask when ``prompt == "point"``
-            (20: ReferDINO-Plus ``num_points``).
-        point_seed: seed of the point sampler; each expression restarts from it.
-        autocast: CUDA autocast dtype, ``float16`` (ReferDINO-Plus), ``bfloat16`` or ``None``
-            (float32). CPU always runs in float32.
-        offload_video_to_cpu: keep decoded frames on the CPU (long videos).
-        offload_state_to_cpu: keep tracking memories on the CPU (long videos).
-        feature_cache_device: ``auto`` (model device) or ``cpu``: where shared image features wait.
-        retry_offloaded_on_oom: on CUDA out-of-memory, redo the video with everything offloaded.
-    """
-
-    score_threshold: float = 0.275
-    prompt: str = "mask"
-    num_points: int = 20
-    point_seed: int = 0
-    autocast: str | None = "float16"
-    offload_video_to_cpu: bool = False
-    offload_state_to_cpu: bool = False
-    feature_cache_device: str = "auto"
-    retry_offloaded_on_oom: bool = True
-
-    def __post_init__(self) -> None:
-        if self.prompt not in PROMPT_KINDS:
-            raise ValueError(f"prompt must be one of {PROMPT_KINDS}, got {self.prompt!r}")
-        if self.num_points < 1:
-            raise ValueError(f"num_points must be positive, got {self.num_points}")
-        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(
-                f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or null, got {self.autocast!r}"
-            )
-        if self.feature_cache_device not in FEATURE_CACHE_DEVICES:
-            raise ValueError(
-                f"feature_cache_device must be one of {FEATURE_CACHE_DEVICES}, "
-                f"got {self.feature_cache_device!r}"
-            )
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> RefineConfig:
-        """Pick this class's fields out of a larger mapping (e.g. the ``stage2`` config group)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names})
+AUTOCAST_DTYPES = {Autocast.float16: torch.float16, Autocast.bfloat16: torch.bfloat16}
 
 
 class Proposals(Protocol):
@@ -120,18 +66,18 @@ class RefineResult:
 
     Attributes:
         masks: ``[T, K, H, W] bool`` one mask stack per kept query (``K = 0``: none kept).
-        query_indices: ``[K] int64`` the kept stage-1 queries, ascending; object ``k`` is query
-            ``query_indices[k]``.
+        columns: ``[K] int64`` the kept queries as columns of the stage-1 proposals (``scores[:, c]``),
+            ascending; SAM 2 object ``k`` is column ``columns[k]``.
         prompt_frames: ``[K] int64`` the frame where each object was prompted.
     """
 
     masks: np.ndarray
-    query_indices: np.ndarray
+    columns: np.ndarray
     prompt_frames: np.ndarray
 
     @property
     def num_objects(self) -> int:
-        return int(self.query_indices.shape[0])
+        return int(self.columns.shape[0])
 
     def union(self) -> np.ndarray:
         """``[T, H, W] bool`` union over objects (all empty when ``K = 0``)."""
@@ -142,7 +88,7 @@ class RefineResult:
         """The result of an expression without any kept query."""
         return cls(
             masks=np.zeros((num_frames, 0, height, width), dtype=bool),
-            query_indices=np.zeros(0, dtype=np.int64),
+            columns=np.zeros(0, dtype=np.int64),
             prompt_frames=np.zeros(0, dtype=np.int64),
         )
 
@@ -160,12 +106,13 @@ class Refiner:
 
     Args:
         predictor: a built :class:`SharedFeatureVideoPredictor` (or subclass) in eval mode.
-        config: prompting and memory options.
+        options: the ``stage2`` options (prompting, precision, memory; the model fields are
+            :func:`build_refiner`'s).
     """
 
-    def __init__(self, predictor: SharedFeatureVideoPredictor, config: RefineConfig) -> None:
+    def __init__(self, predictor: SharedFeatureVideoPredictor, options: Stage2Options) -> None:
         self.predictor = predictor
-        self.config = config
+        self.options = options
 
     @property
     def device(self) -> torch.device:
@@ -185,19 +132,19 @@ class Refiner:
             video_id: named in logs and errors.
             offload: offload frames, memories and features to the CPU regardless of the config.
         """
-        cfg = self.config
+        options = self.options
         return self.predictor.open_video(
             frame_paths,
             video_id=video_id,
-            offload_video_to_cpu=offload or cfg.offload_video_to_cpu,
-            offload_state_to_cpu=offload or cfg.offload_state_to_cpu,
-            feature_cache_device="cpu" if offload else cfg.feature_cache_device,
+            offload_video_to_cpu=offload or options.offload_video_to_cpu,
+            offload_state_to_cpu=offload or options.offload_state_to_cpu,
+            feature_cache_device=CacheDevice.cpu if offload else options.feature_cache_device,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda" or self.config.autocast is None:
+        if self.device.type != "cuda" or self.options.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.config.autocast])
+        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.options.autocast])
 
     def refine(
         self,
@@ -237,9 +184,9 @@ class Refiner:
                 f"{where}: masks have shape {tuple(masks.shape)}, expected "
                 f"{(num_frames, num_queries, height, width)} (frame size {width}x{height})"
             )
-        queries = select_queries(scores, self.config.score_threshold)
+        queries = select_queries(scores, self.options.score_threshold)
         if queries.size == 0:
-            logger.debug("%s: no query above %s", where, self.config.score_threshold)
+            logger.debug("%s: no query above %s", where, self.options.score_threshold)
             return RefineResult.empty(num_frames, height, width)
         frames = prompt_frames(scores, queries)
         logger.debug("%s: queries %s prompted on frames %s", where, queries, frames)
@@ -258,7 +205,7 @@ class Refiner:
                     written[frame_idx] = True
         if not written.all():
             raise RuntimeError(f"{where}: propagation skipped frames {np.flatnonzero(~written)}")
-        return RefineResult(masks=out, query_indices=queries, prompt_frames=frames)
+        return RefineResult(masks=out, columns=queries, prompt_frames=frames)
 
     def _add_prompts(
         self,
@@ -271,18 +218,18 @@ class Refiner:
         where: str,
     ) -> None:
         """Prompt object ``k`` (query ``queries[k]``) on frame ``frames[k]``."""
-        predictor, cfg = self.predictor, self.config
+        predictor, options = self.predictor, self.options
         height, width = state["video_height"], state["video_width"]
-        rng = np.random.default_rng(cfg.point_seed)
+        rng = np.random.default_rng(options.point_seed)
         for obj_id, (query, frame_idx) in enumerate(zip(queries, frames, strict=True)):
             query, frame_idx = int(query), int(frame_idx)
-            if cfg.prompt == "box":
+            if options.prompt == PromptKind.box:
                 box = boxes_to_pixel_xyxy(np.asarray(boxes[frame_idx, query]), height, width)
                 predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=obj_id, box=box)
                 continue
             mask = _mask_at(masks, frame_idx, query)
-            if cfg.prompt == "point":
-                points = sample_points_from_mask(mask, cfg.num_points, rng)
+            if options.prompt == PromptKind.point:
+                points = sample_points_from_mask(mask, options.num_points, rng)
                 if len(points):
                     labels = np.ones(len(points), dtype=np.int32)
                     predictor.add_new_points_or_box(
@@ -333,7 +280,7 @@ class Refiner:
                     done += 1
                 return
             except torch.cuda.OutOfMemoryError:
-                if offload or not self.config.retry_offloaded_on_oom:
+                if offload or not self.options.retry_offloaded_on_oom:
                     raise
             # Outside the handler, so that the failed attempt's tensors can be freed.
             session = None
@@ -347,26 +294,27 @@ class Refiner:
             offload = True
 
 
-def build_refiner(
-    *,
-    model: str | os.PathLike,
-    checkpoint: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    config: RefineConfig | None = None,
-    predictor_cls: type[SharedFeatureVideoPredictor] = SharedFeatureVideoPredictor,
-    overrides: Mapping[str, Any] | None = None,
-) -> Refiner:
-    """Build SAM 2 (:func:`~stage2_sam2_refine.build.build_sam2_predictor`) and its refiner.
+def build_refiner(options: Stage2Options, *, device: str | torch.device = "cpu") -> Refiner:
+    """SAM 2 as ``options`` configure it (model, checkpoint, tracker), and its refiner.
 
     Args:
-        model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path.
-        checkpoint: SAM 2 checkpoint; missing -> ``FileNotFoundError`` naming ``download_ckpts.sh``.
+        options: the ``stage2`` options; ``model`` is ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML
+            path, ``checkpoint`` its weights (missing: ``FileNotFoundError`` naming
+            ``download_ckpts.sh``).
         device: where SAM 2 runs.
-        config: prompting/memory options (default: ReferDINO-Plus).
-        predictor_cls: the predictor class (a tracker variant subclasses the default).
-        overrides: extra ``model.<key>`` settings for the predictor's constructor.
     """
+    predictor_cls: type[SharedFeatureVideoPredictor] = SharedFeatureVideoPredictor
+    overrides = None
+    if options.tracker == Tracker.samurai:
+        from stage2_sam2_refine.samurai import SamuraiVideoPredictor, samurai_model_overrides
+
+        predictor_cls = SamuraiVideoPredictor
+        overrides = samurai_model_overrides(options.samurai)
     predictor = build_sam2_predictor(
-        model, checkpoint, device=device, predictor_cls=predictor_cls, overrides=overrides
+        options.model,
+        options.checkpoint,
+        device=device,
+        predictor_cls=predictor_cls,
+        overrides=overrides,
     )
-    return Refiner(predictor, config or RefineConfig())
+    return Refiner(predictor, options)

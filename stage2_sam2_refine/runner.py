@@ -1,8 +1,9 @@
 """Stage 2 per video: refine every expression's kept queries with SAM 2.
 
-Reads the video's stage-1 record (:func:`~stage1_referdino.proposals.load_stage1_outputs`: with
-``stage1.legacy_dir``, the ReferDINO-Plus ``<video>.npz`` converted into one), opens the video once (frames decoded and image features computed
-once for all expressions and both propagation directions), and writes the stage-2 record.
+Reads the video's stage-1 record (:meth:`rvos.proposals.Stage1Records.load`: with
+``stage1.legacy_dir``, the ReferDINO-Plus ``<video>.npz`` converted into one), opens the video
+once (frames decoded and image features computed once for all expressions and both propagation
+directions), and writes the stage-2 record.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -19,38 +20,36 @@ from tqdm import tqdm
 from rvos import intermediates as im
 from rvos.masks import RunLengthMasks
 from rvos.mevis import MevisSplit
-from stage1_referdino.proposals import load_stage1_outputs
-from stage2_sam2_refine.refine import RefineConfig, Refiner, RefineResult, build_refiner
+from rvos.proposals import Stage1Records
+from rvos.workers import VideoProcessor
+from stage2_sam2_refine.options import Stage2Options
+from stage2_sam2_refine.refine import Refiner, RefineResult, build_refiner
 
 logger = logging.getLogger(__name__)
 
 
-def build_stage2_refiner(stage2: dict[str, Any], device: str) -> Refiner:
-    """The refiner ``stage2`` describes (model, checkpoint, prompts, tracker) on ``device``."""
-    predictor_cls, overrides = None, None
-    if stage2["tracker"] == "samurai":
-        from stage2_sam2_refine.samurai import (
-            SamuraiConfig,
-            SamuraiVideoPredictor,
-            samurai_model_overrides,
-        )
+@dataclass(frozen=True)
+class Stage2Job:
+    """What a stage-2 worker needs (plain, picklable).
 
-        predictor_cls = SamuraiVideoPredictor
-        overrides = samurai_model_overrides(SamuraiConfig(**stage2.get("samurai", {})))
-    kwargs = {"predictor_cls": predictor_cls} if predictor_cls else {}
-    return build_refiner(
-        model=stage2["model"],
-        checkpoint=stage2["checkpoint"],
-        device=device,
-        config=RefineConfig.from_mapping(stage2),
-        overrides=overrides,
-        **kwargs,
-    )
+    Attributes:
+        data_root: the split.
+        work_dir: where stage-2 records go (``work_dir/stage2/<video>.npz``).
+        fingerprint: the configuration fingerprint the records carry.
+        stage1: where the stage-1 records come from.
+        options: the ``stage2`` section.
+    """
+
+    data_root: Path
+    work_dir: Path
+    fingerprint: str
+    stage1: Stage1Records
+    options: Stage2Options
 
 
 def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
     """Stage-2 record of one expression: SAM 2 masks plus the kept queries' stage-1 union."""
-    kept = np.asarray(result.query_indices, dtype=np.int64)
+    kept = np.asarray(result.columns, dtype=np.int64)
     num_frames = proposals.scores.shape[0]
     height, width = proposals.masks.frame_size
     if kept.size:
@@ -58,7 +57,7 @@ def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
     else:
         stage1_union = np.zeros((num_frames, height, width), dtype=bool)
     return im.ExpressionRefinement(
-        kept_queries=kept,
+        kept_columns=kept,
         prompt_frames=np.asarray(result.prompt_frames, dtype=np.int64),
         sam2_masks=RunLengthMasks.encode(result.masks),
         stage1_union=RunLengthMasks.encode(stage1_union),
@@ -90,16 +89,15 @@ def stage2_record(
     return output
 
 
-def build_video_processor(config: dict[str, Any], device: str):
+def build_video_processor(job: Stage2Job, device: str) -> VideoProcessor:
     """Worker entry point (see :mod:`rvos.workers`): SAM 2 loads once, then one call per video."""
-    refiner = build_stage2_refiner(config["stage2"], device)
-    split = MevisSplit(config["data"]["root"])
-    work_dir = Path(config["work_dir"])
-    fingerprint = config["run"]["fingerprints"]["stage2"]
+    refiner = build_refiner(job.options, device=device)
+    split = MevisSplit(job.data_root)
 
     def process(video_id: str) -> None:
-        stage1 = load_stage1_outputs(config, split, video_id)
+        stage1 = job.stage1.load(split, video_id)
         output = stage2_record(refiner, stage1, split.frame_paths(video_id))
-        im.save_stage2(im.stage_path(work_dir, 2, video_id), output, fingerprint=fingerprint)
+        path = im.stage_path(job.work_dir, 2, video_id)
+        im.save_stage2(path, output, fingerprint=job.fingerprint)
 
     return process

@@ -5,21 +5,9 @@ Usage::
     python -m stage3_fusion.evaluate PRED --data-root DIR [--json OUT] [--jobs N]
 
 ``PRED`` is a zip file or a folder holding ``<video_id>/<exp_id>/<frame_name>.png`` at its top
-level. ``DIR`` is a split with ``meta_expressions.json`` and ``mask_dict.json``. Every expression
-of every video listed in ``meta_expressions.json`` is scored, as the official MeViS evaluation
-does:
-
-- a prediction pixel is foreground when its grayscale value is nonzero (PNGs are read with
-  OpenCV's grayscale decoder, like the official script);
-- the ground truth of an expression is the union of its ``anno_id`` masks; a ``null`` RLE is an
-  empty mask;
-- J and F are averaged over an expression's frames, then over expressions;
-  ``J&F = (J + F) / 2``;
-- a video missing from ``PRED`` scores J = F = 0 for each of its expressions; so does a missing
-  expression folder; a missing frame PNG is an empty mask (with a warning naming it).
-
-Scores are fractions in ``[0, 1]`` in :class:`EvaluationResult` and the ``--json`` file; the
-printed table shows percentages with two decimals, like the MeViS leaderboard.
+level; ``DIR`` a split with ``meta_expressions.json`` and ``mask_dict.json``. The metric and its
+edge cases: :mod:`rvos.evaluation`. Prints J, F and J&F in percent; ``--json`` writes the
+fractions and the per-expression scores.
 """
 
 from __future__ import annotations
@@ -27,391 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-from joblib import Parallel, delayed
-from tqdm import tqdm
-
-from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
-from rvos.mevis import gt_frame_mask, gt_frame_size
+from rvos.evaluation import evaluate_archive, format_table
+from rvos.metrics import DEFAULT_BOUND_TH
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "meta_expressions.json"
-MASK_FILE = "mask_dict.json"
-PNG_SUFFIX = ".png"
-# Warnings list at most this many missing frame names per expression.
-_MAX_NAMED_FRAMES = 5
 
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class ExpressionScore:
-    """Scores of one expression.
-
-    Attributes:
-        j: mean region similarity over the frames, in ``[0, 1]``.
-        f: mean boundary F-measure over the frames, in ``[0, 1]``.
-        status: ``"ok"``, ``"missing_video"`` or ``"missing_expression"`` (both score 0).
-        missing_frames: frame names without a PNG, scored as empty predictions.
-    """
-
-    j: float
-    f: float
-    status: str = "ok"
-    missing_frames: tuple[str, ...] = ()
-
-    @property
-    def jf(self) -> float:
-        return (self.j + self.f) / 2
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """J, F and J&F of a prediction archive (fractions in ``[0, 1]``).
-
-    ``per_expression`` maps ``(video_id, exp_id)`` to its score, in ``meta_expressions.json``
-    order.
-    """
-
-    j: float
-    f: float
-    jf: float
-    per_expression: dict[tuple[str, str], ExpressionScore] = field(repr=False)
-
-    def count(self, status: str) -> int:
-        """Number of expressions with the given ``status``."""
-        return sum(score.status == status for score in self.per_expression.values())
-
-    def missing_videos(self) -> list[str]:
-        """Ids of the videos absent from the prediction."""
-        missing = (v for (v, _), s in self.per_expression.items() if s.status == "missing_video")
-        return list(dict.fromkeys(missing))
-
-    def to_json(self) -> dict:
-        """JSON-ready totals and ``{video_id: {exp_id: {...}}}`` scores."""
-        videos: dict[str, dict[str, dict]] = {}
-        for (video_id, exp_id), score in self.per_expression.items():
-            videos.setdefault(video_id, {})[exp_id] = {
-                "J": score.j,
-                "F": score.f,
-                "J&F": score.jf,
-                "status": score.status,
-                "missing_frames": list(score.missing_frames),
-            }
-        return {
-            "J": self.j,
-            "F": self.f,
-            "J&F": self.jf,
-            "num_expressions": len(self.per_expression),
-            "num_missing_videos": len(self.missing_videos()),
-            "num_missing_expressions": self.count("missing_expression"),
-            "per_expression": videos,
-        }
-
-
-# ----------------------------------------------------------------------------- ground truth
-
-
-def read_split(data_root: str | Path) -> tuple[dict[str, dict], dict[str, list]]:
-    """``(videos, mask_dict)`` of a MeViS split: ``meta_expressions.json["videos"]`` and the RLEs.
-
-    Raises:
-        FileNotFoundError: a file is missing (``mask_dict.json`` only exists for splits with
-            released ground truth, e.g. ``train`` and ``valid_u``).
-        ValueError: a file is not the expected JSON.
-    """
-    root = Path(data_root)
-    meta_path, mask_path = root / META_FILE, root / MASK_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: {root} is not a MeViS split")
-    if not mask_path.is_file():
-        raise FileNotFoundError(
-            f"{mask_path} not found: ground truth is needed to evaluate; MeViS releases it for "
-            "train and valid_u only (valid and test are scored by the challenge server)"
-        )
-    meta = _read_json(meta_path)
-    videos = meta.get("videos") if isinstance(meta, dict) else None
-    if not isinstance(videos, dict):
-        raise ValueError(f"{meta_path}: expected an object with a 'videos' mapping")
-    mask_dict = _read_json(mask_path)
-    if not isinstance(mask_dict, dict):
-        raise ValueError(f"{mask_path}: expected an object mapping anno_id to per-frame RLEs")
-    return videos, mask_dict
-
-
-def _read_json(path: Path) -> object:
-    try:
-        with path.open() as file:
-            return json.load(file)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-class PredictionArchive:
-    """Read access to ``<video_id>/<exp_id>/<frame_name>.png`` in a zip file or a folder."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._zip: zipfile.ZipFile | None = None
-        self._index: dict[tuple[str, str], set[str]] = {}
-        if self.path.is_dir():
-            return
-        if not self.path.exists():
-            raise FileNotFoundError(f"prediction {self.path} not found")
-        if not zipfile.is_zipfile(self.path):
-            raise ValueError(f"prediction {self.path} is neither a folder nor a zip file")
-        self._zip = zipfile.ZipFile(self.path)
-        self._zip_videos: set[str] = set()
-        for name in self._zip.namelist():
-            self._add_to_index(name.split("/"))
-
-    def _add_to_index(self, parts: list[str]) -> None:
-        """Record ``video/``, ``video/exp/`` and ``video/exp/file`` zip entries."""
-        if len(parts) < 2 or not parts[0]:
-            return
-        self._zip_videos.add(parts[0])
-        if len(parts) < 3 or not parts[1]:
-            return
-        files = self._index.setdefault((parts[0], parts[1]), set())
-        if len(parts) == 3 and parts[2]:
-            files.add(parts[2])
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-
-    def __enter__(self) -> PredictionArchive:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def has_video(self, video_id: str) -> bool:
-        if self._zip is not None:
-            return video_id in self._zip_videos
-        return (self.path / video_id).is_dir()
-
-    def file_names(self, video_id: str, exp_id: str) -> set[str] | None:
-        """Names of the files of one expression, or None if its folder is missing."""
-        if self._zip is not None:
-            return self._index.get((video_id, exp_id))
-        exp_dir = self.path / video_id / exp_id
-        if not exp_dir.is_dir():
-            return None
-        return {entry.name for entry in os.scandir(exp_dir)}
-
-    def read(self, video_id: str, exp_id: str, file_name: str) -> bytes:
-        if self._zip is not None:
-            return self._zip.read(f"{video_id}/{exp_id}/{file_name}")
-        return (self.path / video_id / exp_id / file_name).read_bytes()
-
-
-def decode_png(data: bytes, where: str) -> np.ndarray:
-    """Decode a prediction PNG to ``[H, W] bool`` (grayscale value nonzero = foreground)."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"{where}: not a readable image")
-    return image != 0
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-@dataclass(frozen=True)
-class _PlannedExpression:
-    """One expression of the split and whether the prediction has it."""
-
-    video_id: str
-    exp_id: str
-    frame_names: tuple[str, ...]
-    anno_ids: tuple[str, ...]
-    status: str  # "ok", "missing_video" or "missing_expression"
-
-
-@dataclass(frozen=True)
-class _ExpressionTask:
-    """What a worker needs to score one expression (plain, picklable data)."""
-
-    where: str  # "<video_id>/<exp_id>", for messages
-    anno_ids: tuple[str, ...]
-    gt_rles: dict[str, list]  # the anno_ids' entries of mask_dict.json
-    pngs: tuple[bytes | None, ...]  # one per frame; None for a missing file
-    missing_frames: tuple[str, ...]
-
-
-def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
-    """Mean J and F of one expression, decoding one frame at a time."""
-    size = gt_frame_size(task.gt_rles, task.anno_ids) or _prediction_size(task)
-    scores = []
-    for frame_idx, png in enumerate(task.pngs):
-        where = f"{task.where}, frame {frame_idx}"
-        try:
-            gt = gt_frame_mask(task.gt_rles, task.anno_ids, frame_idx, *size)
-        except ValueError as err:
-            raise ValueError(f"{task.where}: {err}") from None
-        pred = np.zeros(size, dtype=bool) if png is None else decode_png(png, where)
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"{where}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
-                f"ground truth is {size[1]}x{size[0]}"
-            )
-        scores.append(frame_scores(pred, gt, bound_th))
-    j, f = mean_scores(scores)
-    return ExpressionScore(j, f, "ok", task.missing_frames)
-
-
-def _prediction_size(task: _ExpressionTask) -> tuple[int, int]:
-    """Frame size from the first prediction PNG, for an expression with no ground-truth RLE."""
-    for png in task.pngs:
-        if png is not None:
-            return decode_png(png, task.where).shape
-    # Neither side has a pixel on any frame: every frame is "both empty", whatever its size.
-    return (1, 1)
-
-
-def _check_id(name: str, what: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise ValueError(f"{what} {name!r} is not a valid file name")
-    return name
-
-
-def _plan(
-    videos: dict[str, dict], mask_dict: dict[str, list], archive: PredictionArchive
-) -> list[_PlannedExpression]:
-    """Every expression of the split, checked against the ground truth and the prediction."""
-    plan = []
-    for video_id, video in videos.items():
-        _check_id(video_id, "video id")
-        if not isinstance(video, dict) or not video.get("frames") or "expressions" not in video:
-            raise ValueError(f"video {video_id}: {META_FILE} needs 'frames' and 'expressions'")
-        frames = tuple(_check_id(str(name), f"{video_id}: frame name") for name in video["frames"])
-        has_video = archive.has_video(video_id)
-        if not has_video:
-            logger.warning("video %s is not in the prediction: its expressions score 0", video_id)
-        for exp_id, expression in video["expressions"].items():
-            where = f"{video_id}/{_check_id(exp_id, f'{video_id}: expression id')}"
-            anno_ids = tuple(str(anno_id) for anno_id in expression.get("anno_id", []))
-            _check_annotations(mask_dict, anno_ids, len(frames), where)
-            status = "ok"
-            if not has_video:
-                status = "missing_video"
-            elif archive.file_names(video_id, exp_id) is None:
-                logger.warning("expression %s is not in the prediction: it scores 0", where)
-                status = "missing_expression"
-            plan.append(_PlannedExpression(video_id, exp_id, frames, anno_ids, status))
-    return plan
-
-
-def _check_annotations(
-    mask_dict: dict[str, list], anno_ids: Sequence[str], num_frames: int, where: str
-) -> None:
-    for anno_id in anno_ids:
-        rles = mask_dict.get(anno_id)
-        if rles is None:
-            raise ValueError(f"{where}: anno_id {anno_id} is not in {MASK_FILE}")
-        if len(rles) != num_frames:
-            raise ValueError(
-                f"{where}: anno_id {anno_id} has {len(rles)} masks in {MASK_FILE}, "
-                f"the video has {num_frames} frames"
-            )
-
-
-def _make_task(
-    item: _PlannedExpression, archive: PredictionArchive, mask_dict: dict[str, list]
-) -> _ExpressionTask:
-    """Read one expression's PNGs (a missing one is logged and scored as an empty mask)."""
-    where = f"{item.video_id}/{item.exp_id}"
-    files = archive.file_names(item.video_id, item.exp_id) or set()
-    pngs = tuple(
-        archive.read(item.video_id, item.exp_id, name + PNG_SUFFIX)
-        if name + PNG_SUFFIX in files
-        else None
-        for name in item.frame_names
-    )
-    missing = tuple(name for name, png in zip(item.frame_names, pngs, strict=True) if png is None)
-    if missing:
-        shown = ", ".join(f"{where}/{name}{PNG_SUFFIX}" for name in missing[:_MAX_NAMED_FRAMES])
-        more = len(missing) - _MAX_NAMED_FRAMES
-        suffix = f" and {more} more" if more > 0 else ""
-        logger.warning("missing prediction frames, scored as empty masks: %s%s", shown, suffix)
-    return _ExpressionTask(
-        where=where,
-        anno_ids=item.anno_ids,
-        gt_rles={anno_id: mask_dict[anno_id] for anno_id in item.anno_ids},
-        pngs=pngs,
-        missing_frames=missing,
-    )
-
-
-def evaluate_archive(
-    pred: str | Path,
-    data_root: str | Path,
-    *,
-    jobs: int = -1,
-    bound_th: float = DEFAULT_BOUND_TH,
-    progress: bool = True,
-) -> EvaluationResult:
-    """Score a prediction archive with the official MeViS J&F.
-
-    Args:
-        pred: zip file or folder holding ``<video_id>/<exp_id>/<frame_name>.png``.
-        data_root: split folder with ``meta_expressions.json`` and ``mask_dict.json``.
-        jobs: worker processes (joblib ``n_jobs``: -1 = all cores, 1 = in this process).
-        bound_th: boundary tolerance of F (fraction of the image diagonal).
-        progress: show a tqdm progress bar over expressions.
-    Raises:
-        FileNotFoundError: ``pred``, ``meta_expressions.json`` or ``mask_dict.json`` is missing.
-        ValueError: inconsistent split or unreadable/mis-sized prediction PNG (message names it).
-    """
-    videos, mask_dict = read_split(data_root)
-    with PredictionArchive(pred) as archive:
-        plan = _plan(videos, mask_dict, archive)
-        if not plan:
-            raise ValueError(f"{Path(data_root) / META_FILE} lists no expressions")
-        if all(item.status == "missing_video" for item in plan):
-            logger.warning(
-                "no video of the split is at the top level of %s (wrapper folder?)", pred
-            )
-        todo = [item for item in plan if item.status == "ok"]
-        tasks = (
-            delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th) for item in todo
-        )
-        results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
-        bar = tqdm(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
-        computed = {
-            (item.video_id, item.exp_id): score for item, score in zip(todo, bar, strict=True)
-        }
-    scores = {
-        (item.video_id, item.exp_id): computed.get(
-            (item.video_id, item.exp_id), ExpressionScore(0.0, 0.0, item.status)
-        )
-        for item in plan
-    }
-    j, f = mean_scores([(score.j, score.f) for score in scores.values()])
-    return EvaluationResult(j=j, f=f, jf=(j + f) / 2, per_expression=scores)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def format_table(result: EvaluationResult) -> str:
-    """The score table: J, F and J&F in percent with two decimals."""
-    header = f"{'J':>7} {'F':>7} {'J&F':>7}"
-    values = f"{100 * result.j:7.2f} {100 * result.f:7.2f} {100 * result.jf:7.2f}"
-    return f"{header}\n{values}"
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m stage3_fusion.evaluate",
         description="Official MeViS J&F of a prediction archive (zip or folder).",
@@ -431,13 +45,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bound-th",
         type=float,
         default=DEFAULT_BOUND_TH,
-        help="boundary tolerance of F (fraction of the diagonal)",
+        help="boundary tolerance of F, a fraction of the image diagonal (the official metric's)",
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = evaluate_archive(args.pred, args.data_root, jobs=args.jobs, bound_th=args.bound_th)
@@ -453,8 +67,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's copy, so that worker processes unpickle tasks and scores by
-    # module name (``stage3_fusion.evaluate``) rather than as by-value copies of ``__main__``.
-    from stage3_fusion.evaluate import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

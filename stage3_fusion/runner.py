@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rvos import intermediates as im
 from rvos.masks import RunLengthMasks
+from rvos.workers import VideoProcessor
 from stage3_fusion.fusion import fuse_expression
+from stage3_fusion.options import FusionOptions
 
 
-def fuse_video(stage2: im.Stage2Video, *, shrink_ratio: Fraction, majority: Fraction):
-    """Apply the conditional fusion to every expression of a video -> :class:`Stage3Video`."""
+@dataclass(frozen=True)
+class Stage3Job:
+    """What a stage-3 worker needs (plain, picklable).
+
+    Attributes:
+        work_dir: stage-2 records are read from and stage-3 records written to
+            ``work_dir/stage{2,3}/<video>.npz``.
+        fingerprint: the configuration fingerprint the stage-3 records carry.
+        options: the ``stage3`` section.
+    """
+
+    work_dir: Path
+    fingerprint: str
+    options: FusionOptions
+
+
+def fuse_video(stage2: im.Stage2Video, options: FusionOptions) -> im.Stage3Video:
+    """Apply the conditional fusion to every expression of a video."""
     fused = im.Stage3Video(
         video_id=stage2.video_id,
         frame_names=stage2.frame_names,
@@ -23,8 +40,8 @@ def fuse_video(stage2: im.Stage2Video, *, shrink_ratio: Fraction, majority: Frac
         result = fuse_expression(
             refinement.stage1_union.decode(),
             refinement.sam2_union(),
-            shrink_ratio=shrink_ratio,
-            majority=majority,
+            shrink_ratio=options.shrink,
+            majority=options.major,
         )
         fused.expressions[exp_id] = im.ExpressionFusion(
             masks=RunLengthMasks.encode(result.masks),
@@ -35,17 +52,13 @@ def fuse_video(stage2: im.Stage2Video, *, shrink_ratio: Fraction, majority: Frac
     return fused
 
 
-def build_video_processor(config: dict[str, Any], device: str):
+def build_video_processor(job: Stage3Job, device: str) -> VideoProcessor:
     """Worker entry point (see :mod:`rvos.workers`): fuse one video's stage-2 record."""
     del device  # fusion is cheap CPU work
-    work_dir = Path(config["work_dir"])
-    fingerprint = config["run"]["fingerprints"]["stage3"]
-    shrink_ratio = Fraction(*config["stage3"]["shrink_ratio"])
-    majority = Fraction(*config["stage3"]["majority"])
 
     def process(video_id: str) -> None:
-        stage2 = im.load_stage2(im.stage_path(work_dir, 2, video_id))
-        fused = fuse_video(stage2, shrink_ratio=shrink_ratio, majority=majority)
-        im.save_stage3(im.stage_path(work_dir, 3, video_id), fused, fingerprint=fingerprint)
+        stage2 = im.load_stage2(im.stage_path(job.work_dir, 2, video_id))
+        fused = fuse_video(stage2, job.options)
+        im.save_stage3(im.stage_path(job.work_dir, 3, video_id), fused, fingerprint=job.fingerprint)
 
     return process

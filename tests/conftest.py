@@ -1,10 +1,21 @@
-"""Shared test fixtures: paths to the reference outputs of the original code."""
+"""Shared test helpers (as fixtures) and the ``slow`` marker.
+
+Fast unit tests run in seconds on synthetic arrays (``make test-fast``: ``-m "not slow"``);
+tests marked ``slow`` load the fixture models or run the command line end to end.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
@@ -16,3 +27,131 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         raise FileNotFoundError(f"reference fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def write_split(root: Path, videos: dict, size=(12, 16), seed=0) -> Path:
+    """Write a MeViS-layout split: ``meta_expressions.json`` and random JPEG frames.
+
+    Args:
+        videos: ``{video_id: {"frames": [names], "expressions": {exp_id: text}}}``; each
+            expression gets ``anno_id`` ``"<video_id>-<exp_id>"``.
+        size: ``(H, W)`` of the frames.
+    """
+    rng = np.random.default_rng(seed)
+    meta = {"videos": {}}
+    for video_id, spec in videos.items():
+        folder = root / "JPEGImages" / video_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in spec["frames"]:
+            pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}.jpg")
+        meta["videos"][video_id] = {
+            "frames": list(spec["frames"]),
+            "expressions": {
+                exp_id: {"exp": text, "obj_id": [0], "anno_id": [f"{video_id}-{exp_id}"]}
+                for exp_id, text in spec["expressions"].items()
+            },
+        }
+    (root / "meta_expressions.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_split() -> Callable[..., Path]:
+    """:func:`write_split`."""
+    return write_split
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def run_command(*args, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """``python run_pipeline.py *args`` from the project root; ``check``: fail on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), *map(str, args)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """:func:`run_command`."""
+    return run_command
+
+
+@pytest.fixture(scope="session")
+def tiny_model_overrides(fixtures_dir) -> list[str]:
+    """``key=value`` overrides selecting the tiny fixture models (propagating SAM 2 weights)."""
+    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
+    return [
+        f"stage1.model={stage1 / 'model.yaml'}",
+        f"stage1.checkpoint={stage1 / 'referdino_checkpoint.pth'}",
+        "stage1.short_side=64",
+        f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
+        f"stage2.checkpoint={sam2 / 'weights_propagating.pt'}",
+    ]
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.fixture(scope="session")
+def default_config():
+    """``configs/pipeline.yaml`` as typed options, no overrides."""
+    from referdino_plus.config import load_config
+
+    return load_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2(fixtures_dir, default_config) -> Callable[..., object]:
+    """``tiny_stage2(weights="weights_propagating", **changes)``: the default ``stage2`` options
+    on the tiny SAM 2.1 of the fixtures."""
+
+    def make(weights: str = "weights_propagating", **changes):
+        sam2 = fixtures_dir / "sam2_tiny"
+        return dataclasses.replace(
+            default_config.stage2,
+            model=str(sam2 / "tiny_sam2.1.yaml"),
+            checkpoint=str(sam2 / f"{weights}.pt"),
+            **changes,
+        )
+
+    return make
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def stage1_video():
+    """A small random stage-1 record: video ``vid``, 2 frames of 6x8, expressions 0 and 7."""
+    from rvos import intermediates as im
+    from rvos.masks import RunLengthMasks
+
+    rng = np.random.default_rng(0)
+    video = im.Stage1Video("vid", ["00000", "00001"], 6, 8)
+    for exp_id in ("0", "7"):
+        masks = rng.random((2, 3, 6, 8)) > 0.5
+        video.expressions[exp_id] = im.ExpressionProposals(
+            scores=rng.random((2, 3), dtype=np.float32),
+            boxes=rng.random((2, 3, 4), dtype=np.float32),
+            masks=RunLengthMasks.encode(masks),
+            query_ids=np.array([0, 2, 4]),
+            answer=RunLengthMasks.encode(masks.any(axis=1)),
+        )
+    return video
+
+
+@pytest.fixture(scope="session")
+def make_stage1() -> Callable[[], object]:
+    """:func:`stage1_video`."""
+    return stage1_video

@@ -5,18 +5,14 @@ that is strong on a few frames has a low overall mean: ranked by overall mean it
 a top 10, yet the original keeps and prompts it.
 """
 
-from fractions import Fraction
-
 import numpy as np
 import pytest
-from split_factory import make_split
 
 from rvos import intermediates as im
-from rvos.config import compose_config
 from rvos.mevis import MevisSplit
-from stage1_referdino.proposals import proposals_from_outputs
+from rvos.proposals import proposals_from_outputs
 from stage2_sam2_refine.prompts import select_queries
-from stage2_sam2_refine.refine import RefineConfig, build_refiner
+from stage2_sam2_refine.refine import build_refiner
 from stage2_sam2_refine.runner import stage2_record
 from stage3_fusion.runner import fuse_video
 
@@ -62,20 +58,17 @@ def test_burst_query_ranks_outside_the_top_10_but_passes_the_refine_rule():
 
 
 @pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning")
-def test_default_config_prompts_and_fuses_the_burst_query(tmp_path, fixtures_dir):
+def test_default_config_prompts_and_fuses_the_burst_query(
+    tmp_path, make_split, default_config, tiny_stage2
+):
     root = make_split(
         tmp_path,
         {"v": {"frames": [f"{i:05d}" for i in range(NUM_FRAMES)], "expressions": {"0": "x"}}},
         size=(HEIGHT, WIDTH),
     )
     split = MevisSplit(root)
-    cfg = compose_config([f"data.root={root}"])
-    refiner = build_refiner(
-        model=fixtures_dir / "sam2_tiny" / "tiny_sam2.1.yaml",
-        # almost no propagation: the prompted frames carry the prompt masks
-        checkpoint=fixtures_dir / "sam2_tiny" / "weights_quiet.pt",
-        config=RefineConfig(),
-    )
+    # almost no propagation: the prompted frames carry the prompt masks
+    refiner = build_refiner(tiny_stage2("weights_quiet"))
     burst_region = np.zeros((HEIGHT, WIDTH), dtype=bool)
     burst_region[24:40, 40:56] = True
 
@@ -83,11 +76,11 @@ def test_default_config_prompts_and_fuses_the_burst_query(tmp_path, fixtures_dir
         stage1 = stage1_video(top_k)
         stage2 = stage2_record(refiner, stage1, split.frame_paths("v"))
         refinement = stage2.expressions["0"]
-        query_ids = stage1.expressions["0"].query_ids[refinement.kept_queries].tolist()
-        fused = fuse_video(stage2, shrink_ratio=Fraction(2, 3), majority=Fraction(1, 2))
+        query_ids = stage1.expressions["0"].query_ids[refinement.kept_columns].tolist()
+        fused = fuse_video(stage2, default_config.stage3)
         return query_ids, refinement, fused.expressions["0"].masks.decode()[BURST_FRAME]
 
-    kept, refinement, frame = fused_burst_frame(cfg.stage1.top_k)
+    kept, refinement, frame = fused_burst_frame(default_config.stage1.top_k)
     assert kept == [TARGET, BURST]
     assert refinement.prompt_frames.tolist()[kept.index(BURST)] == BURST_FRAME
     assert frame[burst_region].mean() > 0.9  # the burst query's object is in the fused masks

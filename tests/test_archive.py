@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stage3_fusion.archive import IncompleteArchiveError, write_archive
+from rvos.archive import IncompleteArchiveError, write_archive
 
 
 def fake_masks(frame_counts, video_id):

@@ -7,18 +7,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from cli_runner import run_cli
 from PIL import Image
 
-from rvos.demo import (
-    DemoError,
-    check_sentences,
-    decode_video,
-    natural_key,
-    parse_args,
-    read_frame_folder,
-)
-from rvos.visualize import caption_band, color_of
+from referdino_plus.demo import DemoError, check_sentences, parse_args
+from rvos.drawing import caption_band, color_of
+from rvos.video import VideoError, decode_video, natural_key, read_frame_folder
 
 HEIGHT, WIDTH = 64, 96
 
@@ -40,21 +33,18 @@ def write_clip(path: Path, num_frames: int = 8, size=(HEIGHT, WIDTH), rate: int 
     return path
 
 
-def demo_overrides(fixtures_dir: Path) -> list[str]:
-    """The tiny random-weight models (as ``tests/test_cli.py``), few queries to stay fast."""
-    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
-    return [
-        f"stage1.model={stage1 / 'model.yaml'}",
-        f"stage1.checkpoint={stage1 / 'referdino_checkpoint.pth'}",
-        "stage1.short_side=64",
-        "stage1.top_k=2",
-        f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
-        f"stage2.checkpoint={sam2 / 'weights_propagating.pt'}",
-    ]
+@pytest.fixture(scope="module")
+def demo_overrides(tiny_model_overrides) -> list[str]:
+    """The tiny random-weight models, few queries to stay fast."""
+    return [*tiny_model_overrides, "stage1.top_k=2"]
 
 
-def run_demo(*args, check: bool = True) -> subprocess.CompletedProcess:
-    return run_cli("demo", *args, check=check, timeout=600)
+@pytest.fixture(scope="module")
+def run_demo(run_cli):
+    def run(*args, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli("demo", *args, check=check, timeout=600)
+
+    return run
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], str, str]:
@@ -73,13 +63,14 @@ def check_masks(folder: Path, names: list[str], size=(WIDTH, HEIGHT)) -> None:
             assert set(np.unique(np.asarray(image))) <= {0, 255}
 
 
-def test_video_demo_writes_overlay_masks_and_summary(fixtures_dir, tmp_path):
+@pytest.mark.slow
+def test_video_demo_writes_overlay_masks_and_summary(demo_overrides, run_demo, tmp_path):
     clip = write_clip(tmp_path / "clip.mp4")
     out = tmp_path / "out"
     sentences = ["a square", "the background"]
     run_demo(
         "--video", clip, "--text", sentences[0], "--text", sentences[1], "--cpu", "--out", out,
-        *demo_overrides(fixtures_dir),
+        *demo_overrides,
     )  # fmt: skip
     frames, codec, pix_fmt = read_video(out / "overlay.mp4")
     band = caption_band(sentences, [color_of(i) for i in range(2)], WIDTH)
@@ -97,7 +88,8 @@ def test_video_demo_writes_overlay_masks_and_summary(fixtures_dir, tmp_path):
         assert {"kept_queries", "fused_output", "multi_object"} <= set(entry)
 
 
-def test_frame_folder_in_natural_order_with_frame_step(fixtures_dir, tmp_path):
+@pytest.mark.slow
+def test_frame_folder_in_natural_order_with_frame_step(demo_overrides, run_demo, tmp_path):
     """Odd frame sizes are padded to even in the video only; the masks keep the frame size."""
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -108,7 +100,7 @@ def test_frame_folder_in_natural_order_with_frame_step(fixtures_dir, tmp_path):
     out = tmp_path / "out"
     run_demo(
         "--video", folder, "--text", "a thing", "--frame-step", "2", "--cpu", "--out", out,
-        *demo_overrides(fixtures_dir),
+        *demo_overrides,
     )  # fmt: skip
     check_masks(out / "masks" / "0", ["8", "10"], size=(WIDTH - 1, HEIGHT - 1))
     frames, _, _ = read_video(out / "overlay.mp4")
@@ -125,8 +117,9 @@ def test_frame_folder_in_natural_order_with_frame_step(fixtures_dir, tmp_path):
         ("missing_checkpoint", "download_ckpts.sh"),
     ],
 )
-def test_bad_input_exits_with_one_line(fixtures_dir, tmp_path, case, message):
-    video, texts, overrides = tmp_path / "clip.mp4", ["a square"], demo_overrides(fixtures_dir)
+@pytest.mark.slow
+def test_bad_input_exits_with_one_line(demo_overrides, run_demo, tmp_path, case, message):
+    video, texts, overrides = tmp_path / "clip.mp4", ["a square"], list(demo_overrides)
     if case != "missing_file":
         write_clip(video, num_frames=2)
     if case == "corrupt_file":
@@ -163,7 +156,7 @@ def test_decode_video_frame_step_and_max_frames(tmp_path):
 def test_frame_folder_rejects_mixed_sizes(tmp_path):
     Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
-    with pytest.raises(DemoError, match="one size"):
+    with pytest.raises(VideoError, match="one size"):
         read_frame_folder(tmp_path, frame_step=1, max_frames=None, fps=10)
 
 

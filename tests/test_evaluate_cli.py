@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from stage3_fusion.evaluate import evaluate_archive
+from rvos.evaluation import evaluate_archive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,22 +8,7 @@ from rvos.io import atomic_output
 from rvos.masks import RunLengthMasks
 
 
-def make_stage1():
-    rng = np.random.default_rng(0)
-    video = im.Stage1Video("vid", ["00000", "00001"], 6, 8)
-    for exp_id in ("0", "7"):
-        masks = rng.random((2, 3, 6, 8)) > 0.5
-        video.expressions[exp_id] = im.ExpressionProposals(
-            scores=rng.random((2, 3), dtype=np.float32),
-            boxes=rng.random((2, 3, 4), dtype=np.float32),
-            masks=RunLengthMasks.encode(masks),
-            query_ids=np.array([4, 0, 2]),
-            answer=RunLengthMasks.encode(masks.any(axis=1)),
-        )
-    return video
-
-
-def test_stage1_roundtrip(tmp_path):
+def test_stage1_roundtrip(tmp_path, make_stage1):
     video = make_stage1()
     path = im.stage_path(tmp_path, 1, "vid")
     im.save_stage1(path, video, fingerprint="abc")
@@ -39,14 +24,80 @@ def test_stage1_roundtrip(tmp_path):
     assert not im.is_finished(path, im.STAGE2_KIND, "abc")
 
 
-def test_files_are_not_pickles(tmp_path):
+def test_stage2_roundtrip(tmp_path):
+    rng = np.random.default_rng(1)
+    video = im.Stage2Video("vid", ["00000", "00001", "00002"], 5, 7)
+    sam2 = rng.random((3, 2, 5, 7)) > 0.5
+    video.expressions["a"] = im.ExpressionRefinement(
+        kept_columns=np.array([1, 3]),
+        prompt_frames=np.array([2, 0]),
+        sam2_masks=RunLengthMasks.encode(sam2),
+        stage1_union=RunLengthMasks.encode(rng.random((3, 5, 7)) > 0.5),
+    )
+    video.expressions["b"] = im.ExpressionRefinement(  # no query kept
+        kept_columns=np.zeros(0, dtype=np.int64),
+        prompt_frames=np.zeros(0, dtype=np.int64),
+        sam2_masks=RunLengthMasks.encode(np.zeros((3, 0, 5, 7), dtype=bool)),
+        stage1_union=RunLengthMasks.encode(np.zeros((3, 5, 7), dtype=bool)),
+    )
+    path = im.stage_path(tmp_path, 2, "vid")
+    im.save_stage2(path, video, fingerprint="fp2")
+    back = im.load_stage2(path)
+    assert (back.video_id, back.frame_names, back.height, back.width) == (
+        "vid",
+        video.frame_names,
+        5,
+        7,
+    )
+    assert list(back.expressions) == ["a", "b"]
+    for exp_id, exp in video.expressions.items():
+        got = back.expressions[exp_id]
+        np.testing.assert_array_equal(got.kept_columns, exp.kept_columns)
+        np.testing.assert_array_equal(got.prompt_frames, exp.prompt_frames)
+        np.testing.assert_array_equal(got.sam2_masks.decode(), exp.sam2_masks.decode())
+        np.testing.assert_array_equal(got.stage1_union.decode(), exp.stage1_union.decode())
+    np.testing.assert_array_equal(back.expressions["a"].sam2_union(), sam2.any(axis=1))
+    assert back.expressions["b"].sam2_union().shape == (3, 5, 7)
+    assert im.is_finished(path, im.STAGE2_KIND, "fp2")
+
+
+def test_stage3_roundtrip_keeps_decisions_in_the_header(tmp_path):
+    rng = np.random.default_rng(2)
+    video = im.Stage3Video("vid", ["00000", "00001"], 4, 6)
+    for exp_id, multi in (("0", True), ("1", False)):
+        video.expressions[exp_id] = im.ExpressionFusion(
+            masks=RunLengthMasks.encode(rng.random((2, 4, 6)) > 0.5),
+            multi_object=multi,
+            frames_sam2_smaller=2 if multi else 0,
+            frames_both_nonempty=2,
+        )
+    path = im.stage_path(tmp_path, 3, "vid")
+    im.save_stage3(path, video, fingerprint="fp3")
+    back = im.load_stage3(path)
+    for exp_id, exp in video.expressions.items():
+        got = back.expressions[exp_id]
+        np.testing.assert_array_equal(got.masks.decode(), exp.masks.decode())
+        assert (got.multi_object, got.frames_sam2_smaller, got.frames_both_nonempty) == (
+            exp.multi_object,
+            exp.frames_sam2_smaller,
+            exp.frames_both_nonempty,
+        )
+    decisions = im.read_header(path)["decisions"]
+    assert decisions["0"] == {
+        "multi_object": True,
+        "frames_sam2_smaller": 2,
+        "frames_both_nonempty": 2,
+    }
+
+
+def test_files_are_not_pickles(tmp_path, make_stage1):
     path = im.stage_path(tmp_path, 1, "vid")
     im.save_stage1(path, make_stage1(), fingerprint="abc")
     with np.load(path, allow_pickle=False) as data:
         assert all(data[key].dtype != object for key in data.files)
 
 
-def test_corrupt_and_foreign_files_are_reported(tmp_path):
+def test_corrupt_and_foreign_files_are_reported(tmp_path, make_stage1):
     path = im.stage_path(tmp_path, 1, "vid")
     im.save_stage1(path, make_stage1(), fingerprint="abc")
     with pytest.raises(im.IntermediateError, match="stage2"):
@@ -57,7 +108,7 @@ def test_corrupt_and_foreign_files_are_reported(tmp_path):
     assert not im.is_finished(path, im.STAGE1_KIND, "abc")
 
 
-def test_other_versions_are_not_trusted(tmp_path, monkeypatch):
+def test_other_versions_are_not_trusted(tmp_path, monkeypatch, make_stage1):
     path = im.stage_path(tmp_path, 1, "vid")
     im.save_stage1(path, make_stage1(), fingerprint="abc")
     monkeypatch.setattr(im, "FORMAT_VERSION", im.FORMAT_VERSION + 1)

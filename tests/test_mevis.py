@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-from split_factory import make_split
 
 from rvos.mevis import DataError, MevisSplit, load_gt_masks
 
@@ -15,7 +14,7 @@ VIDEOS = {
 }
 
 
-def test_reads_videos_sorted(tmp_path):
+def test_reads_videos_sorted(tmp_path, make_split):
     split = MevisSplit(make_split(tmp_path, VIDEOS))
     assert split.video_ids == ["a", "b"]
     assert split.videos["b"].expressions["1"].text == "a  dog\n"  # as written
@@ -34,7 +33,7 @@ def test_reads_videos_sorted(tmp_path):
         ("frame", "../../x", "frame name '../../x'"),
     ],
 )
-def test_unsafe_or_empty_ids_are_refused(tmp_path, field, value, message):
+def test_unsafe_or_empty_ids_are_refused(tmp_path, field, value, message, make_split):
     videos = {"v": {"frames": ["00000"], "expressions": {"0": "x"}}}
     make_split(tmp_path, videos)
     meta = json.loads((tmp_path / "meta_expressions.json").read_text())
@@ -52,7 +51,7 @@ def test_unsafe_or_empty_ids_are_refused(tmp_path, field, value, message):
         MevisSplit(tmp_path)
 
 
-def test_missing_and_corrupt_frames_name_the_video(tmp_path):
+def test_missing_and_corrupt_frames_name_the_video(tmp_path, make_split):
     split = MevisSplit(make_split(tmp_path, VIDEOS))
     (tmp_path / "JPEGImages/b/00001.jpg").unlink()
     with pytest.raises(DataError, match=r"video 'b': 1 frame\(s\) .* missing .*00001.jpg"):

@@ -1,38 +1,44 @@
-"""Pipeline bookkeeping: configuration fingerprints, pending videos, the score table."""
+"""Pipeline bookkeeping: configuration fingerprints, pending videos, archives, the report."""
 
-import copy
+import json
+import os
 
+import numpy as np
+
+from referdino_plus.config import compose_config, load_config
+from referdino_plus.pipeline import (
+    RunResult,
+    archive_is_current,
+    format_scores,
+    pending_videos,
+    stage_fingerprints,
+    write_report,
+)
 from rvos import intermediates as im
-from rvos.config import compose_config
-from rvos.pipeline import format_scores, pending_videos, stage_fingerprints, worker_config
+from rvos.masks import RunLengthMasks
+from rvos.mevis import MevisSplit
 
 
 def plain_config(*overrides):
-    return worker_config(compose_config(list(overrides)))
+    return load_config(list(overrides))
 
 
 def test_fingerprints_chain_downstream():
-    base = plain_config()
-    fps = stage_fingerprints(base)
-    changed = copy.deepcopy(base)
-    changed["stage2"]["score_threshold"] = 0.3
-    new = stage_fingerprints(changed)
-    assert new["stage1"] == fps["stage1"]
-    assert new["stage2"] != fps["stage2"] and new["stage3"] != fps["stage3"]
-    changed = copy.deepcopy(base)
-    changed["stage1"]["top_k"] = 5
-    assert all(
-        a != b for a, b in zip(stage_fingerprints(changed).values(), fps.values(), strict=True)
-    )
+    fps = stage_fingerprints(plain_config())
+    new = stage_fingerprints(plain_config("stage2.score_threshold=0.3"))
+    assert new[1] == fps[1]
+    assert new[2] != fps[2] and new[3] != fps[3]
+    changed = stage_fingerprints(plain_config("stage1.top_k=5"))
+    assert all(a != b for a, b in zip(changed.values(), fps.values(), strict=True))
 
 
 def test_records_of_earlier_code_are_recomputed(monkeypatch):
     """Stage-1 records made before expressions were read as written (and every query kept) have
     another fingerprint, even with the same settings: they are recomputed, never mixed in."""
-    import rvos.pipeline
+    import referdino_plus.pipeline as pipeline
 
     current = stage_fingerprints(plain_config("stage1.top_k=10"))
-    monkeypatch.setattr(rvos.pipeline, "STAGE1_REVISION", rvos.pipeline.STAGE1_REVISION - 1)
+    monkeypatch.setattr(pipeline, "STAGE1_REVISION", pipeline.STAGE1_REVISION - 1)
     earlier = stage_fingerprints(plain_config("stage1.top_k=10"))
     assert all(a != b for a, b in zip(current.values(), earlier.values(), strict=True))
 
@@ -52,14 +58,12 @@ def test_legacy_import_depends_only_on_its_inputs():
     a = plain_config("stage1.legacy_dir=/x", "stage1.model=mevis_swint")
     b = plain_config("stage1.legacy_dir=/x")
     c = plain_config("stage1.legacy_dir=/y")
-    assert stage_fingerprints(a)["stage1"] == stage_fingerprints(b)["stage1"]
-    assert stage_fingerprints(c)["stage1"] != stage_fingerprints(b)["stage1"]
+    assert stage_fingerprints(a)[1] == stage_fingerprints(b)[1]
+    assert stage_fingerprints(c)[1] != stage_fingerprints(b)[1]
 
 
-def test_pending_videos_after_a_crash(tmp_path):
+def test_pending_videos_after_a_crash(tmp_path, make_stage1):
     """A finished record is skipped; a leftover temp file or a truncated record is not trusted."""
-    from test_intermediates import make_stage1
-
     done = im.stage_path(tmp_path, 1, "done")
     im.save_stage1(done, make_stage1(), fingerprint="fp")
     truncated = im.stage_path(tmp_path, 1, "truncated")
@@ -88,3 +92,41 @@ def test_config_composes_after_sam2_was_imported():
 
     sam2_cfg = compose(config_name="configs/sam2.1/sam2.1_hiera_t.yaml")
     assert "model" in sam2_cfg
+
+
+def test_archive_is_rewritten_only_when_a_record_is_newer(tmp_path):
+    records = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for record in records:
+        record.write_bytes(b"x")
+    archive = tmp_path / "fused.zip"
+    assert not archive_is_current(archive, records)  # missing
+    archive.write_bytes(b"zip")
+    os.utime(records[0], (1000, 1000))
+    os.utime(records[1], (2000, 2000))
+    os.utime(archive, (2000, 2000))
+    assert archive_is_current(archive, records)  # as new as the newest record
+    os.utime(records[1], (2001, 2001))  # a record recomputed after the archive was written
+    assert not archive_is_current(archive, records)
+
+
+def test_report_never_mixes_decisions_of_another_configuration(tmp_path, make_split):
+    root = make_split(
+        tmp_path / "split",
+        {v: {"frames": ["00000"], "expressions": {"0": "x"}} for v in ("old", "new")},
+    )
+    cfg = load_config([f"data.root={root}", f"work_dir={tmp_path / 'work'}"])
+    fingerprints = stage_fingerprints(cfg)
+    for video_id, fingerprint in (("old", "another-config"), ("new", fingerprints[3])):
+        video = im.Stage3Video(video_id, ["00000"], 2, 2)
+        video.expressions["0"] = im.ExpressionFusion(
+            masks=RunLengthMasks.encode(np.zeros((1, 2, 2), dtype=bool)),
+            multi_object=video_id == "old",
+            frames_sam2_smaller=0,
+            frames_both_nonempty=0,
+        )
+        im.save_stage3(
+            im.stage_path(tmp_path / "work", 3, video_id), video, fingerprint=fingerprint
+        )
+    path = write_report(cfg, fingerprints, MevisSplit(root), RunResult())
+    report = json.loads(path.read_text())
+    assert list(report["fusion"]) == ["new/0"]

@@ -42,13 +42,19 @@ def test_training_only_keys_are_accepted(fixtures_dir: Path) -> None:
     assert ReferDINOConfig.from_dict(values).num_queries == 20
 
 
-def test_bert_name_resolves_to_checkpoints_folder(tmp_path: Path) -> None:
-    # not next to the config: fall back to <project>/checkpoints/<name>, else the bare name
-    expected = CHECKPOINT_DIR / "bert-base-uncased"
-    resolved = resolve_text_encoder("bert-base-uncased", tmp_path)
-    assert resolved == (expected if expected.is_dir() else "bert-base-uncased")
-    (tmp_path / "bert-base-uncased").mkdir()
-    assert resolve_text_encoder("bert-base-uncased", tmp_path) == tmp_path / "bert-base-uncased"
+def test_bert_name_resolves_to_checkpoints_folder(tmp_path: Path, monkeypatch) -> None:
+    # not next to the config: checkpoints/<name> under the working directory, else the bare name
+    config_dir, work = tmp_path / "configs", tmp_path / "work"
+    config_dir.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert resolve_text_encoder("bert-base-uncased", config_dir) == "bert-base-uncased"
+    (work / CHECKPOINT_DIR / "bert-base-uncased").mkdir(parents=True)
+    assert resolve_text_encoder("bert-base-uncased", config_dir) == (
+        CHECKPOINT_DIR / "bert-base-uncased"
+    )
+    (config_dir / "bert-base-uncased").mkdir()
+    assert resolve_text_encoder("bert-base-uncased", config_dir) == config_dir / "bert-base-uncased"
 
 
 def test_yaml_copy_resolves_text_encoder_next_to_it(fixtures_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from split_factory import make_split
 
 from rvos.mevis import MevisSplit
 from stage1_referdino.build import load_text_encoder
@@ -32,7 +31,7 @@ def original_token_ids(tokenizer, caption: str) -> list[int]:
         "\tthe bird flying away.\n",
     ],
 )
-def test_split_expressions_tokenize_as_the_original(tmp_path, tokenizer, text):
+def test_split_expressions_tokenize_as_the_original(tmp_path, tokenizer, text, make_split):
     root = make_split(tmp_path, {"v": {"frames": ["00000"], "expressions": {"0": text}}})
     read = MevisSplit(root).videos["v"].expressions["0"].text
     assert read == text  # as written in meta_expressions.json
@@ -48,7 +47,7 @@ def test_trailing_space_after_period_changes_the_tokens(tokenizer):
     assert raw.count(dot) == 2 and normalised.count(dot) == 1
 
 
-def test_blank_expressions_are_still_refused(tmp_path):
+def test_blank_expressions_are_still_refused(tmp_path, make_split):
     from rvos.mevis import DataError
 
     root = make_split(tmp_path, {"v": {"frames": ["00000"], "expressions": {"0": "x"}}})

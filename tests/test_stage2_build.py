@@ -3,6 +3,7 @@ frames decoded as SAM 2 decodes them, and clear errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from stage2_sam2_refine.build import (
 )
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, load_frames
 from stage2_sam2_refine.reference import sam2_hydra
-from stage2_sam2_refine.refine import RefineConfig, Refiner, _mask_at
+from stage2_sam2_refine.refine import Refiner, _mask_at
 
 # The overrides `sam2.build_sam.build_sam2_video_predictor` composes with (apply_postprocessing).
 SAM2_BUILDER_OVERRIDES = [
@@ -115,9 +116,11 @@ def test_unreadable_or_odd_frames_name_the_video(tmp_path: Path, fixtures_dir: P
         load_frames([folder / "00000.jpg", tmp_path / "small.jpg"], 32, video_id="videoX")
 
 
-def test_refine_checks_shapes_and_skips_sam2_without_kept_query(tiny: Path, fixtures_dir: Path):
+def test_refine_checks_shapes_and_skips_sam2_without_kept_query(
+    tiny: Path, fixtures_dir: Path, default_config
+):
     predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
-    refiner = Refiner(predictor, RefineConfig())
+    refiner = Refiner(predictor, default_config.stage2)
     frames = sorted((fixtures_dir / "refine_tiny/mevis/JPEGImages/videoA").glob("*.jpg"))[:3]
     session = refiner.open_video(frames, video_id="videoA")
     scores = np.full((3, 2), 0.1, dtype=np.float32)
@@ -150,7 +153,7 @@ class _OutOfMemoryOnce(Refiner):
         return super().refine(session, scores=scores, boxes=boxes, masks=masks, exp_id=exp_id)
 
 
-def test_out_of_memory_retries_the_video_offloaded(tiny, fixtures_dir, caplog):
+def test_out_of_memory_retries_the_video_offloaded(tiny, fixtures_dir, caplog, default_config):
     predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
     frames = sorted((fixtures_dir / "refine_tiny/mevis/JPEGImages/videoA").glob("*.jpg"))[:2]
     props = SimpleNamespace(
@@ -162,13 +165,14 @@ def test_out_of_memory_retries_the_video_offloaded(tiny, fixtures_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="stage2_sam2_refine.refine"):
         done = [
             e
-            for e, _ in _OutOfMemoryOnce(predictor, RefineConfig()).refine_video(
+            for e, _ in _OutOfMemoryOnce(predictor, default_config.stage2).refine_video(
                 frames, expressions, video_id="videoZ"
             )
         ]
     assert done == ["a", "b", "c"]
     assert "videoZ" in caplog.text and "expression b" in caplog.text
 
-    strict = _OutOfMemoryOnce(predictor, RefineConfig(retry_offloaded_on_oom=False))
+    no_retry = dataclasses.replace(default_config.stage2, retry_offloaded_on_oom=False)
+    strict = _OutOfMemoryOnce(predictor, no_retry)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         list(strict.refine_video(frames, expressions, video_id="videoZ"))

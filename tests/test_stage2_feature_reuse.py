@@ -9,6 +9,7 @@ Masks must be bit-identical for every prompt kind.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,9 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from rvos.legacy import read_legacy_npz
 from rvos.masks import upsample_mask_logits
 from stage2_sam2_refine.build import build_sam2_predictor
+from stage2_sam2_refine.options import PromptKind
 from stage2_sam2_refine.reference import build_reference_predictor, reference_refine
-from stage2_sam2_refine.refine import RefineConfig, Refiner
+from stage2_sam2_refine.refine import Refiner
 
 NUM_FRAMES = 16  # the first frames of videoA, to keep the stock runs short
 EXPRESSIONS = ("0", "4", "2")  # 2 objects; 3 objects (two prompted on one frame); none kept
@@ -83,10 +85,10 @@ def encoder_calls(ours, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 @pytest.mark.parametrize("prompt", ["mask", "box", "point"])
 def test_shared_features_give_identical_masks(
-    prompt, stock, ours, frame_dir, proposals, encoder_calls
+    prompt, stock, ours, frame_dir, proposals, encoder_calls, default_config
 ):
-    config = RefineConfig(prompt=prompt)
-    refiner = Refiner(ours, config)
+    options = dataclasses.replace(default_config.stage2, prompt=PromptKind(prompt))
+    refiner = Refiner(ours, options)
     session = refiner.open_video(sorted(frame_dir.glob("*.jpg")), video_id="videoA")
     for exp_id, props in proposals.items():
         result = refiner.refine(
@@ -101,7 +103,7 @@ def test_shared_features_give_identical_masks(
             scores=props.scores,
             boxes=props.boxes,
             masks=props.masks,
-            config=config,
+            options=options,
         ).masks
         assert result.masks.shape == expected.shape == (NUM_FRAMES, result.num_objects, 540, 960)
         assert np.array_equal(result.masks, expected), f"expression {exp_id}"
@@ -111,17 +113,17 @@ def test_shared_features_give_identical_masks(
 
 
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
-def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals):
+def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, default_config):
     frames = sorted(frame_dir.glob("*.jpg"))
     props = proposals["4"]
     results = []
     for offload in (False, True):
-        refiner = Refiner(ours, RefineConfig())
+        refiner = Refiner(ours, default_config.stage2)
         session = refiner.open_video(frames, video_id="videoA", offload=offload)
         assert session.feature_device.type == "cpu"
         results.append(
             refiner.refine(session, scores=props.scores, boxes=props.boxes, masks=props.masks)
         )
     assert np.array_equal(results[0].masks, results[1].masks)
-    np.testing.assert_array_equal(results[0].query_indices, [0, 1, 5])
+    np.testing.assert_array_equal(results[0].columns, [0, 1, 5])
     np.testing.assert_array_equal(results[0].prompt_frames, [4, 4, 12])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from referdino_plus.config import ConfigError, compose_config
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
     mean_confident_scores,
@@ -13,7 +14,7 @@ from stage2_sam2_refine.prompts import (
     sample_points_from_mask,
     select_queries,
 )
-from stage2_sam2_refine.refine import RefineConfig, RefineResult
+from stage2_sam2_refine.refine import RefineResult
 
 THRESHOLD = 0.275  # ReferDINO-Plus refine threshold
 
@@ -114,18 +115,16 @@ def test_points_are_deterministic_per_seed():
     assert not np.array_equal(a, c)
 
 
-def test_config_defaults_and_validation():
-    cfg = RefineConfig()
-    assert (cfg.score_threshold, cfg.prompt, cfg.num_points, cfg.autocast) == (
+def test_config_defaults_and_validation(default_config):
+    options = default_config.stage2  # ReferDINO-Plus's refine settings
+    assert (options.score_threshold, options.prompt, options.num_points, options.autocast) == (
         0.275,
         "mask",
         20,
         "float16",
     )
-    picked = RefineConfig.from_mapping({"prompt": "box", "model": "ignored", "autocast": None})
+    picked = compose_config(["stage2.prompt=box", "stage2.autocast=null"]).stage2
     assert picked.prompt == "box" and picked.autocast is None
-    for bad in ({"prompt": "scribble"}, {"num_points": 0}, {"autocast": "int8"}):
-        with pytest.raises(ValueError):
-            RefineConfig(**bad)
-    with pytest.raises(ValueError):
-        RefineConfig(feature_cache_device="disk")
+    for bad in ("prompt=scribble", "num_points=0", "autocast=int8", "feature_cache_device=disk"):
+        with pytest.raises(ConfigError, match=f"stage2.{bad.split('=')[0]}"):
+            compose_config([f"stage2.{bad}"])

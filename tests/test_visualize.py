@@ -1,23 +1,21 @@
 """Mask pictures: overlays, captions, per-expression strips and the J&F-per-video plot."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
-from split_factory import make_split
 
-from rvos import intermediates as im
-from rvos.masks import RunLengthMasks
-from rvos.mevis import MevisSplit
-from rvos.visualize import (
+from referdino_plus.config import ConfigError, compose_config, load_config
+from referdino_plus.visualize import (
+    ARCHIVE_COLORS,
     STRIP_ROWS,
-    VisualizeOptions,
+    per_video_jf,
+    write_run_visualizations,
+)
+from rvos import intermediates as im
+from rvos.drawing import (
     caption_band,
     evenly_spaced,
     jf_bar_plot,
@@ -26,13 +24,14 @@ from rvos.visualize import (
     mask_strip,
     overlay_masks,
     pad_to_even,
-    per_video_jf,
     strip_font,
     strip_layout,
-    write_run_visualizations,
 )
+from rvos.masks import RunLengthMasks
+from rvos.mevis import MevisSplit
 
-PROJECT = Path(__file__).resolve().parents[1]
+LABELS = [label for label, _ in STRIP_ROWS]
+COLORS = [color for _, color in STRIP_ROWS]
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
 
@@ -85,7 +84,11 @@ def test_mask_strip_has_the_layout_size_and_colours_each_row(tmp_path):
         rows,
         title="vid/0: the square",
         frame_names=["00000", "00001", "00002", "00003"],
+        row_labels=LABELS,
+        row_colors=COLORS,
         tile_height=tile_height,
+        alpha=0.5,
+        contour_width=2,
     )
     layout = strip_layout(
         rows=3,
@@ -94,6 +97,7 @@ def test_mask_strip_has_the_layout_size_and_colours_each_row(tmp_path):
         tile_height=tile_height,
         title_lines=1,
         font=strip_font(tile_height),
+        labels=LABELS,
     )
     assert strip.size == layout.size
     assert layout.tile_width == 64
@@ -117,7 +121,9 @@ def test_jf_bar_plot_has_the_announced_size(tmp_path):
         "stage2.zip": {"a": 0.3, "b": 0.6, "c": 0.8},
         "fused.zip": {"a": 0.4, "b": 0.7, "c": 0.85},
     }
-    path = jf_bar_plot(scores, tmp_path / "plot.png", totals={"fused.zip": 0.65})
+    path = jf_bar_plot(
+        scores, tmp_path / "plot.png", colors=ARCHIVE_COLORS, totals={"fused.zip": 0.65}
+    )
     with Image.open(path) as image:
         assert image.size == jf_plot_size(3)
     assert jf_plot_size(30)[1] > jf_plot_size(3)[1]
@@ -133,16 +139,16 @@ def test_per_video_jf_and_frame_choice():
 
 
 def test_options_name_the_bad_key():
-    assert VisualizeOptions.from_config({"num_frames": 3}).num_frames == 3
-    with pytest.raises(ValueError, match="visualize.num_frames"):
-        VisualizeOptions.from_config({"num_frames": 0})
-    with pytest.raises(ValueError, match="visualize.alpha"):
-        VisualizeOptions.from_config({"alpha": 2})
-    with pytest.raises(ValueError, match="unknown visualize key"):
-        VisualizeOptions.from_config({"frames": 2})
+    assert compose_config(["visualize.num_frames=3"]).visualize.num_frames == 3
+    with pytest.raises(ConfigError, match="visualize.num_frames"):
+        compose_config(["visualize.num_frames=0"])
+    with pytest.raises(ConfigError, match="visualize.alpha"):
+        compose_config(["visualize.alpha=2"])
+    with pytest.raises(ConfigError, match="visualize.frames"):
+        compose_config(["+visualize.frames=2"])
 
 
-def write_records(work_dir: Path, split: MevisSplit, fingerprints: dict[str, str]) -> None:
+def write_records(work_dir: Path, split: MevisSplit, fingerprints: dict[int, str]) -> None:
     """Stage 1-3 records of every video of ``split`` with one moving square per expression."""
     for video_id, video in split.videos.items():
         height, width = split.frame_size(video_id)
@@ -160,7 +166,7 @@ def write_records(work_dir: Path, split: MevisSplit, fingerprints: dict[str, str
                 answer=RunLengthMasks.encode(masks),
             )
             stage2.expressions[exp_id] = im.ExpressionRefinement(
-                kept_queries=np.zeros(1, dtype=np.int64),
+                kept_columns=np.zeros(1, dtype=np.int64),
                 prompt_frames=np.zeros(1, dtype=np.int64),
                 sam2_masks=RunLengthMasks.encode(masks[:, None]),
                 stage1_union=RunLengthMasks.encode(masks),
@@ -171,32 +177,29 @@ def write_records(work_dir: Path, split: MevisSplit, fingerprints: dict[str, str
                 frames_sam2_smaller=0,
                 frames_both_nonempty=len(frames),
             )
-        im.save_stage1(
-            im.stage_path(work_dir, 1, video_id), stage1, fingerprint=fingerprints["stage1"]
-        )
-        im.save_stage2(
-            im.stage_path(work_dir, 2, video_id), stage2, fingerprint=fingerprints["stage2"]
-        )
-        im.save_stage3(
-            im.stage_path(work_dir, 3, video_id), stage3, fingerprint=fingerprints["stage3"]
-        )
+        im.save_stage1(im.stage_path(work_dir, 1, video_id), stage1, fingerprint=fingerprints[1])
+        im.save_stage2(im.stage_path(work_dir, 2, video_id), stage2, fingerprint=fingerprints[2])
+        im.save_stage3(im.stage_path(work_dir, 3, video_id), stage3, fingerprint=fingerprints[3])
 
 
-def test_run_visualizations_from_records(tmp_path):
+def test_run_visualizations_from_records(tmp_path, make_split):
     videos = {
         "vid1": {"frames": [f"{t:05d}" for t in range(6)], "expressions": {"0": "a", "1": "b"}},
         "vid2": {"frames": ["00000", "00001"], "expressions": {"0": "the square"}},
     }
     split = MevisSplit(make_split(tmp_path / "split", videos, size=(24, 32)))
-    fingerprints = {"stage1": "f1", "stage2": "f2", "stage3": "f3"}
+    fingerprints = {1: "f1", 2: "f2", 3: "f3"}
     work_dir = tmp_path / "work"
     write_records(work_dir, split, fingerprints)
-    cfg = {
-        "name": "test",
-        "work_dir": str(work_dir),
-        "run": {"fingerprints": fingerprints},
-        "visualize": {"enabled": True, "num_frames": 3, "tile_height": 48},
-    }
+    cfg = load_config(
+        [
+            "name=test",
+            f"work_dir={work_dir}",
+            "visualize.enabled=true",
+            "visualize.num_frames=3",
+            "visualize.tile_height=48",
+        ]
+    )
     evaluation = SimpleNamespace(
         jf=0.5,
         per_expression={
@@ -205,7 +208,7 @@ def test_run_visualizations_from_records(tmp_path):
             ("vid2", "0"): SimpleNamespace(jf=0.9),
         },
     )
-    written = write_run_visualizations(cfg, split, {"fused.zip": evaluation})
+    written = write_run_visualizations(cfg, fingerprints, split, {"fused.zip": evaluation})
     root = work_dir / "visualize"
     assert sorted(written) == sorted(
         [root / "vid1" / "0.png", root / "vid1" / "1.png", root / "vid2" / "0.png"]
@@ -221,54 +224,12 @@ def test_run_visualizations_from_records(tmp_path):
                 tile_height=48,
                 title_lines=1,
                 font=strip_font(48),
+                labels=LABELS,
             ).size[0]
         )
     with Image.open(root / "jf_per_video.png") as image:
         assert image.size == jf_plot_size(2)
     # Strips newer than the records are kept; a stale record set is not drawn.
-    assert write_run_visualizations(cfg, split, None) == []
-    stale = {**cfg, "run": {"fingerprints": {**fingerprints, "stage3": "other"}}}
-    assert write_run_visualizations(stale, split, None) == []
-
-
-def _rle(mask: np.ndarray) -> dict:
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": encoded["size"], "counts": encoded["counts"].decode()}
-
-
-def test_visualize_flag_on_a_pipeline_run(fixtures_dir, tmp_path):
-    """``run_pipeline.py --visualize`` on the tiny models: strips per expression and the plot."""
-    videos = {"vid1": {"frames": ["00000", "00001", "00002"], "expressions": {"0": "the dog"}}}
-    root = make_split(tmp_path / "split", videos, size=(48, 64))
-    mask = np.zeros((48, 64), dtype=bool)
-    mask[10:30, 20:50] = True
-    (root / "mask_dict.json").write_text(json.dumps({"vid1-0": [_rle(mask)] * 3}))
-    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT / "run_pipeline.py"),
-            "--cpu",
-            "--visualize",
-            f"data.root={root}",
-            f"stage1.model={stage1 / 'model.yaml'}",
-            f"stage1.checkpoint={stage1 / 'referdino_checkpoint.pth'}",
-            "stage1.short_side=64",
-            "stage1.top_k=2",
-            f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
-            f"stage2.checkpoint={sam2 / 'weights_quiet.pt'}",
-            f"work_dir={tmp_path / 'work'}",
-            f"submission_dir={tmp_path / 'submissions'}",
-            "visualize.tile_height=48",
-        ],  # fmt: skip
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    folder = tmp_path / "work" / "visualize"
-    with Image.open(folder / "vid1" / "0.png") as image:
-        assert image.size[1] > 3 * 48
-    with Image.open(folder / "jf_per_video.png") as image:
-        assert image.size == jf_plot_size(1)
+    assert write_run_visualizations(cfg, fingerprints, split, None) == []
+    stale = {**fingerprints, 3: "other"}
+    assert write_run_visualizations(cfg, stale, split, None) == []

@@ -1,10 +1,11 @@
-"""From ReferDINO's raw outputs (or ReferDINO-Plus legacy files) to stage-1 records."""
+"""Stage-1 records: built from a model's raw outputs or from ReferDINO-Plus legacy files, and
+read back by the stages after it (:class:`Stage1Records`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -15,14 +16,14 @@ from rvos.masks import RunLengthMasks, upsample_mask_logits
 from rvos.mevis import DataError, MevisSplit
 
 
-def answer_query_indices(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
+def answer_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
     """Queries of the stage-1 answer, as ReferDINO's MeViS inference script selects them.
 
     Args:
         scores: ``[T, N]`` per-frame sigmoid scores.
         obj_threshold: keep queries whose mean score over all frames exceeds it.
     Returns:
-        ``[n] int64`` query indices (ascending); the single best query if none passes.
+        ``[n] int64`` query ids (ascending); the single best query if none passes.
     """
     mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
     kept = np.flatnonzero(mean > obj_threshold)
@@ -67,11 +68,11 @@ def proposals_from_outputs(
         mask_logits: ``[T, N, h, w]`` mask logits.
         frame_size: ``(H, W)`` original frame size.
         top_k: queries kept in the record (``None``: all); see :func:`kept_query_ids`.
-        obj_threshold: threshold of the stage-1 answer (:func:`answer_query_indices`).
+        obj_threshold: threshold of the stage-1 answer (:func:`answer_query_ids`).
         frames_per_chunk: frames upsampled and encoded at a time (bounds memory).
     """
     kept = kept_query_ids(scores, top_k)
-    answer = answer_query_indices(scores, obj_threshold)
+    answer = answer_query_ids(scores, obj_threshold)
     needed = np.union1d(kept, answer)
     column = {int(q): i for i, q in enumerate(needed)}
     kept_cols = [column[int(q)] for q in kept]
@@ -123,34 +124,65 @@ def stage1_from_legacy(
     return video
 
 
-def load_stage1_outputs(config: dict[str, Any], split: MevisSplit, video_id: str) -> im.Stage1Video:
-    """The video's stage-1 record; with ``stage1.legacy_dir``, imported from the legacy file once.
+@dataclass(frozen=True)
+class Stage1Records:
+    """Where a run's stage-1 records are, and how to make one from a legacy file.
 
-    Raises:
-        DataError: the record does not cover the video's frames or expressions.
+    Attributes:
+        work_dir: the run's ``work_dir`` (records in ``work_dir/stage1/<video>.npz``).
+        fingerprint: the configuration fingerprint a usable record carries.
+        legacy_dir: a folder of ReferDINO-Plus ``<video>.npz`` to import instead of running a
+            stage-1 model (``stage1.legacy_dir``), or ``None``.
+        obj_threshold: threshold of the stage-1 answer of imported files (``stage1.obj_threshold``).
     """
-    work_dir = Path(config["work_dir"])
-    fingerprint = config["run"]["fingerprints"]["stage1"]
-    path = im.stage_path(work_dir, 1, video_id)
-    legacy_dir = config["stage1"].get("legacy_dir")
-    video = split.videos[video_id]
-    if legacy_dir and not im.is_finished(path, im.STAGE1_KIND, fingerprint):
-        legacy = read_legacy_npz(Path(legacy_dir) / f"{video_id}.npz")
+
+    work_dir: Path
+    fingerprint: str
+    legacy_dir: Path | None
+    obj_threshold: float
+
+    def path(self, video_id: str) -> Path:
+        return im.stage_path(self.work_dir, 1, video_id)
+
+    def import_legacy(self, split: MevisSplit, video_id: str) -> None:
+        """Convert ``legacy_dir/<video_id>.npz`` into a record (all of its queries kept).
+
+        Raises:
+            DataError: the file's frames disagree with the split's list (or it is unreadable:
+                :class:`~rvos.legacy.LegacyFormatError`, a ``ValueError``).
+        """
+        assert self.legacy_dir is not None
+        legacy = read_legacy_npz(Path(self.legacy_dir) / f"{video_id}.npz")
         try:
             record = stage1_from_legacy(
-                legacy, video.frame_names, obj_threshold=config["stage1"]["obj_threshold"]
+                legacy, split.videos[video_id].frame_names, obj_threshold=self.obj_threshold
             )
         except ValueError as err:
             raise DataError(str(err)) from None
-        im.save_stage1(path, record, fingerprint=fingerprint)
-    record = im.load_stage1(path)
-    if list(record.frame_names) != list(video.frame_names):
-        raise DataError(
-            f"video {video_id!r}: the stage-1 record in {path} has {len(record.frame_names)} "
-            f"frames, meta_expressions.json lists {video.num_frames}: recompute stage 1"
-        )
-    missing = [e for e in video.expressions if e not in record.expressions]
-    if missing:
-        raise DataError(f"video {video_id!r}: stage-1 outputs miss expression(s) {missing}")
-    record.expressions = {e: record.expressions[e] for e in video.expressions}
-    return record
+        im.save_stage1(self.path(video_id), record, fingerprint=self.fingerprint)
+
+    def load(self, split: MevisSplit, video_id: str) -> Stage1Video:
+        """The video's record, its expressions in ``meta_expressions.json`` order; with
+        ``legacy_dir``, imported from the legacy file first if not done yet.
+
+        Raises:
+            DataError: the record does not cover the video's frames or expressions.
+            IntermediateError: the record is missing or unreadable.
+        """
+        path = self.path(video_id)
+        if self.legacy_dir is not None and not im.is_finished(
+            path, im.STAGE1_KIND, self.fingerprint
+        ):
+            self.import_legacy(split, video_id)
+        record = im.load_stage1(path)
+        video = split.videos[video_id]
+        if list(record.frame_names) != list(video.frame_names):
+            raise DataError(
+                f"video {video_id!r}: the stage-1 record in {path} has {len(record.frame_names)} "
+                f"frames, meta_expressions.json lists {video.num_frames}: recompute stage 1"
+            )
+        missing = [e for e in video.expressions if e not in record.expressions]
+        if missing:
+            raise DataError(f"video {video_id!r}: stage-1 outputs miss expression(s) {missing}")
+        record.expressions = {e: record.expressions[e] for e in video.expressions}
+        return record

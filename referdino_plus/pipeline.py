@@ -17,16 +17,23 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import numpy as np
 
+from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from rvos import intermediates as im
+from rvos.archive import write_archive
+from rvos.evaluation import EvaluationResult, evaluate_archive
 from rvos.io import atomic_output
 from rvos.mevis import MevisSplit
-from rvos.visualize import VisualizeOptions, write_run_visualizations
+from rvos.proposals import Stage1Records
 from rvos.workers import RunSummary, run_sharded
+from stage1_referdino.runner import Stage1Job
+from stage2_sam2_refine.runner import Stage2Job
+from stage3_fusion.runner import Stage3Job
 
 logger = logging.getLogger(__name__)
 
+STAGES = (1, 2, 3)
 STAGE_JOBS = {
     1: "stage1_referdino.runner:build_video_processor",
     2: "stage2_sam2_refine.runner:build_video_processor",
@@ -43,12 +50,12 @@ _NON_NUMERIC_KEYS = {
     "offload_state_to_cpu",
     "retry_offloaded_on_oom",
 }
-
-
 # Bumped when a stage computes other outputs from the same configuration, so that records made by
 # earlier code are recomputed instead of mixed in (stage 1, 2: expressions as written, queries in
 # the model's order).
 STAGE1_REVISION = 2
+
+Fingerprints = dict[int, str]
 
 
 class PipelineError(RuntimeError):
@@ -61,41 +68,57 @@ class RunResult:
     archives: dict[str, Path] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     # Archive name -> its full evaluation (per expression); for the J&F-per-video plot.
-    evaluations: dict[str, Any] = field(default_factory=dict)
+    evaluations: dict[str, EvaluationResult] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.stage_summaries.values())
 
 
-def stage_fingerprints(cfg: dict[str, Any]) -> dict[str, str]:
+def stage_fingerprints(cfg: PipelineConfig) -> Fingerprints:
     """Fingerprint of each stage's numerically relevant configuration, chained downstream."""
 
-    def numeric(section: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in section.items() if k not in _NON_NUMERIC_KEYS}
+    def numeric(section: Any) -> dict[str, Any]:
+        return {k: v for k, v in to_plain(section).items() if k not in _NON_NUMERIC_KEYS}
 
-    stage1 = cfg["stage1"]
-    if stage1.get("legacy_dir"):
-        stage1_part = {"legacy_dir": stage1["legacy_dir"], "obj_threshold": stage1["obj_threshold"]}
+    stage1 = cfg.stage1
+    if stage1.legacy_dir:
+        stage1_part = {"legacy_dir": stage1.legacy_dir, "obj_threshold": stage1.obj_threshold}
     else:
         stage1_part = numeric(stage1)
     fp1 = im.config_fingerprint({"stage1": stage1_part, "revision": STAGE1_REVISION})
-    fp2 = im.config_fingerprint({"stage2": numeric(cfg["stage2"]), "stage1": fp1})
-    fp3 = im.config_fingerprint({"stage3": cfg["stage3"], "stage2": fp2})
-    return {"stage1": fp1, "stage2": fp2, "stage3": fp3}
+    fp2 = im.config_fingerprint({"stage2": numeric(cfg.stage2), "stage1": fp1})
+    fp3 = im.config_fingerprint({"stage3": to_plain(cfg.stage3), "stage2": fp2})
+    return {1: fp1, 2: fp2, 3: fp3}
 
 
-def worker_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved configuration as plain data (picklable for workers), with fingerprints."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
-    plain["run"] = {"fingerprints": stage_fingerprints(plain)}
-    return plain
+def stage1_records(cfg: PipelineConfig, fingerprints: Fingerprints) -> Stage1Records:
+    """Where the run's stage-1 records are (and, with ``stage1.legacy_dir``, come from)."""
+    legacy_dir = cfg.stage1.legacy_dir
+    return Stage1Records(
+        work_dir=Path(cfg.work_dir),
+        fingerprint=fingerprints[1],
+        legacy_dir=Path(legacy_dir) if legacy_dir else None,
+        obj_threshold=cfg.stage1.obj_threshold,
+    )
 
 
-def save_resolved_config(cfg: DictConfig, work_dir: Path) -> Path:
+def stage_job(cfg: PipelineConfig, fingerprints: Fingerprints, stage: int) -> Any:
+    """The picklable job of ``stage``'s workers (see :data:`STAGE_JOBS`)."""
+    work_dir, data_root = Path(cfg.work_dir), Path(cfg.data.root)
+    if stage == 1:
+        return Stage1Job(data_root, stage1_records(cfg, fingerprints), cfg.stage1)
+    if stage == 2:
+        records = stage1_records(cfg, fingerprints)
+        return Stage2Job(data_root, work_dir, fingerprints[2], records, cfg.stage2)
+    if stage == 3:
+        return Stage3Job(work_dir, fingerprints[3], cfg.stage3)
+    raise ValueError(f"no stage {stage}")
+
+
+def save_resolved_config(cfg: PipelineConfig, work_dir: Path) -> Path:
     """Save the resolved configuration to ``work_dir/config.yaml`` (and a timestamped copy)."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
+    text = to_yaml(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for path in (work_dir / "config.yaml", work_dir / "runs" / f"{stamp}.yaml"):
         with atomic_output(path) as tmp:
@@ -117,12 +140,13 @@ def pending_videos(
     ]
 
 
-def check_inputs(cfg: dict[str, Any], stage: int, video_ids: Sequence[str]) -> None:
+def check_inputs(
+    cfg: PipelineConfig, fingerprints: Fingerprints, stage: int, video_ids: Sequence[str]
+) -> None:
     """Fail early, naming what is missing, when a stage's inputs are not there."""
-    work_dir = Path(cfg["work_dir"])
-    fps = cfg["run"]["fingerprints"]
-    if stage == 1 or (stage == 2 and cfg["stage1"].get("legacy_dir")):
-        legacy_dir = cfg["stage1"].get("legacy_dir")
+    work_dir = Path(cfg.work_dir)
+    legacy_dir = cfg.stage1.legacy_dir
+    if stage == 1 or (stage == 2 and legacy_dir):
         if legacy_dir:
             missing = [v for v in video_ids if not (Path(legacy_dir) / f"{v}.npz").is_file()]
             if missing:
@@ -132,7 +156,7 @@ def check_inputs(cfg: dict[str, Any], stage: int, video_ids: Sequence[str]) -> N
                 )
         return
     previous = stage - 1
-    missing = pending_videos(work_dir, previous, video_ids, fps[f"stage{previous}"], False)
+    missing = pending_videos(work_dir, previous, video_ids, fingerprints[previous], False)
     if missing:
         raise PipelineError(
             f"{STAGE_NAMES[stage]} needs the {STAGE_NAMES[previous]} outputs of {len(missing)} "
@@ -143,43 +167,43 @@ def check_inputs(cfg: dict[str, Any], stage: int, video_ids: Sequence[str]) -> N
 
 
 def run(
-    cfg: DictConfig,
+    cfg: PipelineConfig,
     *,
-    stages: Sequence[int] = (1, 2, 3),
+    stages: Sequence[int] = STAGES,
     devices: Sequence[str] = ("cpu",),
     overwrite: bool = False,
 ) -> RunResult:
     """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring."""
-    plain = worker_config(cfg)
-    work_dir = Path(plain["work_dir"])
-    try:
-        visualize = VisualizeOptions.from_config(plain.get("visualize"))
-    except ValueError as err:
-        raise PipelineError(str(err)) from None
-    split = MevisSplit(plain["data"]["root"])
+    from referdino_plus.visualize import write_run_visualizations
+
+    fingerprints = stage_fingerprints(cfg)
+    work_dir = Path(cfg.work_dir)
+    split = MevisSplit(cfg.data.root)
     video_ids = split.video_ids
-    if plain["data"].get("validate_frames", True):
+    if cfg.data.validate_frames:
         logger.info("checking the frames of %d videos in %s", len(video_ids), split.root)
         split.validate()
     save_resolved_config(cfg, work_dir)
     result = RunResult()
-    fps = plain["run"]["fingerprints"]
     for stage in sorted(stages):
-        check_inputs(plain, stage, video_ids)
-        todo = pending_videos(work_dir, stage, video_ids, fps[f"stage{stage}"], overwrite)
-        skipped = len(video_ids) - len(todo)
+        check_inputs(cfg, fingerprints, stage, video_ids)
+        todo = pending_videos(work_dir, stage, video_ids, fingerprints[stage], overwrite)
         logger.info(
             "%s: %d video(s) to process, %d already finished",
             STAGE_NAMES[stage],
             len(todo),
-            skipped,
+            len(video_ids) - len(todo),
         )
         if not todo:
             result.stage_summaries[stage] = RunSummary()
             continue
         stage_devices = ["cpu"] if stage == 3 else list(devices)
         summary = run_sharded(
-            STAGE_JOBS[stage], plain, todo, stage_devices, desc=STAGE_NAMES[stage]
+            STAGE_JOBS[stage],
+            stage_job(cfg, fingerprints, stage),
+            todo,
+            stage_devices,
+            desc=STAGE_NAMES[stage],
         )
         result.stage_summaries[stage] = summary
         if not summary.ok:
@@ -192,66 +216,102 @@ def run(
             )
             break
     if result.ok:
-        write_archives(plain, split, result)
-        if visualize.enabled:
-            write_run_visualizations(plain, split, result.evaluations)
-    write_report(plain, split, result)
+        write_archives(cfg, fingerprints, split, result)
+        if cfg.visualize.enabled:
+            write_run_visualizations(cfg, fingerprints, split, result.evaluations)
+    write_report(cfg, fingerprints, split, result)
     return result
 
 
-def write_archives(cfg: dict[str, Any], split: MevisSplit, result: RunResult) -> None:
-    """(Re)write every archive whose stage records are all finished and newer than it."""
-    from stage3_fusion.archive import write_archive
-    from stage3_fusion.records import archive_masks
+# ----------------------------------------------------------------------------- archives
 
-    work_dir = Path(cfg["work_dir"])
-    submission_dir = Path(cfg["submission_dir"])
-    fps = cfg["run"]["fingerprints"]
+
+def archive_masks(
+    work_dir: Path, stage: int, video_id: str
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Frame names and ``{exp_id: [T, H, W] bool}`` of one video for an archive.
+
+    Stage 1: ReferDINO's own answer (``stage1.obj_threshold`` rule); stage 2: the union of the
+    SAM 2 objects (empty when no query was kept); stage 3: the fused masks.
+    """
+    path = im.stage_path(work_dir, stage, video_id)
+    if stage == 1:
+        video = im.load_stage1(path)
+        masks = {e: p.answer.decode() for e, p in video.expressions.items()}
+    elif stage == 2:
+        video = im.load_stage2(path)
+        masks = {e: r.sam2_union() for e, r in video.expressions.items()}
+    elif stage == 3:
+        video = im.load_stage3(path)
+        masks = {e: f.masks.decode() for e, f in video.expressions.items()}
+    else:
+        raise ValueError(f"no archive for stage {stage}")
+    return video.frame_names, masks
+
+
+def archive_is_current(path: Path, records: Sequence[Path]) -> bool:
+    """Whether the archive ``path`` exists and is at least as new as every record it is made of."""
+    if not path.is_file():
+        return False
+    newest = max((r.stat().st_mtime for r in records), default=0.0)
+    return path.stat().st_mtime >= newest
+
+
+def write_archives(
+    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+) -> None:
+    """(Re)write every archive whose stage records are all finished and newer than it."""
+    work_dir = Path(cfg.work_dir)
+    submission_dir = Path(cfg.submission_dir)
     expected = {
         vid: {exp_id: video.frame_names for exp_id in video.expressions}
         for vid, video in split.videos.items()
     }
     for name, stage in ARCHIVES.items():
-        records = [im.stage_path(work_dir, stage, vid) for vid in split.video_ids]
-        if pending_videos(work_dir, stage, split.video_ids, fps[f"stage{stage}"], False):
+        if pending_videos(work_dir, stage, split.video_ids, fingerprints[stage], False):
             continue
         path = submission_dir / name
-        newest = max(r.stat().st_mtime for r in records)
-        if path.is_file() and path.stat().st_mtime >= newest:
+        records = [im.stage_path(work_dir, stage, vid) for vid in split.video_ids]
+        if archive_is_current(path, records):
             logger.info("%s is up to date", path)
-            result.archives[name] = path
-            continue
-        write_archive(
-            path,
-            partial(archive_masks, work_dir, stage),
-            expected,
-            compress_level=cfg["archive"]["png_compress_level"],
-            jobs=cfg["archive"]["jobs"],
-        )
-        result.archives[name] = path
-    evaluation = cfg["evaluation"]
-    if evaluation["enabled"] and split.has_ground_truth and result.archives:
-        from stage3_fusion.evaluate import evaluate_archive
-
-        for name, path in result.archives.items():
-            scores = evaluate_archive(
-                path, split.root, jobs=evaluation["jobs"], bound_th=evaluation["bound_th"]
+        else:
+            write_archive(
+                path,
+                partial(archive_masks, work_dir, stage),
+                expected,
+                compress_level=cfg.archive.png_compress_level,
+                jobs=cfg.archive.jobs,
             )
+        result.archives[name] = path
+    if cfg.evaluation.enabled and split.has_ground_truth and result.archives:
+        for name, path in result.archives.items():
+            scores = evaluate_archive(path, split.root, jobs=cfg.evaluation.jobs)
             result.scores[name] = {"J": scores.j, "F": scores.f, "J&F": scores.jf}
             result.evaluations[name] = scores
 
 
-def write_report(cfg: dict[str, Any], split: MevisSplit, result: RunResult) -> Path:
-    """``work_dir/report.json``: per-stage outcome, fusion decisions, archives and scores."""
-    work_dir = Path(cfg["work_dir"])
+def fusion_decisions(
+    work_dir: Path, fingerprint: str, video_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``{"<video>/<exp_id>": decision}`` from the stage-3 records made with ``fingerprint``
+    (records of another configuration are left out, never mixed in)."""
     decisions = {}
-    for vid in split.video_ids:
+    for vid in video_ids:
         header = im.read_header(im.stage_path(work_dir, 3, vid))
-        if header is not None:
-            for exp_id, decision in header.get("decisions", {}).items():
-                decisions[f"{vid}/{exp_id}"] = decision
+        if header is None or header.get("config_fingerprint") != fingerprint:
+            continue
+        for exp_id, decision in header.get("decisions", {}).items():
+            decisions[f"{vid}/{exp_id}"] = decision
+    return decisions
+
+
+def write_report(
+    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+) -> Path:
+    """``work_dir/report.json``: per-stage outcome, fusion decisions, archives and scores."""
+    work_dir = Path(cfg.work_dir)
     report = {
-        "name": cfg["name"],
+        "name": cfg.name,
         "data_root": str(split.root),
         "stages": {
             str(stage): {
@@ -265,7 +325,7 @@ def write_report(cfg: dict[str, Any], split: MevisSplit, result: RunResult) -> P
         },
         "archives": {name: str(path) for name, path in result.archives.items()},
         "scores": result.scores,
-        "fusion": decisions,
+        "fusion": fusion_decisions(work_dir, fingerprints[3], split.video_ids),
     }
     path = work_dir / "report.json"
     with atomic_output(path) as tmp:

@@ -1,12 +1,9 @@
-"""Pictures of masks: coloured overlays with captions, per-expression strips, a J&F plot.
+"""Drawing primitives for masks: coloured overlays with captions, strips, a J&F bar plot.
 
-- :func:`overlay_masks`, :func:`caption_band`: the demo's overlay video frames (one colour per
-  sentence, alpha blending, outlines, the sentences below the frame in their colours).
-- :func:`mask_strip`: one expression of a benchmark run, rows stage 1 / SAM 2 / fused, columns a
-  few evenly spaced frames, the expression as title.
+- :func:`overlay_masks`, :func:`caption_band`: frames with masks blended in their colours and
+  outlined, and a band of coloured captions to go below them;
+- :func:`mask_strip`: rows of masks (one source each) over a few frames, with a title;
 - :func:`jf_bar_plot`: J&F per video and archive (matplotlib, Agg backend).
-- :func:`write_run_visualizations`: both for a finished run (``visualize.enabled=true``, or
-  ``run_pipeline.py --visualize``), into ``work_dir/visualize/``.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -38,20 +34,6 @@ PALETTE: tuple[Color, ...] = (
     (255, 130, 20),
     (255, 100, 200),
 )
-# Strip rows: label and colour of each archive's masks.
-STRIP_ROWS: tuple[tuple[str, Color], ...] = (
-    ("stage 1", PALETTE[6]),
-    ("SAM 2", PALETTE[1]),
-    ("fused", PALETTE[2]),
-)
-# Bar colours of the J&F plot: those of the strip rows showing the same masks.
-ARCHIVE_COLORS: dict[str, Color] = {
-    "stage1.zip": STRIP_ROWS[0][1],
-    "stage2.zip": STRIP_ROWS[1][1],
-    "fused.zip": STRIP_ROWS[2][1],
-}
-# The archive each strip row shows (see ``stage3_fusion.records.archive_masks``).
-STRIP_STAGES = (1, 2, 3)
 BACKGROUND: Color = (0, 0, 0)
 TEXT_COLOR: Color = (235, 235, 235)
 # Caption font size as a fraction of the frame width, and its bounds in px.
@@ -61,52 +43,6 @@ MIN_FONT_SIZE, MAX_FONT_SIZE = 12, 32
 STRIP_FONT_FRACTION = 1 / 10
 # Strip tiles: frames are resized smoothly, masks without inventing values.
 RESIZE_FRAME, RESIZE_MASK = Image.Resampling.BILINEAR, Image.Resampling.NEAREST
-VISUALIZE_DIR = "visualize"
-JF_PLOT_NAME = "jf_per_video.png"
-
-
-# ----------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class VisualizeOptions:
-    """The ``visualize`` block of ``configs/pipeline.yaml``.
-
-    Attributes:
-        enabled: draw strips (and the J&F plot) after a run.
-        num_frames: evenly spaced frames per expression strip.
-        tile_height: height in px of each frame in a strip.
-        alpha: opacity of mask colours over frames, in ``[0, 1]``.
-        contour_width: width in px of mask outlines (0: none).
-    """
-
-    enabled: bool = False
-    num_frames: int = 4
-    tile_height: int = 160
-    alpha: float = 0.5
-    contour_width: int = 2
-
-    def __post_init__(self) -> None:
-        for key in ("num_frames", "tile_height"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"visualize.{key}={value!r}: expected a positive integer")
-        if not isinstance(self.contour_width, int) or self.contour_width < 0:
-            raise ValueError(
-                f"visualize.contour_width={self.contour_width!r}: expected an integer >= 0"
-            )
-        if not isinstance(self.alpha, int | float) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"visualize.alpha={self.alpha!r}: expected a number in [0, 1]")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> VisualizeOptions:
-        """From the ``visualize`` config section (missing keys take the defaults)."""
-        section = dict(section or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown visualize key(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -288,7 +224,7 @@ def strip_layout(
     tile_height: int,
     title_lines: int,
     font: ImageFont.ImageFont,
-    labels: Sequence[str] = tuple(label for label, _ in STRIP_ROWS),
+    labels: Sequence[str],
 ) -> StripLayout:
     """Layout of a ``rows x cols`` strip of frames of ``frame_size = (H, W)`` scaled to
     ``tile_height``, with ``title_lines`` lines of title and the row ``labels`` on the left."""
@@ -323,11 +259,11 @@ def mask_strip(
     *,
     title: str,
     frame_names: Sequence[str],
-    row_labels: Sequence[str] = tuple(label for label, _ in STRIP_ROWS),
-    row_colors: Sequence[Color] = tuple(color for _, color in STRIP_ROWS),
-    tile_height: int = 160,
-    alpha: float = 0.5,
-    contour_width: int = 2,
+    row_labels: Sequence[str],
+    row_colors: Sequence[Color],
+    tile_height: int,
+    alpha: float,
+    contour_width: int,
 ) -> Image.Image:
     """One expression's masks of several sources side by side on a few frames.
 
@@ -404,15 +340,6 @@ def save_png(image: Image.Image, path: Path) -> Path:
 # ----------------------------------------------------------------------------- J&F plot
 
 
-def per_video_jf(per_expression: Mapping[tuple[str, str], Any]) -> dict[str, float]:
-    """``{video_id: mean J&F over its expressions}`` from ``{(video_id, exp_id): score}`` where
-    each score has a ``jf`` attribute (:class:`stage3_fusion.evaluate.ExpressionScore`)."""
-    sums: dict[str, list[float]] = {}
-    for (video_id, _), score in per_expression.items():
-        sums.setdefault(video_id, []).append(float(score.jf))
-    return {video_id: float(np.mean(values)) for video_id, values in sums.items()}
-
-
 # Figure geometry of the J&F plot, inches: per video row, margins, width; and its resolution.
 JF_PLOT_ROW_INCHES = 0.28
 JF_PLOT_MARGIN_INCHES = 1.8
@@ -430,6 +357,7 @@ def jf_bar_plot(
     scores: Mapping[str, Mapping[str, float]],
     path: Path,
     *,
+    colors: Mapping[str, Color],
     totals: Mapping[str, float] | None = None,
     title: str = "J&F per video",
 ) -> Path:
@@ -439,6 +367,7 @@ def jf_bar_plot(
         scores: ``{archive: {video_id: J&F in [0, 1]}}``; videos sorted by the last archive's
             score, best on top.
         path: the PNG to write, of :func:`jf_plot_size` pixels.
+        colors: ``{archive: colour}`` (an archive without one takes the palette's).
         totals: ``{archive: overall J&F}``, shown in the legend.
         title: the figure title.
     """
@@ -462,7 +391,7 @@ def jf_bar_plot(
             label = archive
             if totals and archive in totals:
                 label = f"{archive} (J&F {100 * totals[archive]:.1f})"
-            color = hex_color(ARCHIVE_COLORS.get(archive, color_of(index)))
+            color = hex_color(colors.get(archive, color_of(index)))
             ax.barh(
                 y + ((len(archives) - 1) / 2 - index) * bar, values, bar, label=label, color=color
             )
@@ -478,124 +407,3 @@ def jf_bar_plot(
     finally:
         plt.close(fig)
     return path
-
-
-# ----------------------------------------------------------------------------- a run
-
-
-def _expression_title(text: str, decision: Mapping[str, Any] | None) -> str:
-    """Caption of a strip: the expression and the fusion decision that made the fused row."""
-    if decision is None:
-        return f'"{text}"'
-    rule = "SAM 2 ∪ stage 1 (multi-object)" if decision.get("multi_object") else "SAM 2"
-    smaller, both = decision.get("frames_sam2_smaller", 0), decision.get("frames_both_nonempty", 0)
-    return f'"{text}"  fused = {rule}; SAM 2 box smaller on {smaller}/{both} frames'
-
-
-def write_video_strips(
-    cfg: Mapping[str, Any],
-    split: Any,
-    video_id: str,
-    options: VisualizeOptions,
-) -> list[Path]:
-    """Strips of every expression of one video, from its stage 1, 2 and 3 records.
-
-    Returns:
-        the written ``work_dir/visualize/<video_id>/<exp_id>.png``; a strip newer than the video's
-        stage-3 record is kept as it is.
-    """
-    from rvos import intermediates as im
-    from stage3_fusion.records import archive_masks
-
-    work_dir = Path(cfg["work_dir"])
-    out_dir = work_dir / VISUALIZE_DIR / video_id
-    record = im.stage_path(work_dir, 3, video_id)
-    header = im.read_header(record) or {}
-    decisions = header.get("decisions", {})
-    video = split.videos[video_id]
-    newest = record.stat().st_mtime
-    todo = [
-        e
-        for e in video.expressions
-        if not (out_dir / f"{e}.png").is_file() or (out_dir / f"{e}.png").stat().st_mtime < newest
-    ]
-    if not todo:
-        return []
-    frame_names = list(video.frame_names)
-    picked = evenly_spaced(len(frame_names), options.num_frames)
-    paths = split.frame_paths(video_id)
-    frames = []
-    for index in picked:
-        with Image.open(paths[index]) as image:
-            frames.append(np.asarray(image.convert("RGB")))
-    masks = {stage: archive_masks(work_dir, stage, video_id)[1] for stage in STRIP_STAGES}
-    written = []
-    for exp_id in todo:
-        strip = mask_strip(
-            frames,
-            [masks[stage][exp_id][picked] for stage in STRIP_STAGES],
-            title=f"{video_id}/{exp_id}: "
-            + _expression_title(video.expressions[exp_id].text, decisions.get(exp_id)),
-            frame_names=[frame_names[i] for i in picked],
-            tile_height=options.tile_height,
-            alpha=options.alpha,
-            contour_width=options.contour_width,
-        )
-        written.append(save_png(strip, out_dir / f"{exp_id}.png"))
-    return written
-
-
-def write_run_visualizations(
-    cfg: Mapping[str, Any],
-    split: Any,
-    evaluations: Mapping[str, Any] | None = None,
-) -> list[Path]:
-    """After a run: a strip per expression and, with evaluations, the J&F-per-video plot.
-
-    Args:
-        cfg: the resolved pipeline configuration (plain data, with ``run.fingerprints``).
-        split: the :class:`rvos.mevis.MevisSplit` of the run.
-        evaluations: ``{archive name: EvaluationResult}`` of the run (empty: no plot).
-    Returns:
-        the files written. Videos whose three stage records are not all finished are skipped
-        (with a log line).
-    """
-    from tqdm import tqdm
-
-    from rvos import intermediates as im
-
-    options = VisualizeOptions.from_config(cfg.get("visualize"))
-    work_dir = Path(cfg["work_dir"])
-    fingerprints = cfg["run"]["fingerprints"]
-    ready = [
-        vid
-        for vid in split.video_ids
-        if all(
-            im.is_finished(
-                im.stage_path(work_dir, s, vid), im.STAGE_KINDS[s], fingerprints[f"stage{s}"]
-            )
-            for s in STRIP_STAGES
-        )
-    ]
-    if len(ready) < len(split.video_ids):
-        logger.info(
-            "visualize: %d of %d video(s) lack finished stage 1-3 records and are not drawn",
-            len(split.video_ids) - len(ready),
-            len(split.video_ids),
-        )
-    written: list[Path] = []
-    for video_id in tqdm(ready, desc="visualize", unit="video", dynamic_ncols=True):
-        written += write_video_strips(cfg, split, video_id, options)
-    if evaluations:
-        scores = {name: per_video_jf(ev.per_expression) for name, ev in evaluations.items()}
-        totals = {name: float(ev.jf) for name, ev in evaluations.items()}
-        written.append(
-            jf_bar_plot(
-                scores,
-                work_dir / VISUALIZE_DIR / JF_PLOT_NAME,
-                totals=totals,
-                title=f"J&F per video: {cfg.get('name', '')}",
-            )
-        )
-    logger.info("visualize: %d file(s) written to %s", len(written), work_dir / VISUALIZE_DIR)
-    return written

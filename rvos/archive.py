@@ -109,14 +109,3 @@ def write_archive(
             count += len(entries)
     logger.info("wrote %s (%d masks)", path, count)
     return count
-
-
-def read_archive_masks(path: Path, video_id: str, exp_id: str, frame_names: Sequence[str]):
-    """Read back one expression of an archive (zip or folder), ``[T, H, W] bool`` (mask > 0)."""
-    names = [f"{video_id}/{exp_id}/{frame}.png" for frame in frame_names]
-    if path.is_dir():
-        frames = [np.asarray(Image.open(path / name)) for name in names]
-    else:
-        with zipfile.ZipFile(path) as archive:
-            frames = [np.asarray(Image.open(io.BytesIO(archive.read(name)))) for name in names]
-    return np.stack(frames) > 0

@@ -1,0 +1,124 @@
+"""The command line: ``run_pipeline.py`` and the ``referdino-plus`` entry point.
+
+    run_pipeline.py [--gids 0 1 2 3] [--stages 1 2 3] [--cpu] [--name RUN] [--overwrite]
+                    [key=value ...]
+    run_pipeline.py demo --video PATH --text SENTENCE [--text ...] [options] [key=value ...]
+
+``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
+``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
+skips finished videos on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+
+logger = logging.getLogger("referdino_plus")
+
+DESCRIPTION = """\
+ReferDINO-Plus: ReferDINO proposals -> SAM 2 refinement -> conditional fusion -> MeViS archives.
+
+commands:
+  (none)   run the pipeline's stages on a split (the options below)
+  demo     your own video and sentences: run_pipeline.py demo --help
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description=DESCRIPTION,
+        epilog="key=value: overrides of configs/pipeline.yaml, anywhere on the line",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--gids", type=int, nargs="+", help="GPU ids: one worker process per GPU (default: GPU 0)"
+    )
+    parser.add_argument(
+        "--stages",
+        type=int,
+        nargs="+",
+        choices=(1, 2, 3),
+        default=[1, 2, 3],
+        help="stages to run; each reads the previous stage's cached outputs (default: 1 2 3)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (one worker)")
+    parser.add_argument("--name", help="run name: work/<name>, submissions/<name>")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="recompute finished videos instead of skipping"
+    )
+    parser.add_argument(
+        "--visualize",
+        action="store_true",
+        help="after the run, draw per-expression mask strips and a J&F-per-video plot into "
+        "work_dir/visualize (visualize.enabled=true)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse flags and ``key=value`` overrides in any order (``--stages 2 3 data.root=...``)."""
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    flags = [a for a in argv if a not in overrides]
+    args = build_parser().parse_args(flags)
+    args.overrides = list(args.overrides) + overrides
+    if args.name:
+        args.overrides.append(f"name={args.name}")
+    if args.visualize:
+        args.overrides.append("visualize.enabled=true")
+    return args
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """The pipeline on a split; returns the exit status."""
+    args = parse_args(argv)
+    setup_logging(args.quiet)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from referdino_plus import pipeline
+    from referdino_plus.config import ConfigError, load_config
+    from rvos.intermediates import IntermediateError
+    from rvos.mevis import DataError
+
+    try:
+        cfg = load_config(args.overrides)
+        devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
+    except (ConfigError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
+    try:
+        with logging_redirect_tqdm():
+            result = pipeline.run(
+                cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
+            )
+    except (pipeline.PipelineError, DataError, IntermediateError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 1
+    for name, path in result.archives.items():
+        logger.info("archive %s: %s", name, path)
+    if result.scores:
+        print(pipeline.format_scores(result.scores))
+    if not result.ok:
+        logger.error("some videos failed (see above and %s/report.json)", cfg.work_dir)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from referdino_plus.demo import main as demo_main
+
+        return demo_main(argv[1:])
+    return run_command(argv)

@@ -1,0 +1,235 @@
+"""The pipeline configuration: one typed schema, every value from ``configs/pipeline.yaml``.
+
+:class:`PipelineConfig` is the schema: the shared sections declared here and each stage's own
+options class (``stage1_referdino.options``, ``stage2_sam2_refine.options``,
+``stage3_fusion.options``). None of them has a default value: the defaults are written once, in
+the YAML files of ``configs/`` (shipped inside this package). Hydra composes the YAML with the
+command line's ``key=value`` overrides against the schema, so a wrong type, a value outside a
+choice or an unknown key fails at once; the options classes then check their ranges.
+
+- :func:`compose_config`: the composed ``DictConfig`` (to save, print or override further);
+- :func:`load_config`: the same as typed objects (what the pipeline and the demo use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rvos.options import OptionError, check_range
+from stage1_referdino.options import Stage1Options
+from stage2_sam2_refine.options import Stage2Options
+from stage3_fusion.options import FusionOptions
+
+# configs/ at the repository root, where users look; inside the package it is a link to it (and a
+# copy in a wheel).
+CONFIG_DIR = Path(str(resources.files("referdino_plus") / "configs"))
+SCHEMA_NAME = "pipeline_schema"
+
+
+class ConfigError(ValueError):
+    """A configuration that does not fit the schema; the message is one line naming the key."""
+
+
+@dataclass
+class DataOptions:
+    """The ``data`` section: which split to run on (``configs/data/``)."""
+
+    SECTION = "data"
+
+    root: str
+    validate_frames: bool
+
+
+@dataclass
+class ArchiveOptions:
+    """The ``archive`` section: how the PNG archives are written."""
+
+    SECTION = "archive"
+
+    png_compress_level: int
+    jobs: int
+
+    def __post_init__(self) -> None:
+        check_range(self, "png_compress_level", 0, 9)
+
+
+@dataclass
+class EvaluationOptions:
+    """The ``evaluation`` section: scoring the archives when the split has ground truth."""
+
+    SECTION = "evaluation"
+
+    enabled: bool
+    jobs: int
+
+
+@dataclass
+class VisualizeOptions:
+    """The ``visualize`` section: pictures of a run's masks and of the demo's overlay."""
+
+    SECTION = "visualize"
+
+    enabled: bool
+    num_frames: int
+    tile_height: int
+    alpha: float
+    contour_width: int
+
+    def __post_init__(self) -> None:
+        check_range(self, "num_frames", 1)
+        check_range(self, "tile_height", 1)
+        check_range(self, "alpha", 0.0, 1.0)
+        check_range(self, "contour_width", 0)
+
+
+@dataclass
+class DemoOptions:
+    """The ``demo`` section: the overlay video of ``run_pipeline.py demo``."""
+
+    SECTION = "demo"
+
+    fps: float
+    crf: int
+
+    def __post_init__(self) -> None:
+        check_range(self, "fps", 1e-3)
+        check_range(self, "crf", 0, 51)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run reads from ``configs/pipeline.yaml``: see that file for each value."""
+
+    SECTION = ""
+
+    name: str
+    work_dir: str
+    submission_dir: str
+    data: DataOptions
+    stage1: Stage1Options
+    stage2: Stage2Options
+    stage3: FusionOptions
+    archive: ArchiveOptions
+    evaluation: EvaluationOptions
+    visualize: VisualizeOptions
+    demo: DemoOptions
+
+
+ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line naming the key."""
+    deepest: BaseException = err
+    while deepest.__cause__ is not None:
+        deepest = deepest.__cause__
+    if isinstance(deepest, OptionError):
+        return str(deepest)
+    text = str(deepest)
+    key = re.search(r"full_key: (\S+)", text)
+    first = text.strip().splitlines()[0] if text.strip() else type(deepest).__name__
+    if isinstance(deepest, OmegaConfBaseException) and key and key.group(1) not in first:
+        first = f"{key.group(1)}: {first}"
+    options = re.search(r"Available options[^:]*:((?:\n\t\S+)+)", text)
+    if options:
+        first += f" (available: {', '.join(options.group(1).split())})"
+    return " ".join(first.split())
+
+
+def _keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of every key of a composed config."""
+    for key in node:
+        path = f"{prefix}{key}"
+        yield path
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            yield from _keys(child, f"{path}.")
+
+
+def _schema_keys(schema: type, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of every field of a schema dataclass, nested sections included."""
+    for name, hint in typing.get_type_hints(schema).items():
+        if typing.get_origin(hint) is typing.ClassVar:
+            continue
+        path = f"{prefix}{name}"
+        yield path
+        if dataclasses.is_dataclass(hint):
+            yield from _schema_keys(hint, f"{path}.")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys the schema does not define (e.g. a misspelled ``+stage2.score_treshold``).
+
+    Raises:
+        ConfigError: naming the first unknown key and the closest known ones.
+    """
+    known = set(_schema_keys(PipelineConfig))
+    for key in _keys(cfg):
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{key}: not a setting of configs/pipeline.yaml{hint}")
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """``configs/pipeline.yaml`` composed with hydra ``overrides`` (``key=value``), checked.
+
+    Works whether or not the ``sam2`` package (which initialises hydra's global state on import)
+    was imported before; hydra's global state is restored afterwards.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or choice, or a value out of its range.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name="pipeline", overrides=list(overrides))
+        check_known_keys(cfg)
+        OmegaConf.to_object(cfg)  # the ranges (__post_init__) of every section
+    except (HydraException, OmegaConfBaseException, OptionError) as err:
+        raise ConfigError(_one_line(err)) from None
+    finally:
+        restore_gh_from_backup(backup)
+    return cfg
+
+
+def load_config(overrides: Sequence[str] = ()) -> PipelineConfig:
+    """:func:`compose_config` as typed objects (choices are :class:`rvos.options.Choice` members)."""
+    return to_typed(compose_config(overrides))
+
+
+def to_typed(cfg: DictConfig) -> PipelineConfig:
+    """A composed configuration as a :class:`PipelineConfig`."""
+    typed = OmegaConf.to_object(cfg)
+    assert isinstance(typed, PipelineConfig)
+    return typed
+
+
+def to_plain(section: Any) -> Any:
+    """A typed section (or ``DictConfig``) as plain JSON-ready data (choices as strings)."""
+    node = section if isinstance(section, DictConfig) else OmegaConf.structured(section)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def to_yaml(cfg: DictConfig | PipelineConfig) -> str:
+    """The configuration as YAML, every value resolved."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_yaml(node, resolve=True)

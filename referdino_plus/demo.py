@@ -1,0 +1,416 @@
+"""Try ReferDINO-Plus on your own video: a clip and sentences in, coloured masks out.
+
+    python run_pipeline.py demo --video PATH --text "the dog running to the left" [--text ...]
+                                [--out DIR] [--frame-step N] [--max-frames N] [--cpu | --gid N]
+                                [key=value ...]
+
+``PATH`` is a video file (mp4, mov, webm, ... anything PyAV decodes) or a folder of frames
+(``.jpg``/``.jpeg``/``.png``, in natural name order: ``2.jpg`` before ``10.jpg``). The three stages
+run in this process on one device, configured by ``configs/pipeline.yaml`` and the same
+``key=value`` overrides as the pipeline (``stage1.*``/``stage2.*`` choose the models,
+``stage3.*`` the fusion rule, ``visualize.*``/``demo.*`` the drawing). ``DIR`` receives:
+
+- ``overlay.mp4``: the frames with each sentence's masks in its colour (H.264, yuv420p);
+- ``masks/<sentence index>/<frame>.png``: the fused masks, mode L, 0/255, frame size; a video's
+  frames are named by their index in the video (``00000``, ``00002``, ... with
+  ``--frame-step 2``), a folder's keep their file names;
+- ``summary.json``: the sentences, their kept queries and fusion decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions, load_config
+from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+from rvos.archive import encode_png
+from rvos.drawing import caption_band, color_of, hex_color, overlay_masks, pad_to_even
+from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
+from rvos.io import atomic_output
+from rvos.video import Clip, VideoError, h264_writer, load_clip, source_name
+from rvos.workers import bind_device
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT_ROOT = Path("work") / "demo"
+# How PyTorch words out-of-memory errors (CUDA, CPU allocator).
+OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory")
+# Exit codes: bad arguments or configuration; unusable input, missing weights or a failed run.
+EXIT_USAGE, EXIT_FAILURE = 2, 1
+Model = TypeVar("Model")
+
+
+class DemoError(Exception):
+    """A problem the user can fix; the message is one line, ``exit_code`` the process status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--video", required=True, type=Path, help="a video file or a folder of frames"
+    )
+    parser.add_argument(
+        "--text",
+        action="append",
+        required=True,
+        metavar="SENTENCE",
+        help="a referring sentence; repeat for several (each gets a colour)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"output folder (default: {DEFAULT_OUT_ROOT}/<video name>); its overlay.mp4, "
+        "masks/ and summary.json are replaced",
+    )
+    parser.add_argument(
+        "--frame-step", type=int, default=1, metavar="N", help="keep every N-th frame (default 1)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, metavar="N", help="stop after N kept frames (default: all)"
+    )
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--cpu", action="store_true", help="run on the CPU")
+    device.add_argument("--gid", type=int, metavar="N", help="run on GPU N (default: GPU 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse flags and ``key=value`` overrides in any order.
+
+    Raises:
+        DemoError: a positional argument that is not ``key=value``, or a non-positive
+            ``--frame-step``/``--max-frames``.
+    """
+    args = build_parser().parse_intermixed_args(list(argv))
+    stray = [a for a in args.overrides if "=" not in a]
+    if stray:
+        raise DemoError(
+            f"unexpected argument {stray[0]!r}: overrides are key=value, sentences go after --text",
+            EXIT_USAGE,
+        )
+    if args.frame_step < 1:
+        raise DemoError(f"--frame-step {args.frame_step}: expected N >= 1", EXIT_USAGE)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise DemoError(f"--max-frames {args.max_frames}: expected N >= 1", EXIT_USAGE)
+    return args
+
+
+def check_sentences(texts: Sequence[str]) -> list[str]:
+    """The ``--text`` sentences as written (as MeViS expressions are read: ReferDINO tokenizes the
+    raw text).
+
+    Raises:
+        DemoError: a sentence that is empty or only whitespace (numbered from 1).
+    """
+    sentences = list(texts)
+    for number, sentence in enumerate(sentences, start=1):
+        if not sentence.strip():
+            raise DemoError(f"--text #{number} is empty: give a sentence", EXIT_USAGE)
+    return sentences
+
+
+def check_checkpoints(cfg: PipelineConfig) -> None:
+    """Fail before any decoding when a model checkpoint is missing.
+
+    Raises:
+        DemoError: naming the key, the path and ``download_ckpts.sh``.
+    """
+    for key, options in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
+        path = Path(options.checkpoint)
+        if not path.is_file():
+            raise DemoError(
+                f"{key}.checkpoint={path}: checkpoint not found; run `bash download_ckpts.sh` "
+                f"(see README) or point {key}.checkpoint= at your file"
+            )
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def build_model(step: str, factory: Callable[[], Model]) -> Model:
+    """``factory()``; a missing or mismatched file becomes a one-line error.
+
+    Raises:
+        DemoError: naming the stage and what is wrong (a missing checkpoint names
+            ``download_ckpts.sh``).
+    """
+    try:
+        return factory()
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise DemoError(f"{step}: cannot load the model: {' '.join(str(err).split())}") from None
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(device: str) -> Iterator[None]:
+    """Turn an out-of-memory error into a :class:`DemoError` that says what to reduce."""
+    import torch
+
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+        message = str(err).lower()
+        if not isinstance(err, torch.cuda.OutOfMemoryError) and not any(
+            marker in message for marker in OUT_OF_MEMORY_MARKERS
+        ):
+            raise
+        raise DemoError(
+            f"out of memory on {device}: use fewer frames (--frame-step N, --max-frames N), a "
+            "smaller stage1.short_side, stage2.offload_video_to_cpu=true, or --cpu"
+        ) from None
+
+
+def segment(
+    clip: Clip, sentences: Sequence[str], cfg: PipelineConfig, device: str
+) -> tuple[Stage1Video, Stage2Video, Stage3Video]:
+    """Stages 1-3 on ``clip`` for each sentence (``exp_id`` = its index as a string), with the
+    same per-stage functions as a pipeline run.
+
+    Each model is loaded, used for all sentences, and released before the next one loads; SAM 2
+    reads the decoded frames from memory.
+
+    Returns:
+        ``(stage1, stage2, stage3)`` records (:mod:`rvos.intermediates` types).
+    Raises:
+        DemoError: a model that cannot be loaded, or out of memory.
+    """
+    import torch
+
+    from stage1_referdino.runner import build_stage1_model, stage1_record
+    from stage2_sam2_refine.refine import build_refiner
+    from stage2_sam2_refine.runner import stage2_record
+    from stage3_fusion.runner import fuse_video
+
+    expressions = {str(index): text for index, text in enumerate(sentences)}
+    model = build_model("stage 1 (ReferDINO)", lambda: build_stage1_model(cfg.stage1, device))
+    with explain_out_of_memory(device):
+        stage1 = stage1_record(
+            model,
+            clip.frames,
+            expressions,
+            cfg.stage1,
+            video_id=clip.name,
+            frame_names=list(clip.frame_names),
+            progress=True,
+        )
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    refiner = build_model("stage 2 (SAM 2)", lambda: build_refiner(cfg.stage2, device=device))
+    with explain_out_of_memory(device):
+        stage2 = stage2_record(refiner, stage1, clip.frames, progress=True)
+    del refiner
+    return stage1, stage2, fuse_video(stage2, cfg.stage3)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_outputs(
+    out_dir: Path,
+    clip: Clip,
+    sentences: Sequence[str],
+    fused: Stage3Video,
+    *,
+    visual: VisualizeOptions,
+    crf: int,
+) -> None:
+    """``overlay.mp4`` and ``masks/<index>/<frame>.png`` in one pass over the frames.
+
+    Each frame gets its sentences' masks blended in their colours and outlined, above a band with
+    the sentences; the picture is padded to even sides. The masks are written to a hidden folder
+    first and replace ``masks/`` at the end, so an earlier run's PNGs never mix with these.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colors = [color_of(i) for i in range(len(sentences))]
+    band = caption_band(sentences, colors, clip.size[1])
+    masks = [fused.expressions[str(i)].masks for i in range(len(sentences))]
+    height, width = clip.size[0] + band.shape[0], clip.size[1]
+    staging = Path(tempfile.mkdtemp(prefix=".masks.", dir=out_dir))
+    try:
+        folders = [staging / str(i) for i in range(len(sentences))]
+        for folder in folders:
+            folder.mkdir()
+        video_size = (height + height % 2, width + width % 2)
+        with h264_writer(out_dir / "overlay.mp4", size=video_size, fps=clip.fps, crf=crf) as write:
+            for t in tqdm(
+                range(len(clip.frames)), desc="writing", unit="frame", dynamic_ncols=True
+            ):
+                frame_masks = [m.decode([t])[0] for m in masks]  # S x [H, W] bool
+                for folder, mask in zip(folders, frame_masks, strict=True):
+                    (folder / f"{clip.frame_names[t]}.png").write_bytes(encode_png(mask))
+                drawn = overlay_masks(
+                    np.asarray(clip.frames[t]),
+                    frame_masks,
+                    colors,
+                    alpha=visual.alpha,
+                    contour_width=visual.contour_width,
+                )
+                write(pad_to_even(np.concatenate([drawn, band])))
+        shutil.rmtree(out_dir / "masks", ignore_errors=True)
+        staging.rename(out_dir / "masks")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def summarize(
+    clip: Clip,
+    sentences: Sequence[str],
+    records: tuple[Stage1Video, Stage2Video, Stage3Video],
+    cfg: PipelineConfig,
+    device: str,
+    frame_step: int,
+) -> dict[str, Any]:
+    """The content of ``summary.json``: input, models, and per sentence its queries and fusion."""
+    stage1, stage2, stage3 = records
+    entries = []
+    for index, text in enumerate(sentences):
+        exp_id = str(index)
+        proposals = stage1.expressions[exp_id]
+        refinement = stage2.expressions[exp_id]
+        fusion = stage3.expressions[exp_id]
+        kept = np.asarray(refinement.kept_columns, dtype=np.int64)
+        if kept.size == 0:
+            output = f"empty: no query above stage2.score_threshold={cfg.stage2.score_threshold}"
+        elif fusion.multi_object:
+            output = "SAM 2 ∪ stage 1 (multi-object)"
+        else:
+            output = "SAM 2"
+        entries.append(
+            {
+                "index": index,
+                "text": text,
+                "color": hex_color(color_of(index)),
+                "masks": f"masks/{index}",
+                "kept_queries": [int(q) for q in proposals.query_ids[kept]],
+                "kept_query_mean_scores": [
+                    round(float(proposals.scores[:, q].mean()), 4) for q in kept
+                ],
+                "prompt_frames": [clip.frame_names[int(f)] for f in refinement.prompt_frames],
+                "fused_output": output,
+                "multi_object": bool(fusion.multi_object),
+                "frames_sam2_smaller": int(fusion.frames_sam2_smaller),
+                "frames_both_nonempty": int(fusion.frames_both_nonempty),
+                "frames_with_mask": int(fusion.masks.any_foreground().sum()),
+            }
+        )
+    return {
+        "input": str(clip.source),
+        "frames": len(clip.frames),
+        "frame_step": frame_step,
+        "frame_size": list(clip.size),
+        "fps": float(clip.fps),
+        "device": device,
+        "stage1": {"model": cfg.stage1.model, "checkpoint": cfg.stage1.checkpoint},
+        "stage2": {"model": cfg.stage2.model, "checkpoint": cfg.stage2.checkpoint},
+        "sentences": entries,
+    }
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
+    """Write :func:`summarize`'s dict as JSON, atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run_demo(args: argparse.Namespace) -> Path:
+    """Everything after argument parsing; returns the output folder.
+
+    Raises:
+        DemoError: anything the user can fix, with a one-line message.
+    """
+    sentences = check_sentences(args.text)
+    if not args.video.exists():
+        raise DemoError(f"--video {args.video}: no such file or folder")
+    out_dir = args.out or DEFAULT_OUT_ROOT / source_name(args.video)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DemoError(f"--out {out_dir}: exists and is not a folder")
+    try:
+        cfg = load_config(args.overrides)
+        gids = None if args.gid is None else [args.gid]
+        (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
+    except (ConfigError, ValueError) as err:
+        raise DemoError(str(err), EXIT_USAGE) from None
+    check_checkpoints(cfg)
+    bind_device(device)
+    with logging_redirect_tqdm():
+        try:
+            clip = load_clip(
+                args.video,
+                frame_step=args.frame_step,
+                max_frames=args.max_frames,
+                folder_fps=cfg.demo.fps,
+            )
+        except VideoError as err:
+            raise DemoError(f"--video {err}") from None
+        height, width = clip.size
+        logger.info(
+            "%d frame(s) of %dx%d from %s; %d sentence(s) on %s",
+            len(clip.frames),
+            width,
+            height,
+            clip.source,
+            len(sentences),
+            device,
+        )
+        records = segment(clip, sentences, cfg, device)
+        summary = summarize(clip, sentences, records, cfg, device, args.frame_step)
+        for entry in summary["sentences"]:
+            if not entry["kept_queries"]:
+                logger.warning(
+                    "sentence %d (%r): no query scored above stage2.score_threshold; its masks "
+                    "are empty",
+                    entry["index"],
+                    entry["text"],
+                )
+        write_outputs(out_dir, clip, sentences, records[2], visual=cfg.visualize, crf=cfg.demo.crf)
+        write_summary(out_dir / "summary.json", summary)
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``run_pipeline.py demo ...``; returns the exit status (0 on success)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(quiet="-q" in argv or "--quiet" in argv)
+    try:
+        args = parse_args(argv)
+        out_dir = run_demo(args)
+    except DemoError as err:
+        logger.error("%s", err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    logger.info("wrote %s: overlay.mp4, masks/, summary.json", out_dir)
+    return 0

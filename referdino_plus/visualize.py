@@ -1,0 +1,168 @@
+"""Pictures of a finished run (``visualize.enabled=true`` or ``run_pipeline.py --visualize``).
+
+Into ``work_dir/visualize/``: per expression, a strip of its stage-1, SAM 2 and fused masks on a
+few evenly spaced frames, captioned with the expression and its fusion decision; with ground truth,
+``jf_per_video.png``, the J&F of each video in each archive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from referdino_plus.config import PipelineConfig, VisualizeOptions
+from referdino_plus.pipeline import archive_masks
+from rvos import intermediates as im
+from rvos.drawing import (
+    PALETTE,
+    Color,
+    evenly_spaced,
+    jf_bar_plot,
+    mask_strip,
+    save_png,
+)
+from rvos.evaluation import EvaluationResult
+from rvos.mevis import MevisSplit
+
+logger = logging.getLogger(__name__)
+
+# Strip rows: label and colour of each archive's masks.
+STRIP_ROWS: tuple[tuple[str, Color], ...] = (
+    ("stage 1", PALETTE[6]),
+    ("SAM 2", PALETTE[1]),
+    ("fused", PALETTE[2]),
+)
+# Bar colours of the J&F plot: those of the strip rows showing the same masks.
+ARCHIVE_COLORS: dict[str, Color] = {
+    "stage1.zip": STRIP_ROWS[0][1],
+    "stage2.zip": STRIP_ROWS[1][1],
+    "fused.zip": STRIP_ROWS[2][1],
+}
+# The stage whose archive masks each strip row shows (see ``pipeline.archive_masks``).
+STRIP_STAGES = (1, 2, 3)
+VISUALIZE_DIR = "visualize"
+JF_PLOT_NAME = "jf_per_video.png"
+
+
+def per_video_jf(per_expression: Mapping[tuple[str, str], Any]) -> dict[str, float]:
+    """``{video_id: mean J&F over its expressions}`` from ``{(video_id, exp_id): score}`` where
+    each score has a ``jf`` attribute (:class:`rvos.evaluation.ExpressionScore`)."""
+    sums: dict[str, list[float]] = {}
+    for (video_id, _), score in per_expression.items():
+        sums.setdefault(video_id, []).append(float(score.jf))
+    return {video_id: float(np.mean(values)) for video_id, values in sums.items()}
+
+
+def _expression_title(text: str, decision: Mapping[str, Any] | None) -> str:
+    """Caption of a strip: the expression and the fusion decision that made the fused row."""
+    if decision is None:
+        return f'"{text}"'
+    rule = "SAM 2 ∪ stage 1 (multi-object)" if decision.get("multi_object") else "SAM 2"
+    smaller, both = decision.get("frames_sam2_smaller", 0), decision.get("frames_both_nonempty", 0)
+    return f'"{text}"  fused = {rule}; SAM 2 box smaller on {smaller}/{both} frames'
+
+
+def write_video_strips(
+    work_dir: Path, split: MevisSplit, video_id: str, options: VisualizeOptions
+) -> list[Path]:
+    """Strips of every expression of one video, from its stage 1, 2 and 3 records.
+
+    Returns:
+        the written ``work_dir/visualize/<video_id>/<exp_id>.png``; a strip newer than the video's
+        stage-3 record is kept as it is.
+    """
+    out_dir = work_dir / VISUALIZE_DIR / video_id
+    record = im.stage_path(work_dir, 3, video_id)
+    header = im.read_header(record) or {}
+    decisions = header.get("decisions", {})
+    video = split.videos[video_id]
+    newest = record.stat().st_mtime
+    todo = [
+        e
+        for e in video.expressions
+        if not (out_dir / f"{e}.png").is_file() or (out_dir / f"{e}.png").stat().st_mtime < newest
+    ]
+    if not todo:
+        return []
+    frame_names = list(video.frame_names)
+    picked = evenly_spaced(len(frame_names), options.num_frames)
+    paths = split.frame_paths(video_id)
+    frames = []
+    for index in picked:
+        with Image.open(paths[index]) as image:
+            frames.append(np.asarray(image.convert("RGB")))
+    masks = {stage: archive_masks(work_dir, stage, video_id)[1] for stage in STRIP_STAGES}
+    written = []
+    for exp_id in todo:
+        strip = mask_strip(
+            frames,
+            [masks[stage][exp_id][picked] for stage in STRIP_STAGES],
+            title=f"{video_id}/{exp_id}: "
+            + _expression_title(video.expressions[exp_id].text, decisions.get(exp_id)),
+            frame_names=[frame_names[i] for i in picked],
+            row_labels=[label for label, _ in STRIP_ROWS],
+            row_colors=[color for _, color in STRIP_ROWS],
+            tile_height=options.tile_height,
+            alpha=options.alpha,
+            contour_width=options.contour_width,
+        )
+        written.append(save_png(strip, out_dir / f"{exp_id}.png"))
+    return written
+
+
+def write_run_visualizations(
+    cfg: PipelineConfig,
+    fingerprints: Mapping[int, str],
+    split: MevisSplit,
+    evaluations: Mapping[str, EvaluationResult] | None = None,
+) -> list[Path]:
+    """After a run: a strip per expression and, with evaluations, the J&F-per-video plot.
+
+    Args:
+        cfg: the run's configuration.
+        fingerprints: the configuration fingerprint of each stage's records.
+        split: the split of the run.
+        evaluations: ``{archive name: EvaluationResult}`` of the run (empty: no plot).
+    Returns:
+        the files written. Videos whose three stage records are not all finished are skipped
+        (with a log line).
+    """
+    options = cfg.visualize
+    work_dir = Path(cfg.work_dir)
+    ready = [
+        vid
+        for vid in split.video_ids
+        if all(
+            im.is_finished(im.stage_path(work_dir, s, vid), im.STAGE_KINDS[s], fingerprints[s])
+            for s in STRIP_STAGES
+        )
+    ]
+    if len(ready) < len(split.video_ids):
+        logger.info(
+            "visualize: %d of %d video(s) lack finished stage 1-3 records and are not drawn",
+            len(split.video_ids) - len(ready),
+            len(split.video_ids),
+        )
+    written: list[Path] = []
+    for video_id in tqdm(ready, desc="visualize", unit="video", dynamic_ncols=True):
+        written += write_video_strips(work_dir, split, video_id, options)
+    if evaluations:
+        scores = {name: per_video_jf(ev.per_expression) for name, ev in evaluations.items()}
+        totals = {name: float(ev.jf) for name, ev in evaluations.items()}
+        written.append(
+            jf_bar_plot(
+                scores,
+                work_dir / VISUALIZE_DIR / JF_PLOT_NAME,
+                colors=ARCHIVE_COLORS,
+                totals=totals,
+                title=f"J&F per video: {cfg.name}",
+            )
+        )
+    logger.info("visualize: %d file(s) written to %s", len(written), work_dir / VISUALIZE_DIR)
+    return written

@@ -1,0 +1,221 @@
+"""Video I/O: reading a clip (a video file or a folder of frames) and writing H.264 mp4s.
+
+- :func:`load_clip`: a video file (anything PyAV decodes; display rotation applied) or a folder of
+  ``.jpg``/``.jpeg``/``.png`` frames in natural name order, optionally subsampled;
+- :func:`h264_writer`: an H.264 ``yuv420p`` mp4, written atomically.
+
+Problems a user can fix raise :class:`VideoError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from rvos.io import atomic_output
+
+logger = logging.getLogger(__name__)
+
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Encoders tried in order for H.264 (libx264 ships with PyAV's wheels).
+H264_ENCODERS = ("libx264", "h264")
+
+
+class VideoError(ValueError):
+    """A video or frame folder that cannot be used; the message is one line naming it."""
+
+
+@dataclass
+class Clip:
+    """The frames the demo segments.
+
+    Attributes:
+        source: the video file or frame folder.
+        frames: ``T`` RGB images of one size.
+        frame_names: ``T`` names of the mask PNGs (without ``.png``).
+        frame_paths: the image files of a frame folder (``None`` for a decoded video).
+        fps: frame rate of the overlay video.
+    """
+
+    source: Path
+    frames: list[Image.Image]
+    frame_names: list[str]
+    frame_paths: list[Path] | None
+    fps: Fraction
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self.frames[0].height, self.frames[0].width
+
+    @property
+    def name(self) -> str:
+        return source_name(self.source)
+
+
+def source_name(path: Path) -> str:
+    """A video file's stem or a frame folder's name (``clip.mp4`` -> ``clip``)."""
+    path = path.resolve()
+    return path.stem if path.is_file() else path.name
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key ordering embedded numbers by value: ``frame2`` before ``frame10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def load_clip(path: Path, *, frame_step: int, max_frames: int | None, folder_fps: float) -> Clip:
+    """Read a video file or a frame folder, keeping every ``frame_step``-th frame.
+
+    Raises:
+        VideoError: missing path, unreadable or corrupt input, no frames, frames of mixed sizes.
+    """
+    if not path.exists():
+        raise VideoError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return read_frame_folder(path, frame_step=frame_step, max_frames=max_frames, fps=folder_fps)
+    return decode_video(path, frame_step=frame_step, max_frames=max_frames, fallback_fps=folder_fps)
+
+
+def read_frame_folder(folder: Path, *, frame_step: int, max_frames: int | None, fps: float) -> Clip:
+    """The ``.jpg``/``.jpeg``/``.png`` images of ``folder`` in natural order, subsampled."""
+    files = sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES),
+        key=lambda p: natural_key(p.name),
+    )
+    if not files:
+        raise VideoError(f"{folder}: no {'/'.join(FRAME_SUFFIXES)} frames in this folder")
+    files = files[::frame_step][:max_frames]
+    names = [p.stem for p in files]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise VideoError(f"{folder}: two frames are named {duplicate!r}")
+    frames = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                frames.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise VideoError(f"frame {path} is unreadable ({err})") from None
+        if frames[-1].size != frames[0].size:
+            raise VideoError(
+                f"frame {path.name} is {frames[-1].width}x{frames[-1].height}, "
+                f"{files[0].name} is {frames[0].width}x{frames[0].height}: all frames need one size"
+            )
+    return Clip(folder, frames, names, files, Fraction(fps).limit_denominator(1001))
+
+
+def _ffmpeg_reason(err: Exception) -> str:
+    """FFmpeg's own words for ``err``, without the errno and path PyAV adds."""
+    return str(getattr(err, "strerror", None) or err)
+
+
+def decode_video(
+    path: Path, *, frame_step: int, max_frames: int | None, fallback_fps: float
+) -> Clip:
+    """Decode ``path`` with PyAV (display rotation applied), keeping every ``frame_step``-th frame.
+
+    Frames are named by their index in the video, zero-padded to 5 digits. A video that breaks
+    off after some frames (e.g. a truncated file) keeps the frames decoded so far, with a warning.
+
+    Raises:
+        VideoError: the file cannot be opened as a video, or no frame decodes.
+    """
+    import av
+    from tqdm import tqdm
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError) as err:
+        raise VideoError(f"{path}: not a readable video ({_ffmpeg_reason(err)})") from None
+    frames: list[Image.Image] = []
+    names: list[str] = []
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: the file has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        fps = Fraction(rate) if rate else Fraction(fallback_fps).limit_denominator(1001)
+        total = -(-stream.frames // frame_step) if stream.frames else None
+        if total is not None and max_frames is not None:
+            total = min(total, max_frames)
+        # delay: no bar at all when decoding fails at once.
+        with tqdm(total=total, desc="decoding", unit="frame", dynamic_ncols=True, delay=1) as bar:
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    if index % frame_step:
+                        continue
+                    image = frame.to_image()
+                    if frame.rotation:
+                        # The display matrix's counter-clockwise angle, as players apply it.
+                        image = image.rotate(frame.rotation, expand=True)
+                    frames.append(image)
+                    names.append(f"{index:05d}")
+                    bar.update()
+                    if max_frames is not None and len(frames) >= max_frames:
+                        break
+            except av.FFmpegError as err:
+                if not frames:
+                    raise VideoError(f"{path}: cannot decode it ({_ffmpeg_reason(err)})") from None
+                logger.warning(
+                    "%s: decoding stopped after %d frame(s) (%s); using those",
+                    path,
+                    len(frames),
+                    _ffmpeg_reason(err),
+                )
+    if not frames:
+        raise VideoError(f"{path}: no video frame could be decoded")
+    return Clip(path, frames, names, None, fps / frame_step)
+
+
+def _encoder_name() -> str:
+    """The first H.264 encoder of :data:`H264_ENCODERS` this PyAV build has."""
+    import av
+
+    for name in H264_ENCODERS:
+        try:
+            av.codec.Codec(name, "w")
+        except (av.FFmpegError, ValueError):
+            continue
+        return name
+    raise VideoError(f"this PyAV build has no H.264 encoder (tried {', '.join(H264_ENCODERS)})")
+
+
+@contextlib.contextmanager
+def h264_writer(
+    path: Path, *, size: tuple[int, int], fps: Fraction, crf: int
+) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write an H.264 ``yuv420p`` mp4 atomically; yields ``write(picture)``.
+
+    Args:
+        size: ``(H, W)`` of the pictures, both even.
+        fps: frame rate.
+        crf: constant rate factor (0 lossless .. 51 worst).
+    Yields:
+        a function taking one ``[H, W, 3] uint8`` RGB picture.
+    """
+    import av
+
+    with atomic_output(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(_encoder_name(), rate=fps)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+
+        def write(picture: np.ndarray) -> None:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+
+        yield write
+        for packet in stream.encode():
+            container.mux(packet)

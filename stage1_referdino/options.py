@@ -1,0 +1,43 @@
+"""Typed options of stage 1 (their values and meaning: ``configs/pipeline.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rvos.options import Autocast, CacheDevice, check_range
+
+
+@dataclass
+class Stage1Options:
+    """The ``stage1`` section of ``configs/pipeline.yaml``, where each value is explained.
+
+    Attributes:
+        model: a name in ``configs/referdino/`` or a YAML path.
+        checkpoint: the ReferDINO checkpoint.
+        text_encoder: tokenizer + BERT config folder; ``None``: the model YAML's.
+        short_side: input resize, shorter side.
+        top_k: queries kept per expression for stage 2; ``None``: all.
+        obj_threshold: mean-score threshold of the stage-1 answer.
+        autocast: CUDA mixed precision; ``None``: float32.
+        feature_cache_device: where a video's backbone features wait between expressions.
+        export_legacy: also write ReferDINO-Plus ``<video>.npz``.
+        legacy_dir: ReferDINO-Plus ``*.npz`` to import instead of running the model.
+    """
+
+    SECTION = "stage1"
+
+    model: str
+    checkpoint: str
+    text_encoder: str | None
+    short_side: int
+    top_k: int | None
+    obj_threshold: float
+    autocast: Autocast | None
+    feature_cache_device: CacheDevice
+    export_legacy: bool
+    legacy_dir: str | None
+
+    def __post_init__(self) -> None:
+        check_range(self, "short_side", 1)
+        check_range(self, "top_k", 1)
+        check_range(self, "obj_threshold", 0.0, 1.0)

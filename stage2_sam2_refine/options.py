@@ -1,0 +1,82 @@
+"""Typed options of stage 2 (their values and meaning: ``configs/pipeline.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rvos.options import Autocast, CacheDevice, Choice, check_range
+
+
+class PromptKind(Choice):
+    """How a kept stage-1 query prompts SAM 2."""
+
+    mask = "mask"  # its mask on its best frame (ReferDINO-Plus)
+    box = "box"  # its box on that frame
+    point = "point"  # positive clicks sampled from its mask
+
+
+class Tracker(Choice):
+    """How SAM 2 tracks the prompted objects."""
+
+    sam2 = "sam2"  # SAM 2.1 as released
+    samurai = "samurai"  # SAMURAI's motion-aware mask choice and memory
+
+
+@dataclass
+class SamuraiOptions:
+    """The ``stage2.samurai`` section: SAMURAI's hyper-parameters (``stage2.tracker=samurai``)."""
+
+    SECTION = "stage2.samurai"
+
+    kf_score_weight: float
+    stable_frames_threshold: int
+    stable_ious_threshold: float
+    min_obj_score_logits: float
+    memory_bank_iou_threshold: float
+    memory_bank_obj_score_threshold: float
+    memory_bank_kf_score_threshold: float
+
+    def __post_init__(self) -> None:
+        check_range(self, "kf_score_weight", 0.0, 1.0)
+        check_range(self, "stable_frames_threshold", 0)
+
+
+@dataclass
+class Stage2Options:
+    """The ``stage2`` section of ``configs/pipeline.yaml``, where each value is explained.
+
+    Attributes:
+        model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path.
+        checkpoint: the SAM 2 checkpoint.
+        score_threshold: keep queries whose mean score over the frames above it exceeds it.
+        prompt: how a kept query prompts SAM 2.
+        num_points: clicks sampled from the mask (``prompt=point``).
+        point_seed: seed of the click sampler (each expression restarts from it).
+        tracker: SAM 2 or SAMURAI tracking.
+        autocast: CUDA mixed precision; ``None``: float32. The CPU always runs float32.
+        offload_video_to_cpu: decoded frames stay in host memory.
+        offload_state_to_cpu: tracking memories stay in host memory.
+        retry_offloaded_on_oom: redo a video that runs out of GPU memory with everything offloaded.
+        feature_cache_device: where shared per-frame image features wait.
+        samurai: SAMURAI's hyper-parameters.
+    """
+
+    SECTION = "stage2"
+
+    model: str
+    checkpoint: str
+    score_threshold: float
+    prompt: PromptKind
+    num_points: int
+    point_seed: int
+    tracker: Tracker
+    autocast: Autocast | None
+    offload_video_to_cpu: bool
+    offload_state_to_cpu: bool
+    retry_offloaded_on_oom: bool
+    feature_cache_device: CacheDevice
+    samurai: SamuraiOptions
+
+    def __post_init__(self) -> None:
+        check_range(self, "score_threshold", 0.0, 1.0)
+        check_range(self, "num_points", 1)

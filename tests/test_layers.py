@@ -1,0 +1,46 @@
+"""Dependencies point one way: the shared package <- the stages (never each other) <- the app."""
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import rvos
+
+STAGES = ("stage1_referdino", "stage2_sam2_refine", "stage3_fusion")
+APP = "referdino_plus"
+
+
+def imported_after(statement: str) -> set[str]:
+    """Top-level packages in ``sys.modules`` after running ``statement`` in a fresh interpreter."""
+    code = f"import sys, json\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    return {name.split(".")[0] for name in json.loads(out.splitlines()[-1])}
+
+
+def test_shared_package_imports_no_stage_and_no_application():
+    modules = sorted(f"rvos.{m.name}" for m in pkgutil.iter_modules(rvos.__path__))
+    assert "rvos.mevis" in modules and "rvos.workers" in modules
+    loaded = imported_after("\n".join(f"import {m}" for m in modules))
+    assert not loaded & {*STAGES, APP}
+
+
+@pytest.mark.parametrize(
+    ("stage", "forbidden"),
+    [
+        ("stage1_referdino", {"stage2_sam2_refine", "stage3_fusion", APP, "sam2"}),
+        ("stage2_sam2_refine", {"stage1_referdino", "stage3_fusion", APP, "transformers"}),
+        ("stage3_fusion", {"stage1_referdino", "stage2_sam2_refine", APP, "torch"}),
+    ],
+)
+def test_a_stage_imports_no_other_stage(stage, forbidden):
+    modules = [stage, f"{stage}.runner", f"{stage}.options"]
+    if stage == "stage3_fusion":
+        modules.append("stage3_fusion.evaluate")
+    loaded = imported_after(f"import {', '.join(modules)}")
+    assert stage in loaded
+    assert not loaded & forbidden, f"{stage} pulls in {sorted(loaded & forbidden)}"
