@@ -13,10 +13,20 @@ in SAM 2's video tracking, without retraining:
    holds the most recent past frames whose predicted IoU, object score and motion score pass
    thresholds; the frame just before the current one is always kept.
 
+How it plugs into SAM 2: :class:`SamuraiVideoPredictor` overrides the tracker hook of
+:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`. A prompted frame goes through
+SAM 2's own ``track_step``. A tracked (prompt-free) frame goes through SAMURAI's own step,
+:meth:`~SamuraiVideoPredictor._samurai_track_step`: SAM 2's memory attention over the frames
+:meth:`~SamuraiVideoPredictor._samurai_memory_frames` selects, SAM 2's prompt encoder and mask
+decoder with the motion-aware choice (:meth:`~SamuraiVideoPredictor._samurai_decode`), then SAM 2's
+``_encode_memory_in_output``. Every frame keeps the kept mask's scores (:data:`IOU_SCORE_KEY`,
+:data:`KF_SCORE_KEY`) for the memory selection of later frames.
+
 Unlike the published code (one filter on the model object, shared by every object, expression
 and direction), the motion state here belongs to one object and one propagation direction of one
 inference state: key ``(obj_id, reverse)`` in :class:`SamuraiState`, stored in the inference
-state, cleared by ``reset_state`` and at the start of every ``propagate_in_video`` pass.
+state, cleared by ``reset_state`` and at the start of every ``propagate_in_video`` pass, and
+passed as an argument to the step that uses it.
 
 Differences from the published code, all deliberate:
 
@@ -25,8 +35,10 @@ Differences from the published code, all deliberate:
 - memory candidates are every past frame in the tracking direction that has an output (the
   published loop skips frames 0 and 1, only looks backwards in time and fails on a missing frame),
   so prompts in mid-video and the reverse pass work;
-- a mask-prompted frame is recorded with IoU 1 and no motion score (published: 1 and 1; the same
-  for any ``memory_bank_kf_score_threshold`` below 1);
+- a prompted frame is SAM 2's: SAM 2's presence threshold (logit 0, not ``min_obj_score_logits``)
+  and the highest predicted IoU among multimask outputs; it is recorded with IoU 1 and no motion
+  score (published, for a mask prompt: 1 and 1; the same for any
+  ``memory_bank_kf_score_threshold`` below 1);
 - ``memory_temporal_stride_for_eval`` is ignored, as in SAMURAI mode of the published code.
 
 Selecting it: ``build_sam2_predictor(model, checkpoint, predictor_cls=SamuraiVideoPredictor,
@@ -37,24 +49,67 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
+from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
 from stage2_sam2_refine.kalman import KalmanBoxFilter, KalmanNoise
-from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor
+from stage2_sam2_refine.predictor import (
+    SAM2_PREDICTOR,
+    SAM2_SIGNATURES,
+    ObjectFrame,
+    SharedFeatureVideoPredictor,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "samurai"  # where the SamuraiState lives in a SAM 2 inference state
-IOU_SCORE_KEY = "best_iou_score"  # per-frame output: predicted IoU of the kept mask, [B] float32
-KF_SCORE_KEY = "kf_score"  # per-frame output: IoU with the Kalman box, [B] float32, NaN if unused
+IOU_SCORE_KEY = "best_iou_score"  # per-frame output: predicted IoU of the kept mask, [1] float32
+KF_SCORE_KEY = "kf_score"  # per-frame output: IoU with the Kalman box, [1] float32, NaN if unused
 
+# sam2 members SamuraiVideoPredictor overrides or calls: its base class's plus the ones below, as
+# "module:qualified.name" -> `str(inspect.signature(member))` in sam2 1.1.0.
+SAMURAI_SAM2_SIGNATURES: dict[str, str | None] = {
+    **SAM2_SIGNATURES,
+    # overridden (extended: the motion states are reset with the tracking results)
+    f"{SAM2_PREDICTOR}._reset_tracking_results": "(self, inference_state)",
+    f"{SAM2_PREDICTOR}.remove_object": (
+        "(self, inference_state, obj_id, strict=False, need_output=True)"
+    ),
+    # called by SAMURAI's own track step
+    f"{SAM2_PREDICTOR}._use_multimask": "(self, is_init_cond_frame, point_inputs)",
+    f"{SAM2_PREDICTOR}._encode_memory_in_output": (
+        "(self, current_vision_feats, feat_sizes, point_inputs, run_mem_encoder, high_res_masks, "
+        "object_score_logits, current_out)"
+    ),
+    "sam2.modeling.sam2_utils:select_closest_cond_frames": (
+        "(frame_idx, cond_frame_outputs, max_cond_frame_num)"
+    ),
+    "sam2.modeling.sam2_utils:get_1d_sine_pe": "(pos_inds, dim, temperature=10000)",
+    "sam2.modeling.memory_attention:MemoryAttention.forward": (
+        "(self, curr: torch.Tensor, memory: torch.Tensor, curr_pos: Optional[torch.Tensor] = None, "
+        "memory_pos: Optional[torch.Tensor] = None, num_obj_ptr_tokens: int = 0)"
+    ),
+    "sam2.modeling.sam.prompt_encoder:PromptEncoder.forward": (
+        "(self, points: Optional[Tuple[torch.Tensor, torch.Tensor]], "
+        "boxes: Optional[torch.Tensor], masks: Optional[torch.Tensor]) "
+        "-> Tuple[torch.Tensor, torch.Tensor]"
+    ),
+    "sam2.modeling.sam.prompt_encoder:PromptEncoder.get_dense_pe": "(self) -> torch.Tensor",
+    "sam2.modeling.sam.mask_decoder:MaskDecoder.forward": (
+        "(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, "
+        "sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor, "
+        "multimask_output: bool, repeat_image: bool, "
+        "high_res_features: Optional[List[torch.Tensor]] = None) "
+        "-> Tuple[torch.Tensor, torch.Tensor]"
+    ),
+}
 
 # --------------------------------------------------------------------------------------------------
 # Configuration
@@ -354,49 +409,56 @@ def samurai_model_overrides(config: SamuraiConfig | None = None) -> dict[str, An
     }
 
 
-@dataclass
-class _FrameStep:
-    """The object and frame being tracked: its motion state (None when unknown) and, once the
-    SAM head has run, the scores of the kept mask."""
+class SamuraiDecoding(NamedTuple):
+    """SAMURAI's SAM-head output for one object on one tracked frame."""
 
-    motion: ObjectMotion | None
-    iou_score: torch.Tensor | None = None  # [B] float32
-    kf_score: torch.Tensor | None = None  # [B] float32, NaN where not computed
+    low_res_masks: torch.Tensor  # [1, 1, S/4, S/4] float32 logits of the kept candidate
+    high_res_masks: torch.Tensor  # [1, 1, S, S] float32 logits of the kept candidate
+    obj_ptr: torch.Tensor  # [1, C] object pointer from the kept candidate's output token
+    object_score_logits: torch.Tensor  # [1, 1] presence logit
+    choice: CandidateChoice  # which candidate, its predicted IoU and Kalman IoU
 
 
 class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
     """:class:`SharedFeatureVideoPredictor` with SAMURAI tracking (``stage2.tracker=samurai``).
 
     Build it with ``build_sam2_predictor(model, checkpoint, predictor_cls=SamuraiVideoPredictor,
-    overrides=samurai_model_overrides(config))``. It overrides the SAM head (motion-aware mask
-    choice), the per-frame tracking hook (which object and direction is tracked; the kept mask's
-    scores stored with the frame), the memory-selection hook and the state resets.
+    overrides=samurai_model_overrides(config))``. It overrides the tracker hook
+    (:meth:`_track_frame`: SAM 2's step on prompted frames, :meth:`_samurai_track_step` on
+    tracked ones, with the object's motion state for the direction of the pass), and extends
+    ``propagate_in_video``, ``_reset_tracking_results`` and ``remove_object`` to reset motion
+    states.
 
     On construction it also turns on ``multimask_output_in_sam``,
     ``multimask_output_for_tracking`` and ``multimask_min_pt_num=0`` if the YAML did not (see
     :func:`samurai_model_overrides`).
     """
 
+    frame_record_keys: ClassVar[tuple[str, ...]] = (IOU_SCORE_KEY, KF_SCORE_KEY)
+    sam2_signatures: ClassVar[Mapping[str, str | None]] = SAMURAI_SAM2_SIGNATURES
+
     def __init__(
         self,
         *,
-        # weight of the Kalman-box IoU in the candidate score (SamuraiConfig)
-        kf_score_weight: float = SamuraiConfig.kf_score_weight,
-        # trusted frames before the motion score takes part (SamuraiConfig)
-        stable_frames_threshold: int = SamuraiConfig.stable_frames_threshold,
-        # predicted IoU a kept mask needs to update the filter (SamuraiConfig)
-        stable_ious_threshold: float = SamuraiConfig.stable_ious_threshold,
-        # object-score logit above which the object is present (SamuraiConfig)
-        min_obj_score_logits: float = SamuraiConfig.min_obj_score_logits,
-        # predicted IoU a past frame needs to enter the memory (SamuraiConfig)
-        memory_bank_iou_threshold: float = SamuraiConfig.memory_bank_iou_threshold,
-        # object-score logit a past frame needs to enter the memory (SamuraiConfig)
-        memory_bank_obj_score_threshold: float = SamuraiConfig.memory_bank_obj_score_threshold,
-        # Kalman-box IoU a past frame needs to enter the memory (SamuraiConfig)
-        memory_bank_kf_score_threshold: float = SamuraiConfig.memory_bank_kf_score_threshold,
+        # weight of the Kalman-box IoU in the candidate score
+        kf_score_weight: float,
+        # trusted frames before the motion score takes part
+        stable_frames_threshold: int,
+        # predicted IoU a kept mask needs to update the filter
+        stable_ious_threshold: float,
+        # object-score logit above which the object is present on a tracked frame
+        min_obj_score_logits: float,
+        # predicted IoU a past frame needs to enter the memory
+        memory_bank_iou_threshold: float,
+        # object-score logit a past frame needs to enter the memory
+        memory_bank_obj_score_threshold: float,
+        # Kalman-box IoU a past frame needs to enter the memory
+        memory_bank_kf_score_threshold: float,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.num_maskmem == 0:
+            raise ValueError("SAMURAI selects memory frames: it needs num_maskmem > 0")
         self.samurai = SamuraiConfig(
             kf_score_weight=kf_score_weight,
             stable_frames_threshold=stable_frames_threshold,
@@ -406,7 +468,6 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
             memory_bank_obj_score_threshold=memory_bank_obj_score_threshold,
             memory_bank_kf_score_threshold=memory_bank_kf_score_threshold,
         )
-        self._frame_step: _FrameStep | None = None
         self._enable_multimask_tracking()
 
     def _enable_multimask_tracking(self) -> None:
@@ -432,10 +493,18 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
         return state
 
     def _reset_tracking_results(self, inference_state: dict[str, Any]) -> None:
+        """SAM 2's reset of all prompts and outputs, and of every motion state."""
         super()._reset_tracking_results(inference_state)
         self.samurai_state(inference_state).reset()
 
-    def remove_object(self, inference_state, obj_id, strict=False, need_output=True):
+    def remove_object(
+        self,
+        inference_state: dict[str, Any],
+        obj_id: Any,
+        strict: bool = False,
+        need_output: bool = True,
+    ):
+        """SAM 2's ``remove_object``, forgetting the object's motion states."""
         self.samurai_state(inference_state).drop_object(obj_id)
         return super().remove_object(
             inference_state, obj_id, strict=strict, need_output=need_output
@@ -444,13 +513,14 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
     @torch.inference_mode()
     def propagate_in_video(
         self,
-        inference_state,
-        start_frame_idx=None,
-        max_frame_num_to_track=None,
-        reverse=False,
+        inference_state: dict[str, Any],
+        start_frame_idx: int | None = None,
+        max_frame_num_to_track: int | None = None,
+        reverse: bool = False,
     ) -> Iterator[tuple[int, list[Any], torch.Tensor]]:
-        """SAM 2's ``propagate_in_video``; every pass starts with fresh motion states for its
-        direction, so the reverse pass never sees the forward pass's filters."""
+        """:meth:`SharedFeatureVideoPredictor.propagate_in_video`; every pass starts with fresh
+        motion states for its direction, so the reverse pass never sees the forward pass's
+        filters."""
         self.samurai_state(inference_state).reset(reverse=reverse)
         yield from super().propagate_in_video(
             inference_state,
@@ -459,190 +529,163 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
             reverse=reverse,
         )
 
-    def _track_frame(self, inference_state: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Track one object on one frame with its own motion state (key ``(obj_id, reverse)``);
-        the kept mask's predicted IoU and Kalman IoU are added to the output."""
-        obj_idx = kwargs["obj_idx"]
-        motion = None
-        if obj_idx is not None:
-            obj_id = inference_state["obj_idx_to_id"][obj_idx]
-            motion = self.samurai_state(inference_state).motion(obj_id, kwargs["reverse"])
-        self._frame_step = _FrameStep(motion=motion)
-        try:
-            current_out = super()._track_frame(inference_state, **kwargs)
-            step = self._frame_step
-        finally:
-            self._frame_step = None
-        if step.iou_score is not None:
-            current_out[IOU_SCORE_KEY] = step.iou_score
-            current_out[KF_SCORE_KEY] = step.kf_score
+    # ---- one object on one frame -------------------------------------------------------------
+
+    def _track_frame(self, inference_state: dict[str, Any], frame: ObjectFrame) -> dict[str, Any]:
+        """A prompted frame: SAM 2's ``track_step``, recorded as trusted (IoU 1, no motion
+        score). A tracked frame: :meth:`_samurai_track_step` with the motion state of
+        ``(frame.obj_id, frame.reverse)``."""
+        if frame.prompted:
+            current_out = super()._track_frame(inference_state, frame)
+            current_out[IOU_SCORE_KEY] = torch.ones(1)
+            current_out[KF_SCORE_KEY] = torch.full((1,), math.nan)
+            return current_out
+        motion = self.samurai_state(inference_state).motion(frame.obj_id, frame.reverse)
+        return self._samurai_track_step(inference_state, frame, motion)
+
+    def _samurai_track_step(
+        self, inference_state: dict[str, Any], frame: ObjectFrame, motion: ObjectMotion
+    ) -> dict[str, Any]:
+        """SAMURAI on one object's prompt-free frame; advances ``motion`` by one frame.
+
+        Returns:
+            the entries SAM 2's ``track_step`` returns (``pred_masks [1, 1, S/4, S/4]``,
+            ``pred_masks_high_res [1, 1, S, S]``, ``obj_ptr [1, C]``,
+            ``object_score_logits [1, 1]``, ``maskmem_features``, ``maskmem_pos_enc``, ...) plus
+            :data:`IOU_SCORE_KEY` and :data:`KF_SCORE_KEY` (``[1] float32``, NaN: no motion score).
+        """
+        high_res_features = None
+        if len(frame.vision_feats) > 1:
+            # [HW, 1, C] -> [1, C, H, W] for the SAM head
+            high_res_features = [
+                x.permute(1, 2, 0).view(x.size(1), x.size(2), *size)
+                for x, size in zip(frame.vision_feats[:-1], frame.feat_sizes[:-1], strict=True)
+            ]
+        pix_feat = self._samurai_memory_conditioned_features(
+            frame,
+            inference_state["output_dict_per_obj"][frame.obj_idx],
+            num_frames=inference_state["num_frames"],
+        )
+        decoded = self._samurai_decode(
+            pix_feat,
+            high_res_features,
+            multimask_output=self._use_multimask(is_init_cond_frame=False, point_inputs=None),
+            motion=motion,
+        )
+        kf_score = decoded.choice.kf_score
+        current_out: dict[str, Any] = {
+            "point_inputs": None,
+            "mask_inputs": None,
+            "pred_masks": decoded.low_res_masks,
+            "pred_masks_high_res": decoded.high_res_masks,
+            "obj_ptr": decoded.obj_ptr,
+            "object_score_logits": decoded.object_score_logits,
+            IOU_SCORE_KEY: torch.tensor([decoded.choice.iou_score], dtype=torch.float32),
+            KF_SCORE_KEY: torch.tensor(
+                [math.nan if kf_score is None else kf_score], dtype=torch.float32
+            ),
+        }
+        self._encode_memory_in_output(
+            frame.vision_feats,
+            frame.feat_sizes,
+            None,  # no clicks
+            frame.run_mem_encoder,
+            decoded.high_res_masks,
+            decoded.object_score_logits,
+            current_out,
+        )
         return current_out
-
-    def _extra_frame_outputs(self, current_out: dict[str, Any]) -> dict[str, Any]:
-        """Keep the kept mask's scores with the frame, for the memory selection."""
-        extra = super()._extra_frame_outputs(current_out)
-        for key in (IOU_SCORE_KEY, KF_SCORE_KEY):
-            if key in current_out:
-                extra[key] = current_out[key]
-        return extra
-
-    def _record_scores(self, iou_score: torch.Tensor, kf_score: Sequence[float | None]) -> None:
-        """Remember the kept masks' scores (``[B]``) of the frame being tracked."""
-        if self._frame_step is None:
-            return
-        self._frame_step.iou_score = iou_score.detach().float().cpu()
-        values = [math.nan if s is None else s for s in kf_score]
-        self._frame_step.kf_score = torch.tensor(values, dtype=torch.float32)
-
-    # ---- SAM head: motion-aware mask choice --------------------------------------------------
-
-    def _use_mask_as_output(self, backbone_features, high_res_features, mask_inputs):
-        outputs = super()._use_mask_as_output(backbone_features, high_res_features, mask_inputs)
-        # a mask prompt is taken as ground truth: IoU 1 and no motion score
-        batch = mask_inputs.size(0)
-        self._record_scores(torch.ones(batch), [None] * batch)
-        return outputs
-
-    def _forward_sam_heads(
-        self,
-        backbone_features,
-        point_inputs=None,
-        mask_inputs=None,
-        high_res_features=None,
-        multimask_output=False,
-    ):
-        """SAM 2's prompt encoder + mask decoder (inputs and outputs as ``SAM2Base``'s), with
-        SAMURAI's presence threshold and, for multimask outputs, the motion-aware choice."""
-        low_res_multimasks, ious, sam_output_tokens, object_score_logits = self._decode_masks(
-            backbone_features, point_inputs, mask_inputs, high_res_features, multimask_output
-        )
-        is_obj_appearing = None
-        if self.pred_obj_scores:
-            is_obj_appearing = object_score_logits > self.samurai.min_obj_score_logits
-            # masks of absent objects are hard-set to "no object", as in SAM 2
-            low_res_multimasks = torch.where(
-                is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE
-            )
-        low_res_multimasks = low_res_multimasks.float()
-        high_res_multimasks = F.interpolate(
-            low_res_multimasks,
-            size=(self.image_size, self.image_size),
-            mode="bilinear",
-            align_corners=False,
-        )
-        batch_inds = torch.arange(low_res_multimasks.size(0), device=low_res_multimasks.device)
-        sam_output_token = sam_output_tokens[:, 0]
-        if multimask_output:
-            best, kf_score = self._choose_candidates(high_res_multimasks, ious)
-            low_res_masks = low_res_multimasks[batch_inds, best].unsqueeze(1)
-            high_res_masks = high_res_multimasks[batch_inds, best].unsqueeze(1)
-            if sam_output_tokens.size(1) > 1:
-                sam_output_token = sam_output_tokens[batch_inds, best]
-        else:
-            best, kf_score = torch.zeros_like(batch_inds), [None] * len(batch_inds)
-            low_res_masks, high_res_masks = low_res_multimasks, high_res_multimasks
-        self._record_scores(ious[batch_inds, best], kf_score)
-        obj_ptr = self._object_pointer(sam_output_token, object_score_logits, is_obj_appearing)
-        return (
-            low_res_multimasks,
-            high_res_multimasks,
-            ious,
-            low_res_masks,
-            high_res_masks,
-            obj_ptr,
-            object_score_logits,
-        )
-
-    def _decode_masks(
-        self, backbone_features, point_inputs, mask_inputs, high_res_features, multimask_output
-    ):
-        """Prompt encoder + mask decoder, as in ``SAM2Base._forward_sam_heads``.
-
-        Returns mask logits ``[B, K, 4h, 4w]``, predicted IoUs ``[B, K]``, output tokens
-        ``[B, K', C]`` and object-score logits ``[B, 1]`` (``K`` = 3 with multimask, else 1).
-        """
-        batch, device = backbone_features.size(0), backbone_features.device
-        if point_inputs is not None:
-            coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
-        else:  # one padding point with label -1
-            coords = torch.zeros(batch, 1, 2, device=device)
-            labels = -torch.ones(batch, 1, dtype=torch.int32, device=device)
-        mask_prompt = None
-        if mask_inputs is not None:
-            mask_prompt = mask_inputs
-            if mask_inputs.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
-                mask_prompt = F.interpolate(
-                    mask_inputs.float(),
-                    size=self.sam_prompt_encoder.mask_input_size,
-                    align_corners=False,
-                    mode="bilinear",
-                    antialias=True,
-                )
-        sparse, dense = self.sam_prompt_encoder(
-            points=(coords, labels), boxes=None, masks=mask_prompt
-        )
-        return self.sam_mask_decoder(
-            image_embeddings=backbone_features,
-            image_pe=self.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            repeat_image=False,
-            high_res_features=high_res_features,
-        )
-
-    def _choose_candidates(
-        self, high_res_multimasks: torch.Tensor, ious: torch.Tensor
-    ) -> tuple[torch.Tensor, list[float | None]]:
-        """Kept candidate per batch row, ``[B]`` long, and its Kalman IoU (or None).
-
-        SAM 2 tracks one object per call; a batch of several rows (or a call outside
-        :meth:`_track_frame`) has no per-row motion state and keeps the highest predicted IoU,
-        like SAM 2, rather than sharing one object's filter.
-        """
-        step = self._frame_step
-        motion = step.motion if step is not None and ious.size(0) == 1 else None
-        if motion is None:
-            return torch.argmax(ious, dim=-1), [None] * ious.size(0)
-        boxes, valid = mask_boxes(high_res_multimasks[0])
-        choice = motion.choose(ious[0].detach().float().cpu().numpy(), boxes, valid)
-        return torch.tensor([choice.index], device=ious.device), [choice.kf_score]
-
-    def _object_pointer(self, sam_output_token, object_score_logits, is_obj_appearing):
-        """Object pointer ``[B, C]`` from the kept output token, as in SAM 2."""
-        obj_ptr = self.obj_ptr_proj(sam_output_token)
-        if not self.pred_obj_scores:
-            return obj_ptr
-        if self.soft_no_obj_ptr:
-            lambda_is_obj_appearing = object_score_logits.sigmoid()
-        else:
-            lambda_is_obj_appearing = is_obj_appearing.float()
-        if self.fixed_no_obj_ptr:
-            obj_ptr = lambda_is_obj_appearing * obj_ptr
-        return obj_ptr + (1 - lambda_is_obj_appearing) * self.no_obj_ptr
 
     # ---- memory: motion-aware selection ------------------------------------------------------
 
-    def _select_memory_frames(
+    def _samurai_memory_conditioned_features(
+        self, frame: ObjectFrame, output_dict: dict[str, dict[int, Any]], *, num_frames: int
+    ) -> torch.Tensor:
+        """The frame's top-level features after SAM 2's memory attention over SAMURAI's memory:
+        the closest prompted frames (temporal position 0), the past frames of
+        :meth:`_samurai_memory_frames`, and SAM 2's object pointers.
+
+        Args:
+            frame: the object and frame being tracked (not an initial conditioning frame).
+            output_dict: the object's ``{"cond_frame_outputs", "non_cond_frame_outputs"}``.
+            num_frames: the video's length (bounds the object-pointer search).
+        Returns:
+            ``[1, C, H, W]`` features, ``(H, W) = frame.feat_sizes[-1]``.
+        """
+        vision_feats = frame.vision_feats[-1:]  # the memory attention sees the top level only
+        vision_pos = frame.vision_pos_embeds[-1:]
+        batch, device = vision_feats[-1].size(1), vision_feats[-1].device
+        height, width = frame.feat_sizes[-1]
+        if not output_dict["cond_frame_outputs"]:
+            raise RuntimeError(f"frame {frame.frame_idx}: tracking without a prompted frame")
+        selected_cond, unselected_cond = select_closest_cond_frames(
+            frame.frame_idx, output_dict["cond_frame_outputs"], self.max_cond_frames_in_attn
+        )
+        slots = [(0, out) for out in selected_cond.values()]
+        slots += self._samurai_memory_frames(
+            frame.frame_idx, frame.reverse, output_dict["non_cond_frame_outputs"], unselected_cond
+        )
+        memory, memory_pos = [], []
+        for t_pos, out in slots:
+            if out is None:  # the previous frame has no tracked output (e.g. it was prompted)
+                continue
+            features = out["maskmem_features"].to(device, non_blocking=True)
+            memory.append(features.flatten(2).permute(2, 0, 1))
+            encoding = out["maskmem_pos_enc"][-1].to(device).flatten(2).permute(2, 0, 1)
+            memory_pos.append(encoding + self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1])
+        num_obj_ptr_tokens = 0
+        if self.use_obj_ptrs_in_encoder:
+            pointers = self._object_pointer_tokens(
+                frame,
+                output_dict["non_cond_frame_outputs"],
+                selected_cond,
+                unselected_cond,
+                num_frames=num_frames,
+            )
+            if pointers is not None:
+                memory.append(pointers[0])
+                memory_pos.append(pointers[1])
+                num_obj_ptr_tokens = pointers[0].shape[0]
+        fused = self.memory_attention(
+            curr=vision_feats,
+            curr_pos=vision_pos,
+            memory=torch.cat(memory, dim=0),
+            memory_pos=torch.cat(memory_pos, dim=0),
+            num_obj_ptr_tokens=num_obj_ptr_tokens,
+        )
+        return fused.permute(1, 2, 0).view(batch, self.hidden_dim, height, width)
+
+    def _samurai_memory_frames(
         self,
-        *,
         frame_idx: int,
-        output_dict: dict[str, dict[int, dict[str, Any]]],
+        reverse: bool,
+        non_cond_outputs: dict[int, dict[str, Any]],
         unselected_cond_outputs: dict[int, dict[str, Any]],
-        track_in_reverse: bool,
     ) -> list[tuple[int, dict[str, Any] | None]]:
-        """SAMURAI's memory: the previous frame plus the most recent admitted past frames
-        (:func:`select_memory_frames`), as ``(t_pos, output)`` with ``num_maskmem - 1`` for the
-        previous frame; ``memory_temporal_stride_for_eval`` is not used."""
-        non_cond = output_dict["non_cond_frame_outputs"]
-        step = 1 if track_in_reverse else -1
+        """SAMURAI's spatial memory: the previous frame plus the most recent admitted past frames
+        (:func:`select_memory_frames`); ``memory_temporal_stride_for_eval`` is not used.
+
+        Args:
+            frame_idx: the frame being tracked; ``reverse``: "past" means later frames.
+            non_cond_outputs: the object's tracked outputs (frame index -> output).
+            unselected_cond_outputs: its prompted frames beyond ``max_cond_frames_in_attn``,
+                which count as past frames.
+        Returns:
+            ``(t_pos, output or None)`` oldest first, ``t_pos`` in ``1 .. num_maskmem - 1`` picking
+            SAM 2's temporal encoding (``num_maskmem - 1``: the previous frame).
+        """
+        step = 1 if reverse else -1
 
         def lookup(t: int) -> dict[str, Any] | None:
-            out = non_cond.get(t)
+            out = non_cond_outputs.get(t)
             return out if out is not None else unselected_cond_outputs.get(t)
 
         def candidates() -> Iterator[MemoryCandidate]:
-            past = [t for t in {*non_cond, *unselected_cond_outputs} if (t - frame_idx) * step > 0]
+            past = [
+                t
+                for t in {*non_cond_outputs, *unselected_cond_outputs}
+                if (t - frame_idx) * step > 0
+            ]
             for t in sorted(past, key=lambda t: abs(t - frame_idx)):
                 yield memory_candidate(t, lookup(t))
 
@@ -658,3 +701,149 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
         )
         # oldest first, as SAM 2 orders them
         return [(num_slots - rank, lookup(t)) for rank, t in reversed(list(enumerate(frames)))]
+
+    def _object_pointer_tokens(
+        self,
+        frame: ObjectFrame,
+        non_cond_outputs: dict[int, dict[str, Any]],
+        selected_cond_outputs: dict[int, dict[str, Any]],
+        unselected_cond_outputs: dict[int, dict[str, Any]],
+        *,
+        num_frames: int,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """SAM 2's object-pointer memory, unchanged by SAMURAI: the selected prompted frames'
+        pointers and those of up to ``max_obj_ptrs_in_encoder - 1`` frames just before this one.
+
+        Returns:
+            ``(pointers [P, 1, mem_dim], temporal encodings [P, 1, mem_dim])``, or None if there
+            are none.
+        """
+        frame_idx, reverse = frame.frame_idx, frame.reverse
+        channels, batch = self.hidden_dim, 1
+        device = frame.vision_feats[-1].device
+        max_pointers = min(num_frames, self.max_obj_ptrs_in_encoder)
+        cond_outputs = selected_cond_outputs
+        if not self.training and self.only_obj_ptrs_in_the_past_for_eval:
+            cond_outputs = {
+                t: out
+                for t, out in selected_cond_outputs.items()
+                if (t >= frame_idx if reverse else t <= frame_idx)
+            }
+        sign = -1 if reverse else 1
+        positions_and_pointers = [
+            (
+                (frame_idx - t) * sign
+                if self.use_signed_tpos_enc_to_obj_ptrs
+                else abs(frame_idx - t),
+                out["obj_ptr"],
+            )
+            for t, out in cond_outputs.items()
+        ]
+        for distance in range(1, max_pointers):
+            t = frame_idx + distance if reverse else frame_idx - distance
+            if t < 0 or t >= num_frames:
+                break
+            out = non_cond_outputs.get(t, unselected_cond_outputs.get(t))
+            if out is not None:
+                positions_and_pointers.append((distance, out["obj_ptr"]))
+        if not positions_and_pointers:
+            return None
+        positions, pointer_list = zip(*positions_and_pointers, strict=True)
+        pointers = torch.stack(pointer_list, dim=0)  # [P, 1, C]
+        if self.add_tpos_enc_to_obj_ptrs:
+            encoding_dim = channels if self.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+            distances = torch.tensor(positions).to(device=device, non_blocking=True)
+            # sine encoding of the distance, relative to the farthest pointer SAM 2 can take
+            encodings = get_1d_sine_pe(distances / (max_pointers - 1), dim=encoding_dim)
+            encodings = self.obj_ptr_tpos_proj(encodings)
+            encodings = encodings.unsqueeze(1).expand(-1, batch, self.mem_dim)
+        else:
+            encodings = pointers.new_zeros(len(positions), batch, self.mem_dim)
+        if self.mem_dim < channels:
+            # each pointer becomes channels // mem_dim tokens
+            pointers = pointers.reshape(-1, batch, channels // self.mem_dim, self.mem_dim)
+            pointers = pointers.permute(0, 2, 1, 3).flatten(0, 1)
+            encodings = encodings.repeat_interleave(channels // self.mem_dim, dim=0)
+        return pointers, encodings
+
+    # ---- SAM head: motion-aware mask choice --------------------------------------------------
+
+    def _samurai_decode(
+        self,
+        pix_feat: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None,
+        *,
+        multimask_output: bool,
+        motion: ObjectMotion,
+    ) -> SamuraiDecoding:
+        """SAM 2's prompt encoder and mask decoder on one object's prompt-free frame, with
+        SAMURAI's presence threshold and, among multimask candidates, the motion-aware choice.
+
+        Args:
+            pix_feat: ``[1, C, H, W]`` memory-conditioned features.
+            high_res_features: ``[1, C_l, H_l, W_l]`` per higher-resolution level, or None.
+            multimask_output: decode three candidates (else one, which is kept).
+            motion: the object's motion state for this direction; advanced by one frame when
+                there are candidates to choose from.
+        """
+        device = pix_feat.device
+        # no prompt: one padding point with label -1, as SAM 2 pads
+        coords = torch.zeros(1, 1, 2, device=device)
+        labels = -torch.ones(1, 1, dtype=torch.int32, device=device)
+        sparse, dense = self.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res_multimasks, ious, output_tokens, object_score_logits = self.sam_mask_decoder(
+            image_embeddings=pix_feat,
+            image_pe=self.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            repeat_image=False,
+            high_res_features=high_res_features,
+        )
+        is_obj_appearing = None
+        if self.pred_obj_scores:
+            is_obj_appearing = object_score_logits > self.samurai.min_obj_score_logits
+            # masks of absent objects are hard-set to "no object", as in SAM 2
+            low_res_multimasks = torch.where(
+                is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE
+            )
+        low_res_multimasks = low_res_multimasks.float()  # [1, K, S/4, S/4]
+        high_res_multimasks = F.interpolate(
+            low_res_multimasks,
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        output_token = output_tokens[:, 0]
+        if multimask_output:
+            boxes, valid = mask_boxes(high_res_multimasks[0])
+            choice = motion.choose(ious[0].detach().float().cpu().numpy(), boxes, valid)
+            kept = torch.tensor([choice.index], device=device)
+            low_res_masks = low_res_multimasks.index_select(1, kept)
+            high_res_masks = high_res_multimasks.index_select(1, kept)
+            if output_tokens.size(1) > 1:
+                output_token = output_tokens[:, choice.index]
+        else:
+            choice = CandidateChoice(0, float(ious[0, 0]))
+            low_res_masks, high_res_masks = low_res_multimasks, high_res_multimasks
+        obj_ptr = self._object_pointer(output_token, object_score_logits, is_obj_appearing)
+        return SamuraiDecoding(low_res_masks, high_res_masks, obj_ptr, object_score_logits, choice)
+
+    def _object_pointer(
+        self,
+        output_token: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        is_obj_appearing: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Object pointer ``[1, C]`` from the kept output token ``[1, C]``, as in SAM 2 (an
+        absent object's pointer leans towards the learnt "no object" pointer)."""
+        obj_ptr = self.obj_ptr_proj(output_token)
+        if not self.pred_obj_scores:
+            return obj_ptr
+        if self.soft_no_obj_ptr:
+            presence = object_score_logits.sigmoid()
+        else:
+            presence = is_obj_appearing.float()
+        if self.fixed_no_obj_ptr:
+            obj_ptr = presence * obj_ptr
+        return obj_ptr + (1 - presence) * self.no_obj_ptr

@@ -338,7 +338,11 @@ def test_samurai_turns_on_multimask_tracking(fixtures_dir):
     model = _build(
         fixtures_dir,
         SamuraiVideoPredictor,
-        {"multimask_output_for_tracking": False, "multimask_min_pt_num": 1},
+        {
+            **samurai_model_overrides(),
+            "multimask_output_for_tracking": False,
+            "multimask_min_pt_num": 1,
+        },
     )
     assert model.multimask_output_in_sam and model.multimask_output_for_tracking
     assert model.multimask_min_pt_num == 0

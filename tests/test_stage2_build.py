@@ -105,6 +105,30 @@ def test_frames_are_decoded_as_sam2_decodes_them(fixtures_dir: Path):
     assert torch.equal((ours - mean) / std, theirs)
 
 
+def test_decoded_images_give_the_frames_of_their_files(tiny: Path, fixtures_dir: Path):
+    """PIL images already in memory (e.g. decoded from an mp4) load bit-identically to the files
+    they came from."""
+    from PIL import Image
+
+    folder = fixtures_dir / "refine_tiny" / "mevis" / "JPEGImages" / "videoA"
+    paths = sorted(folder.glob("*.jpg"))[:4]
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    from_files, height, width = load_frames(paths, 64)
+    from_images, h, w = load_frames(images, 64)
+    assert (h, w) == (height, width) == (540, 960)
+    assert torch.equal(from_images, from_files)
+
+    predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
+    sessions = [predictor.open_video(frames, video_id="videoA") for frames in (paths, images)]
+    assert torch.equal(sessions[0].images, sessions[1].images)
+    assert sessions[0].size == sessions[1].size
+    with pytest.raises(ValueError, match="'videoX': frame #1 is 10x20"):
+        load_frames([images[0], Image.new("RGB", (10, 20))], 32, video_id="videoX")
+
+
 def test_unreadable_or_odd_frames_name_the_video(tmp_path: Path, fixtures_dir: Path):
     folder = fixtures_dir / "refine_tiny" / "mevis" / "JPEGImages" / "videoA"
     with pytest.raises(OSError, match="videoX"):
