@@ -14,8 +14,9 @@ in SAM 2's video tracking, without retraining:
    thresholds; the frame just before the current one is always kept.
 
 How it plugs into SAM 2: :class:`SamuraiVideoPredictor` overrides the tracker hook of
-:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`. A prompted frame goes through
-SAM 2's own ``track_step``. A tracked (prompt-free) frame goes through SAMURAI's own step,
+:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`, and SAM 2's SAM head
+(``_forward_sam_heads``) for SAMURAI's presence threshold. A prompted frame goes through SAM 2's
+own ``track_step``. A tracked (prompt-free) frame goes through SAMURAI's own step,
 :meth:`~SamuraiVideoPredictor._samurai_track_step`: SAM 2's memory attention over the frames
 :meth:`~SamuraiVideoPredictor._samurai_memory_frames` selects, SAM 2's prompt encoder and mask
 decoder with the motion-aware choice (:meth:`~SamuraiVideoPredictor._samurai_decode`), then SAM 2's
@@ -35,14 +36,16 @@ Differences from the published code, all deliberate:
 - memory candidates are every past frame in the tracking direction that has an output (the
   published loop skips frames 0 and 1, only looks backwards in time and fails on a missing frame),
   so prompts in mid-video and the reverse pass work;
-- a prompted frame is SAM 2's: SAM 2's presence threshold (logit 0, not ``min_obj_score_logits``)
-  and the highest predicted IoU among multimask outputs; it is recorded with IoU 1 and no motion
-  score (published, for a mask prompt: 1 and 1; the same for any
-  ``memory_bank_kf_score_threshold`` below 1);
+- a prompted frame goes through SAM 2's step with SAMURAI's presence threshold
+  (``min_obj_score_logits``, as published) and the highest predicted IoU among multimask outputs;
+  it is recorded with IoU 1 and no motion score (published, for a mask prompt: 1 and 1; the same
+  for any ``memory_bank_kf_score_threshold`` below 1; a prompted frame's IoU only matters when
+  there are more prompted frames than ``max_cond_frames_in_attn``);
 - ``memory_temporal_stride_for_eval`` is ignored, as in SAMURAI mode of the published code.
 
 Selecting it: ``build_sam2_predictor(model, checkpoint, predictor_cls=SamuraiVideoPredictor,
-overrides=samurai_model_overrides(SamuraiConfig(...)))`` (:mod:`stage2_sam2_refine.build`).
+overrides=samurai_model_overrides(options))`` (:mod:`stage2_sam2_refine.build`), ``options`` the
+``stage2.samurai`` section of ``configs/pipeline.yaml``, where each value's source is given.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -59,7 +62,8 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
-from stage2_sam2_refine.kalman import KalmanBoxFilter, KalmanNoise
+from stage2_sam2_refine.kalman import KalmanBoxFilter
+from stage2_sam2_refine.options import SamuraiOptions
 from stage2_sam2_refine.predictor import (
     SAM2_PREDICTOR,
     SAM2_SIGNATURES,
@@ -81,6 +85,11 @@ SAMURAI_SAM2_SIGNATURES: dict[str, str | None] = {
     f"{SAM2_PREDICTOR}._reset_tracking_results": "(self, inference_state)",
     f"{SAM2_PREDICTOR}.remove_object": (
         "(self, inference_state, obj_id, strict=False, need_output=True)"
+    ),
+    # overridden: SAMURAI's presence threshold on every frame (prompted ones included)
+    f"{SAM2_PREDICTOR}._forward_sam_heads": (
+        "(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None, "
+        "multimask_output=False)"
     ),
     # called by SAMURAI's own track step
     f"{SAM2_PREDICTOR}._use_multimask": "(self, is_init_cond_frame, point_inputs)",
@@ -110,35 +119,6 @@ SAMURAI_SAM2_SIGNATURES: dict[str, str | None] = {
         "-> Tuple[torch.Tensor, torch.Tensor]"
     ),
 }
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamuraiConfig:
-    """SAMURAI hyper-parameters. Sources: ``sam2/configs/samurai/sam2.1_hiera_*.yaml`` of
-    ``yangchris11/samurai`` and ``sam2/configs/sam2.1/sam2.1_hiera_l.yaml`` of ReferDINO-Plus."""
-
-    # 0.25: weight of the Kalman-box IoU in the candidate score; ReferDINO-Plus sam2.1_hiera_l
-    # and SAMURAI sam2.1_hiera_{t,s,b+} (SAMURAI's own sam2.1_hiera_l uses 0.15)
-    kf_score_weight: float = 0.25
-    # 15: frames of trusted measurements before the motion score takes part (SAMURAI configs)
-    stable_frames_threshold: int = 15
-    # 0.3: predicted IoU a kept mask needs to update the filter (SAMURAI configs)
-    stable_ious_threshold: float = 0.3
-    # -1: object-score logit above which the object counts as present (SAMURAI configs; SAM 2: 0)
-    min_obj_score_logits: float = -1.0
-    # 0.5: predicted IoU a past frame needs to enter the memory (SAMURAI memory_bank_iou_threshold)
-    memory_bank_iou_threshold: float = 0.5
-    # 0.0: object-score logit a past frame needs to enter the memory (SAMURAI configs)
-    memory_bank_obj_score_threshold: float = 0.0
-    # 0.0: Kalman-box IoU a past frame needs to enter the memory, when it has one (SAMURAI configs)
-    memory_bank_kf_score_threshold: float = 0.0
-    # Kalman noise model (SAMURAI kalman_filter.py values)
-    kalman: KalmanNoise = field(default_factory=KalmanNoise)
-
 
 # --------------------------------------------------------------------------------------------------
 # Pure parts: boxes, candidate choice, memory selection
@@ -208,9 +188,9 @@ class ObjectMotion:
     """Motion state of one object in one propagation direction: its Kalman filter and the number
     of consecutive trusted frames (``stable_frames``)."""
 
-    def __init__(self, config: SamuraiConfig) -> None:
+    def __init__(self, config: SamuraiOptions) -> None:
         self.config = config
-        self.filter = KalmanBoxFilter(config.kalman)
+        self.filter = KalmanBoxFilter()
         self.stable_frames = 0
 
     def choose(
@@ -336,7 +316,7 @@ class SamuraiState:
     """Motion states of one inference state, one :class:`ObjectMotion` per
     ``(obj_id, reverse)``; created on first use."""
 
-    def __init__(self, config: SamuraiConfig) -> None:
+    def __init__(self, config: SamuraiOptions) -> None:
         self.config = config
         self.motions: dict[tuple[Any, bool], ObjectMotion] = {}
 
@@ -385,7 +365,7 @@ def memory_candidate(frame_idx: int, out: dict[str, Any]) -> MemoryCandidate:
 # --------------------------------------------------------------------------------------------------
 
 
-def samurai_model_overrides(config: SamuraiConfig | None = None) -> dict[str, Any]:
+def samurai_model_overrides(config: SamuraiOptions) -> dict[str, Any]:
     """``model.<key>`` settings that make a SAM 2 YAML build a :class:`SamuraiVideoPredictor`
     with ``config`` (for :func:`stage2_sam2_refine.build.build_sam2_predictor`'s ``overrides``).
 
@@ -394,7 +374,6 @@ def samurai_model_overrides(config: SamuraiConfig | None = None) -> dict[str, An
     ``multimask_min_pt_num=0`` (tracked frames have no points). SAM 2.1 configs already set the
     three; ``use_multimask_token_for_obj_ptr`` is left as configured (true in SAM 2.1).
     """
-    config = config if config is not None else SamuraiConfig()
     return {
         "multimask_output_in_sam": True,
         "multimask_output_for_tracking": True,
@@ -410,13 +389,16 @@ def samurai_model_overrides(config: SamuraiConfig | None = None) -> dict[str, An
 
 
 class SamuraiDecoding(NamedTuple):
-    """SAMURAI's SAM-head output for one object on one tracked frame."""
+    """SAMURAI's SAM-head output for ``B`` objects (1 on a tracked frame), ``K`` candidates."""
 
-    low_res_masks: torch.Tensor  # [1, 1, S/4, S/4] float32 logits of the kept candidate
-    high_res_masks: torch.Tensor  # [1, 1, S, S] float32 logits of the kept candidate
-    obj_ptr: torch.Tensor  # [1, C] object pointer from the kept candidate's output token
-    object_score_logits: torch.Tensor  # [1, 1] presence logit
-    choice: CandidateChoice  # which candidate, its predicted IoU and Kalman IoU
+    low_res_multimasks: torch.Tensor  # [B, K, S/4, S/4] float32 logits of every candidate
+    high_res_multimasks: torch.Tensor  # [B, K, S, S] float32 logits of every candidate
+    ious: torch.Tensor  # [B, K] predicted IoUs
+    low_res_masks: torch.Tensor  # [B, 1, S/4, S/4] float32 logits of the kept candidate
+    high_res_masks: torch.Tensor  # [B, 1, S, S] float32 logits of the kept candidate
+    obj_ptr: torch.Tensor  # [B, C] object pointer from the kept candidate's output token
+    object_score_logits: torch.Tensor  # [B, 1] presence logit
+    choice: CandidateChoice  # row 0: which candidate, its predicted IoU and Kalman IoU
 
 
 class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
@@ -459,7 +441,7 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
         super().__init__(**kwargs)
         if self.num_maskmem == 0:
             raise ValueError("SAMURAI selects memory frames: it needs num_maskmem > 0")
-        self.samurai = SamuraiConfig(
+        self.samurai = SamuraiOptions(
             kf_score_weight=kf_score_weight,
             stable_frames_threshold=stable_frames_threshold,
             stable_ious_threshold=stable_ious_threshold,
@@ -768,29 +750,81 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
 
     # ---- SAM head: motion-aware mask choice --------------------------------------------------
 
+    def _forward_sam_heads(
+        self,
+        backbone_features,
+        point_inputs=None,
+        mask_inputs=None,
+        high_res_features=None,
+        multimask_output=False,
+    ):
+        """SAM 2's SAM head (same inputs and outputs) with SAMURAI's presence threshold
+        (``min_obj_score_logits``), as the published code applies it on every frame; among
+        multimask candidates the highest predicted IoU, as SAM 2. Prompted frames come here
+        through SAM 2's step; tracked frames use :meth:`_samurai_decode` with their motion state.
+        """
+        decoded = self._samurai_decode(
+            backbone_features,
+            high_res_features,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            multimask_output=multimask_output,
+            motion=None,
+        )
+        return (
+            decoded.low_res_multimasks,
+            decoded.high_res_multimasks,
+            decoded.ious,
+            decoded.low_res_masks,
+            decoded.high_res_masks,
+            decoded.obj_ptr,
+            decoded.object_score_logits,
+        )
+
     def _samurai_decode(
         self,
         pix_feat: torch.Tensor,
         high_res_features: list[torch.Tensor] | None,
         *,
+        point_inputs: dict[str, torch.Tensor] | None = None,
+        mask_inputs: torch.Tensor | None = None,
         multimask_output: bool,
-        motion: ObjectMotion,
+        motion: ObjectMotion | None,
     ) -> SamuraiDecoding:
-        """SAM 2's prompt encoder and mask decoder on one object's prompt-free frame, with
-        SAMURAI's presence threshold and, among multimask candidates, the motion-aware choice.
+        """SAM 2's prompt encoder and mask decoder with SAMURAI's presence threshold and, among
+        multimask candidates, the motion-aware choice.
 
         Args:
-            pix_feat: ``[1, C, H, W]`` memory-conditioned features.
-            high_res_features: ``[1, C_l, H_l, W_l]`` per higher-resolution level, or None.
+            pix_feat: ``[B, C, H, W]`` (memory-conditioned) features.
+            high_res_features: ``[B, C_l, H_l, W_l]`` per higher-resolution level, or None.
+            point_inputs: clicks (``point_coords [B, P, 2]``, ``point_labels [B, P]``) or None.
+            mask_inputs: ``[B, 1, h, w]`` mask prompt or None.
             multimask_output: decode three candidates (else one, which is kept).
-            motion: the object's motion state for this direction; advanced by one frame when
-                there are candidates to choose from.
+            motion: the object's motion state for this direction (``B`` must be 1), advanced by
+                one frame when there are candidates to choose from; None: the highest predicted
+                IoU, as SAM 2.
         """
-        device = pix_feat.device
-        # no prompt: one padding point with label -1, as SAM 2 pads
-        coords = torch.zeros(1, 1, 2, device=device)
-        labels = -torch.ones(1, 1, dtype=torch.int32, device=device)
-        sparse, dense = self.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        batch, device = pix_feat.size(0), pix_feat.device
+        if point_inputs is not None:
+            coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
+        else:  # no clicks: one padding point with label -1, as SAM 2 pads
+            coords = torch.zeros(batch, 1, 2, device=device)
+            labels = -torch.ones(batch, 1, dtype=torch.int32, device=device)
+        mask_prompt = mask_inputs
+        if (
+            mask_inputs is not None
+            and mask_inputs.shape[-2:] != self.sam_prompt_encoder.mask_input_size
+        ):
+            mask_prompt = F.interpolate(
+                mask_inputs.float(),
+                size=self.sam_prompt_encoder.mask_input_size,
+                align_corners=False,
+                mode="bilinear",
+                antialias=True,  # as SAM 2: a smoother downsampling
+            )
+        sparse, dense = self.sam_prompt_encoder(
+            points=(coords, labels), boxes=None, masks=mask_prompt
+        )
         low_res_multimasks, ious, output_tokens, object_score_logits = self.sam_mask_decoder(
             image_embeddings=pix_feat,
             image_pe=self.sam_prompt_encoder.get_dense_pe(),
@@ -807,27 +841,43 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
             low_res_multimasks = torch.where(
                 is_obj_appearing[:, None, None], low_res_multimasks, NO_OBJ_SCORE
             )
-        low_res_multimasks = low_res_multimasks.float()  # [1, K, S/4, S/4]
+        low_res_multimasks = low_res_multimasks.float()  # [B, K, S/4, S/4]
         high_res_multimasks = F.interpolate(
             low_res_multimasks,
             size=(self.image_size, self.image_size),
             mode="bilinear",
             align_corners=False,
         )
+        rows = torch.arange(batch, device=device)
         output_token = output_tokens[:, 0]
+        choice = None
         if multimask_output:
-            boxes, valid = mask_boxes(high_res_multimasks[0])
-            choice = motion.choose(ious[0].detach().float().cpu().numpy(), boxes, valid)
-            kept = torch.tensor([choice.index], device=device)
-            low_res_masks = low_res_multimasks.index_select(1, kept)
-            high_res_masks = high_res_multimasks.index_select(1, kept)
+            if motion is None:
+                kept = torch.argmax(ious, dim=-1)
+            else:
+                boxes, valid = mask_boxes(high_res_multimasks[0])
+                choice = motion.choose(ious[0].detach().float().cpu().numpy(), boxes, valid)
+                kept = torch.tensor([choice.index], device=device)
+            low_res_masks = low_res_multimasks[rows, kept].unsqueeze(1)
+            high_res_masks = high_res_multimasks[rows, kept].unsqueeze(1)
             if output_tokens.size(1) > 1:
-                output_token = output_tokens[:, choice.index]
+                output_token = output_tokens[rows, kept]
         else:
-            choice = CandidateChoice(0, float(ious[0, 0]))
+            kept = torch.zeros_like(rows)
             low_res_masks, high_res_masks = low_res_multimasks, high_res_multimasks
+        if choice is None:
+            choice = CandidateChoice(int(kept[0]), float(ious[0, int(kept[0])]))
         obj_ptr = self._object_pointer(output_token, object_score_logits, is_obj_appearing)
-        return SamuraiDecoding(low_res_masks, high_res_masks, obj_ptr, object_score_logits, choice)
+        return SamuraiDecoding(
+            low_res_multimasks,
+            high_res_multimasks,
+            ious,
+            low_res_masks,
+            high_res_masks,
+            obj_ptr,
+            object_score_logits,
+            choice,
+        )
 
     def _object_pointer(
         self,

@@ -3,6 +3,7 @@ two-object propagation on the tiny SAM 2."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from referdino_plus.config import load_config
 from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
@@ -19,7 +21,6 @@ from stage2_sam2_refine.samurai import (
     STATE_KEY,
     MemoryCandidate,
     ObjectMotion,
-    SamuraiConfig,
     SamuraiState,
     SamuraiVideoPredictor,
     admits_to_memory,
@@ -33,6 +34,12 @@ from stage2_sam2_refine.samurai import (
 # SAM 2 warns on every frame that its optional CUDA extension (hole filling) is missing.
 NO_EXTENSION_WARNING = "ignore:cannot import name '_C':UserWarning"
 PROMPT_FRAME = 10  # the frame both objects are prompted on (forward 10..39, reverse 10..0)
+DEFAULTS = load_config().stage2.samurai  # configs/pipeline.yaml
+
+
+def options(**changes):
+    """The default SAMURAI options with ``changes``."""
+    return dataclasses.replace(DEFAULTS, **changes)
 
 
 def _true_box(t: int) -> np.ndarray:
@@ -100,7 +107,7 @@ def test_mask_boxes_and_iou():
     np.testing.assert_allclose(motion_weighted_scores([0.9, 0.8], [0.0, 1.0], 0.25), [0.675, 0.85])
 
 
-def _stable_motion(config: SamuraiConfig, frames: int) -> ObjectMotion:
+def _stable_motion(config, frames: int) -> ObjectMotion:
     """A motion state fed ``frames`` frames of the constant-velocity track (single candidate)."""
     motion = ObjectMotion(config)
     for t in range(frames):
@@ -117,7 +124,7 @@ def _far_and_consistent_candidates(t: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 @pytest.mark.parametrize(("weight", "expected"), [(0.25, 1), (0.0, 0)])
 def test_stable_track_prefers_motion_consistent_mask(weight: float, expected: int):
-    config = SamuraiConfig(kf_score_weight=weight, stable_frames_threshold=5)
+    config = options(kf_score_weight=weight, stable_frames_threshold=5)
     motion = _stable_motion(config, 10)
     assert motion.stable_frames == 5  # counting stops at the threshold
     choice = motion.choose(*_far_and_consistent_candidates(10))
@@ -127,7 +134,7 @@ def test_stable_track_prefers_motion_consistent_mask(weight: float, expected: in
 
 
 def test_unstable_track_keeps_highest_predicted_iou():
-    config = SamuraiConfig(stable_frames_threshold=15)
+    config = options(stable_frames_threshold=15)
     motion = _stable_motion(config, 5)
     assert motion.stable_frames == 5
     choice = motion.choose(*_far_and_consistent_candidates(5))
@@ -136,7 +143,7 @@ def test_unstable_track_keeps_highest_predicted_iou():
 
 
 def test_low_iou_or_empty_mask_makes_track_unstable():
-    config = SamuraiConfig(stable_frames_threshold=3, stable_ious_threshold=0.3)
+    config = options(stable_frames_threshold=3, stable_ious_threshold=0.3)
     motion = _stable_motion(config, 6)
     motion.choose(np.array([0.1]), _true_box(6)[None], np.array([True]))  # below 0.3
     assert motion.stable_frames == 0
@@ -205,7 +212,7 @@ def test_memory_search_stops_after_max_admitted():
 
 
 def test_objects_have_independent_filters():
-    state = SamuraiState(SamuraiConfig())
+    state = SamuraiState(options())
     first, second = state.motion(1, False), state.motion(2, False)
     assert first is not second and state.motion(1, False) is first
     first.choose(np.array([0.9]), _true_box(0)[None], np.array([True]))
@@ -219,7 +226,7 @@ def test_objects_have_independent_filters():
 
 
 def test_directions_do_not_share_state():
-    state = SamuraiState(SamuraiConfig())
+    state = SamuraiState(options())
     forward, reverse = state.motion(1, False), state.motion(1, True)
     assert forward is not reverse
     forward.choose(np.array([0.9]), _true_box(0)[None], np.array([True]))
@@ -247,7 +254,7 @@ def _build(fixtures_dir: Path, cls: type, overrides: dict | None = None):
 
 @pytest.fixture(scope="module")
 def samurai_model(fixtures_dir: Path) -> SamuraiVideoPredictor:
-    return _build(fixtures_dir, SamuraiVideoPredictor, samurai_model_overrides())
+    return _build(fixtures_dir, SamuraiVideoPredictor, samurai_model_overrides(DEFAULTS))
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +321,7 @@ def test_neutral_samurai_matches_sam2_forward(fixtures_dir, session):
     """With a zero motion weight, SAM 2's presence threshold and every past frame admitted,
     forward tracking is SAM 2's, bit for bit (the reimplemented SAM head and memory hook)."""
     neutral = samurai_model_overrides(
-        SamuraiConfig(
+        options(
             kf_score_weight=0.0,
             min_obj_score_logits=0.0,
             memory_bank_iou_threshold=-1e9,
@@ -334,16 +341,44 @@ def test_neutral_samurai_matches_sam2_forward(fixtures_dir, session):
         assert torch.equal(masks, samurai_masks[frame_idx]), frame_idx
 
 
+@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
+def test_prompted_frames_use_samurai_presence_threshold(fixtures_dir, session, monkeypatch):
+    """As published, ``min_obj_score_logits`` (-1) decides presence on prompted frames too: an
+    object the decoder scores -0.5 keeps its mask under SAMURAI; SAM 2 (threshold 0) blanks it."""
+    from sam2.modeling.sam2_base import NO_OBJ_SCORE
+
+    outputs = {}
+    for cls, overrides in [
+        (SharedFeatureVideoPredictor, None),
+        (SamuraiVideoPredictor, samurai_model_overrides(DEFAULTS)),
+    ]:
+        model = _build(fixtures_dir, cls, overrides)
+        decode = model.sam_mask_decoder.forward
+
+        def doubtful(*args, decode=decode, **kwargs):
+            masks, ious, tokens, scores = decode(*args, **kwargs)
+            return masks, ious, tokens, torch.full_like(scores, -0.5)
+
+        monkeypatch.setattr(model.sam_mask_decoder, "forward", doubtful)
+        state = model.init_expression_state(session)
+        points, labels = np.array([[300.0, 200.0]], dtype=np.float32), np.array([1], np.int32)
+        _, _, masks = model.add_new_points_or_box(state, 3, 1, points=points, labels=labels)
+        outputs[cls] = masks
+    sam2_masks, samurai_masks = outputs[SharedFeatureVideoPredictor], outputs[SamuraiVideoPredictor]
+    assert (sam2_masks <= NO_OBJ_SCORE / 2).all()  # absent: hard-set to "no object"
+    assert (samurai_masks > NO_OBJ_SCORE / 2).all()  # present: the decoder's own logits
+
+
 def test_samurai_turns_on_multimask_tracking(fixtures_dir):
     model = _build(
         fixtures_dir,
         SamuraiVideoPredictor,
         {
-            **samurai_model_overrides(),
+            **samurai_model_overrides(DEFAULTS),
             "multimask_output_for_tracking": False,
             "multimask_min_pt_num": 1,
         },
     )
     assert model.multimask_output_in_sam and model.multimask_output_for_tracking
     assert model.multimask_min_pt_num == 0
-    assert model.samurai == SamuraiConfig()
+    assert model.samurai == DEFAULTS
