@@ -82,12 +82,7 @@ def run_command(argv: Sequence[str]) -> int:
     """The pipeline on a split; returns the exit status."""
     args = parse_args(argv)
     setup_logging(args.quiet)
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from referdino_plus import pipeline
     from referdino_plus.config import ConfigError, load_config
-    from rvos.intermediates import IntermediateError
-    from rvos.mevis import DataError
 
     try:
         cfg = load_config(args.overrides)
@@ -95,6 +90,13 @@ def run_command(argv: Sequence[str]) -> int:
     except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
+    # The stages' code loads only once the configuration is known to be good.
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from referdino_plus import pipeline
+    from rvos.intermediates import IntermediateError
+    from rvos.mevis import DataError
+
     logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
     try:
         with logging_redirect_tqdm():

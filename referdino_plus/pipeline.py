@@ -17,8 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from referdino_plus.archives import ARCHIVES, archive_is_current, archive_masks
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from rvos import intermediates as im
 from rvos.archive import write_archive
@@ -40,8 +39,6 @@ STAGE_JOBS = {
     3: "stage3_fusion.runner:build_video_processor",
 }
 STAGE_NAMES = {1: "stage 1 (ReferDINO)", 2: "stage 2 (SAM 2)", 3: "stage 3 (fusion)"}
-# Archive name -> the stage whose records it is made of.
-ARCHIVES = {"stage1.zip": 1, "stage2.zip": 2, "fused.zip": 3}
 # Keys that change where or how fast things run, not the numbers: left out of fingerprints.
 _NON_NUMERIC_KEYS = {
     "export_legacy",
@@ -224,37 +221,6 @@ def run(
 
 
 # ----------------------------------------------------------------------------- archives
-
-
-def archive_masks(
-    work_dir: Path, stage: int, video_id: str
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Frame names and ``{exp_id: [T, H, W] bool}`` of one video for an archive.
-
-    Stage 1: ReferDINO's own answer (``stage1.obj_threshold`` rule); stage 2: the union of the
-    SAM 2 objects (empty when no query was kept); stage 3: the fused masks.
-    """
-    path = im.stage_path(work_dir, stage, video_id)
-    if stage == 1:
-        video = im.load_stage1(path)
-        masks = {e: p.answer.decode() for e, p in video.expressions.items()}
-    elif stage == 2:
-        video = im.load_stage2(path)
-        masks = {e: r.sam2_union() for e, r in video.expressions.items()}
-    elif stage == 3:
-        video = im.load_stage3(path)
-        masks = {e: f.masks.decode() for e, f in video.expressions.items()}
-    else:
-        raise ValueError(f"no archive for stage {stage}")
-    return video.frame_names, masks
-
-
-def archive_is_current(path: Path, records: Sequence[Path]) -> bool:
-    """Whether the archive ``path`` exists and is at least as new as every record it is made of."""
-    if not path.is_file():
-        return False
-    newest = max((r.stat().st_mtime for r in records), default=0.0)
-    return path.stat().st_mtime >= newest
 
 
 def write_archives(

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from referdino_plus.archives import archive_masks
 from referdino_plus.config import PipelineConfig, VisualizeOptions
-from referdino_plus.pipeline import archive_masks
 from rvos import intermediates as im
 from rvos.drawing import (
     PALETTE,

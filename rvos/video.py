@@ -42,14 +42,12 @@ class Clip:
         source: the video file or frame folder.
         frames: ``T`` RGB images of one size.
         frame_names: ``T`` names of the mask PNGs (without ``.png``).
-        frame_paths: the image files of a frame folder (``None`` for a decoded video).
         fps: frame rate of the overlay video.
     """
 
     source: Path
     frames: list[Image.Image]
     frame_names: list[str]
-    frame_paths: list[Path] | None
     fps: Fraction
 
     @property
@@ -111,7 +109,7 @@ def read_frame_folder(folder: Path, *, frame_step: int, max_frames: int | None, 
                 f"frame {path.name} is {frames[-1].width}x{frames[-1].height}, "
                 f"{files[0].name} is {frames[0].width}x{frames[0].height}: all frames need one size"
             )
-    return Clip(folder, frames, names, files, Fraction(fps).limit_denominator(1001))
+    return Clip(folder, frames, names, Fraction(fps).limit_denominator(1001))
 
 
 def _ffmpeg_reason(err: Exception) -> str:
@@ -175,7 +173,7 @@ def decode_video(
                 )
     if not frames:
         raise VideoError(f"{path}: no video frame could be decoded")
-    return Clip(path, frames, names, None, fps / frame_step)
+    return Clip(path, frames, names, fps / frame_step)
 
 
 def _encoder_name() -> str:

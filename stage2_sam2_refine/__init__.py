@@ -5,55 +5,45 @@ Typical use, one model per worker, one session per video, one call per expressio
 ``referdino_plus.config.load_config().stage2``)::
 
     refiner = build_refiner(options, device="cuda")
-    for exp_id, result in refiner.refine_video(frame_paths, proposals, video_id=video_id):
+    for exp_id, result in refiner.refine_video(frames, proposals, video_id=video_id):
         ...  # result.masks: [T, K, H, W] bool, result.columns, result.prompt_frames
 """
 
-from stage2_sam2_refine.build import (
-    SAM2_MODEL_CONFIGS,
-    VIDEO_POSTPROCESSING,
-    build_sam2_predictor,
-    compose_sam2_config,
-    load_sam2_checkpoint,
-    resolve_sam2_config,
-)
-from stage2_sam2_refine.options import PromptKind, SamuraiOptions, Stage2Options, Tracker
-from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession, load_frames
-from stage2_sam2_refine.prompts import (
-    boxes_to_pixel_xyxy,
-    mean_confident_scores,
-    prompt_frames,
-    sample_points_from_mask,
-    select_queries,
-)
-from stage2_sam2_refine.refine import (
-    Proposals,
-    Refiner,
-    RefineResult,
-    build_refiner,
-)
+from __future__ import annotations
 
-__all__ = [
-    "SAM2_MODEL_CONFIGS",
-    "VIDEO_POSTPROCESSING",
-    "PromptKind",
-    "Proposals",
-    "RefineResult",
-    "Refiner",
-    "SamuraiOptions",
-    "SharedFeatureVideoPredictor",
-    "Stage2Options",
-    "Tracker",
-    "VideoSession",
-    "boxes_to_pixel_xyxy",
-    "build_refiner",
-    "build_sam2_predictor",
-    "compose_sam2_config",
-    "load_frames",
-    "load_sam2_checkpoint",
-    "mean_confident_scores",
-    "prompt_frames",
-    "resolve_sam2_config",
-    "sample_points_from_mask",
-    "select_queries",
-]
+import importlib
+from typing import Any
+
+# Public names and the module that defines each. They are imported on first use, so that
+# `import stage2_sam2_refine.options` (what the configuration schema needs) stays light.
+_EXPORTS = {
+    "SAM2_MODEL_CONFIGS": "stage2_sam2_refine.build",
+    "VIDEO_POSTPROCESSING": "stage2_sam2_refine.build",
+    "build_sam2_predictor": "stage2_sam2_refine.build",
+    "compose_sam2_config": "stage2_sam2_refine.build",
+    "load_sam2_checkpoint": "stage2_sam2_refine.build",
+    "resolve_sam2_config": "stage2_sam2_refine.build",
+    "PromptKind": "stage2_sam2_refine.options",
+    "SamuraiOptions": "stage2_sam2_refine.options",
+    "Stage2Options": "stage2_sam2_refine.options",
+    "Tracker": "stage2_sam2_refine.options",
+    "SharedFeatureVideoPredictor": "stage2_sam2_refine.predictor",
+    "VideoSession": "stage2_sam2_refine.predictor",
+    "load_frames": "stage2_sam2_refine.predictor",
+    "boxes_to_pixel_xyxy": "stage2_sam2_refine.prompts",
+    "mean_confident_scores": "stage2_sam2_refine.prompts",
+    "prompt_frames": "stage2_sam2_refine.prompts",
+    "sample_points_from_mask": "stage2_sam2_refine.prompts",
+    "select_queries": "stage2_sam2_refine.prompts",
+    "Proposals": "stage2_sam2_refine.refine",
+    "Refiner": "stage2_sam2_refine.refine",
+    "RefineResult": "stage2_sam2_refine.refine",
+    "build_refiner": "stage2_sam2_refine.refine",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,7 +31,7 @@ from rvos.masks import RunLengthMasks
 from rvos.options import Autocast, CacheDevice
 from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.options import PromptKind, Stage2Options, Tracker
-from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
+from stage2_sam2_refine.predictor import Frame, SharedFeatureVideoPredictor, VideoSession
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
     prompt_frames,
@@ -120,7 +119,7 @@ class Refiner:
 
     def open_video(
         self,
-        frame_paths: Sequence[str | os.PathLike],
+        frames: Sequence[Frame],
         *,
         video_id: str,
         offload: bool = False,
@@ -128,13 +127,14 @@ class Refiner:
         """Decode a video once for all of its expressions.
 
         Args:
-            frame_paths: the video's frames in order (e.g. ``MevisSplit.frame_paths(video_id)``).
+            frames: the video's frames in order: JPEG paths (e.g. ``MevisSplit.frame_paths``) or
+                decoded PIL RGB images (the same tensors for the same pixels).
             video_id: named in logs and errors.
             offload: offload frames, memories and features to the CPU regardless of the config.
         """
         options = self.options
         return self.predictor.open_video(
-            frame_paths,
+            frames,
             video_id=video_id,
             offload_video_to_cpu=offload or options.offload_video_to_cpu,
             offload_state_to_cpu=offload or options.offload_state_to_cpu,
@@ -247,7 +247,7 @@ class Refiner:
 
     def refine_video(
         self,
-        frame_paths: Sequence[str | os.PathLike],
+        frames: Sequence[Frame],
         expressions: Mapping[str, Proposals],
         *,
         video_id: str,
@@ -266,7 +266,7 @@ class Refiner:
         offload = False
         while True:
             try:
-                session = self.open_video(frame_paths, video_id=video_id, offload=offload)
+                session = self.open_video(frames, video_id=video_id, offload=offload)
                 while done < len(items):
                     exp_id, proposals = items[done]
                     result = self.refine(

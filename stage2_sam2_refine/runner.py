@@ -9,7 +9,6 @@ directions), and writes the stage-2 record.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from rvos.mevis import MevisSplit
 from rvos.proposals import Stage1Records
 from rvos.workers import VideoProcessor
 from stage2_sam2_refine.options import Stage2Options
+from stage2_sam2_refine.predictor import Frame
 from stage2_sam2_refine.refine import Refiner, RefineResult, build_refiner
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
 def stage2_record(
     refiner: Refiner,
     stage1: im.Stage1Video,
-    frame_paths: Sequence[str | os.PathLike],
+    frames: Sequence[Frame],
     *,
     progress: bool = False,
 ) -> im.Stage2Video:
@@ -75,11 +75,12 @@ def stage2_record(
 
     Args:
         stage1: the video's stage-1 record.
-        frame_paths: its frames, in the order of ``stage1.frame_names``.
+        frames: its frames (JPEG paths or PIL RGB images), in the order of
+            ``stage1.frame_names``.
         progress: show a progress bar over the expressions.
     """
     output = im.Stage2Video(stage1.video_id, stage1.frame_names, stage1.height, stage1.width)
-    results = refiner.refine_video(frame_paths, stage1.expressions, video_id=stage1.video_id)
+    results = refiner.refine_video(frames, stage1.expressions, video_id=stage1.video_id)
     if progress:
         results = tqdm(
             results, total=len(stage1.expressions), desc="stage 2 (SAM 2)", unit="sentence"

@@ -16,6 +16,8 @@ from stage2_sam2_refine.refine import build_refiner
 from stage2_sam2_refine.runner import stage2_record
 from stage3_fusion.runner import fuse_video
 
+pytestmark = pytest.mark.slow  # loads the fixture models
+
 NUM_FRAMES, NUM_QUERIES = 6, 15  # 15: what the released configs return (900 pruned to 15)
 HEIGHT, WIDTH = 48, 64
 STEADY, TARGET, BURST = 3, 7, 13  # query ids

@@ -29,6 +29,7 @@ def test_shared_package_imports_no_stage_and_no_application():
     assert not loaded & {*STAGES, APP}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("stage", "forbidden"),
     [
@@ -44,3 +45,10 @@ def test_a_stage_imports_no_other_stage(stage, forbidden):
     loaded = imported_after(f"import {', '.join(modules)}")
     assert stage in loaded
     assert not loaded & forbidden, f"{stage} pulls in {sorted(loaded & forbidden)}"
+
+
+@pytest.mark.slow
+def test_archive_workers_load_no_model_code():
+    """The archive writer's processes import the mask loader by name: it must stay light."""
+    loaded = imported_after("import referdino_plus.archives")
+    assert not loaded & {*STAGES, "torch", "transformers", "sam2"}

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 
+from referdino_plus.archives import archive_is_current
 from referdino_plus.config import compose_config, load_config
 from referdino_plus.pipeline import (
     RunResult,
-    archive_is_current,
     format_scores,
     pending_videos,
     stage_fingerprints,

@@ -281,6 +281,7 @@ def _propagate(model, state, *, reverse: bool, **kwargs) -> dict[int, torch.Tens
     }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_samurai_two_objects_forward_then_reverse(samurai_model, session):
     state = _prompt_two_blobs(samurai_model, session)
@@ -316,6 +317,7 @@ def test_samurai_two_objects_forward_then_reverse(samurai_model, session):
     assert STATE_KEY not in samurai_model.init_expression_state(session)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_neutral_samurai_matches_sam2_forward(fixtures_dir, session):
     """With a zero motion weight, SAM 2's presence threshold and every past frame admitted,
@@ -341,6 +343,7 @@ def test_neutral_samurai_matches_sam2_forward(fixtures_dir, session):
         assert torch.equal(masks, samurai_masks[frame_idx]), frame_idx
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_prompted_frames_use_samurai_presence_threshold(fixtures_dir, session, monkeypatch):
     """As published, ``min_obj_score_logits`` (-1) decides presence on prompted frames too: an
@@ -369,6 +372,7 @@ def test_prompted_frames_use_samurai_presence_threshold(fixtures_dir, session, m
     assert (samurai_masks > NO_OBJ_SCORE / 2).all()  # present: the decoder's own logits
 
 
+@pytest.mark.slow
 def test_samurai_turns_on_multimask_tracking(fixtures_dir):
     model = _build(
         fixtures_dir,

@@ -21,6 +21,8 @@ from stage1_referdino import (
 )
 from stage1_referdino.build import CONFIG_DIR
 
+pytestmark = pytest.mark.slow  # loads the fixture models
+
 MANIFESTS = "referdino_checkpoint_manifests.json"
 TINY = "referdino_tiny"
 

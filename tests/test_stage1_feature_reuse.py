@@ -11,6 +11,8 @@ from PIL import Image
 
 from stage1_referdino import ReferDINO, load_referdino, preprocess
 
+pytestmark = pytest.mark.slow  # loads the fixture models
+
 TINY = "referdino_tiny"
 EXPRESSIONS = [
     "the child sitting on the bed",

@@ -12,6 +12,8 @@ from PIL import Image
 
 from stage1_referdino import ReferDINO, VideoFeatures, load_referdino, preprocess
 
+pytestmark = pytest.mark.slow  # loads the fixture models
+
 TINY = "referdino_tiny"
 # Tolerances of fixtures/README.md (max abs diff, float32 CPU); never loosened.
 TOLERANCE = {"pred_logits": 1e-3, "pred_masks": 1e-3, "pred_boxes": 1e-4}

@@ -74,6 +74,7 @@ def test_missing_checkpoint_names_download_script(tiny: Path, tmp_path: Path):
         build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tmp_path / "sam2.1_hiera_large.pt")
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_strictly(tiny: Path, tmp_path: Path):
     predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
     assert type(predictor) is SharedFeatureVideoPredictor and not predictor.training
@@ -105,6 +106,7 @@ def test_frames_are_decoded_as_sam2_decodes_them(fixtures_dir: Path):
     assert torch.equal((ours - mean) / std, theirs)
 
 
+@pytest.mark.slow
 def test_decoded_images_give_the_frames_of_their_files(tiny: Path, fixtures_dir: Path):
     """PIL images already in memory (e.g. decoded from an mp4) load bit-identically to the files
     they came from."""
@@ -140,6 +142,7 @@ def test_unreadable_or_odd_frames_name_the_video(tmp_path: Path, fixtures_dir: P
         load_frames([folder / "00000.jpg", tmp_path / "small.jpg"], 32, video_id="videoX")
 
 
+@pytest.mark.slow
 def test_refine_checks_shapes_and_skips_sam2_without_kept_query(
     tiny: Path, fixtures_dir: Path, default_config
 ):
@@ -177,6 +180,7 @@ class _OutOfMemoryOnce(Refiner):
         return super().refine(session, scores=scores, boxes=boxes, masks=masks, exp_id=exp_id)
 
 
+@pytest.mark.slow
 def test_out_of_memory_retries_the_video_offloaded(tiny, fixtures_dir, caplog, default_config):
     predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
     frames = sorted((fixtures_dir / "refine_tiny/mevis/JPEGImages/videoA").glob("*.jpg"))[:2]

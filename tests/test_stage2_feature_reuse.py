@@ -26,6 +26,8 @@ from stage2_sam2_refine.options import PromptKind
 from stage2_sam2_refine.reference import build_reference_predictor, reference_refine
 from stage2_sam2_refine.refine import Refiner
 
+pytestmark = pytest.mark.slow  # loads the fixture models
+
 NUM_FRAMES = 16  # the first frames of videoA, to keep the stock runs short
 EXPRESSIONS = ("0", "4", "2")  # 2 objects; 3 objects (two prompted on one frame); none kept
 WEIGHTS = "weights_propagating.pt"

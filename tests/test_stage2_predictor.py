@@ -83,6 +83,7 @@ def test_sam2_defining_a_method_we_define_is_reported(monkeypatch: pytest.Monkey
     assert "found (self, inference_state, frame_idx, obj_idx)" in message
 
 
+@pytest.mark.slow
 def test_other_sam2_version_warns_on_build_but_builds(fixtures_dir, monkeypatch, caplog):
     monkeypatch.setattr(predictor_module, "installed_sam2_version", lambda: "1.1.1")
     assert "sam2 version: expected 1.1.0, found 1.1.1" in check_sam2_compatibility()
@@ -97,6 +98,7 @@ def test_other_sam2_version_warns_on_build_but_builds(fixtures_dir, monkeypatch,
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
     """With ``clear_non_cond_mem_around_input``, a new prompt drops the prompted object's tracked
@@ -128,6 +130,7 @@ def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
     assert _non_cond_frames(state, 0) == _non_cond_frames(state, 1) == tracked
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_propagation_order_counts_the_frames_of_a_pass(fixtures_dir: Path):
     model = _build(fixtures_dir)

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a wheel and runs the command line
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# What a source tree has beside the project's files (never part of a wheel).
-NOT_SOURCES = (".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
-NOT_SOURCES += (".ruff_cache", "work", "submissions", "checkpoints", "data")
+# What a checkout has at its top beside the project's files (never part of a wheel).
+NOT_SOURCES = {".venv", ".git", "build", "dist", "work", "submissions", "checkpoints", "data"}
+NOT_SOURCES |= {".pytest_cache", ".ruff_cache", "referdino_plus.egg-info"}
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    """``shutil.copytree``'s ignore: the top-level :data:`NOT_SOURCES`, caches everywhere."""
+    ignored = {name for name in names if name == "__pycache__"}
+    if Path(folder) == PROJECT_ROOT:
+        ignored |= NOT_SOURCES & set(names)
+    return ignored
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +30,7 @@ def wheel(tmp_path_factory) -> Path:
     """``pip wheel --no-deps .`` of a copy of the source tree."""
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
-    shutil.copytree(
-        PROJECT_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(*NOT_SOURCES)
-    )
+    shutil.copytree(PROJECT_ROOT, source, symlinks=True, ignore=_not_sources)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
         + ["-w", str(tmp / "dist"), str(source)],

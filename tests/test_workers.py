@@ -35,6 +35,7 @@ def test_single_worker_runs_in_process_and_reports_failures(tmp_path):
     assert pids == {str(os.getpid())}
 
 
+@pytest.mark.slow
 def test_processes_keep_other_shards_and_report_a_dead_worker(tmp_path):
     # Two workers: shard 0 = [a, b], shard 1 = [c, d]; the worker of shard 0 dies on b.
     config = {"out": str(tmp_path), "die": ["b"]}
