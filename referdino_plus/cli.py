@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+from referdino_plus.runtime import gpu_count, log_to_file, select_devices, setup_logging
 
 logger = logging.getLogger("referdino_plus")
 
@@ -79,7 +79,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run_command(argv: Sequence[str]) -> int:
-    """The pipeline on a split; returns the exit status."""
+    """The pipeline on a split; returns the exit status (0 done, 1 failed, 2 bad arguments,
+    130 interrupted). Expected failures print one line; tracebacks go to the run's log file."""
     args = parse_args(argv)
     setup_logging(args.quiet)
     from referdino_plus.config import ConfigError, load_config
@@ -90,28 +91,48 @@ def run_command(argv: Sequence[str]) -> int:
     except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
+    log_file = log_to_file(cfg.work_dir)
+    details = f" (details: {log_file})" if log_file else ""
+    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
     # The stages' code loads only once the configuration is known to be good.
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from referdino_plus import pipeline
+    from referdino_plus.preflight import PreflightError
+    from rvos.checkpoints import CheckpointError
     from rvos.intermediates import IntermediateError
+    from rvos.legacy import LegacyFormatError
     from rvos.mevis import DataError
 
-    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
+    # Failures a user can act on, reported in one line: missing or bad files and folders, data
+    # problems, a full disk. Anything else is a bug and keeps its traceback.
+    expected = (
+        PreflightError,
+        pipeline.PipelineError,
+        DataError,
+        IntermediateError,
+        LegacyFormatError,
+        CheckpointError,
+        OSError,
+    )
     try:
         with logging_redirect_tqdm():
             result = pipeline.run(
                 cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
             )
-    except (pipeline.PipelineError, DataError, IntermediateError, FileNotFoundError) as err:
-        logger.error("%s", err)
+    except KeyboardInterrupt:
+        logger.error("interrupted; finished videos are kept: rerun the same command to go on")
+        return 130
+    except expected as err:
+        logger.debug("the run stopped", exc_info=True)
+        logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details)
         return 1
     for name, path in result.archives.items():
         logger.info("archive %s: %s", name, path)
     if result.scores:
         print(pipeline.format_scores(result.scores))
     if not result.ok:
-        logger.error("some videos failed (see above and %s/report.json)", cfg.work_dir)
+        logger.error("the run did not complete: see %s/report.json%s", cfg.work_dir, details)
         return 1
     return 0
 

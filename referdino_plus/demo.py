@@ -25,7 +25,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +38,7 @@ from referdino_plus.runtime import gpu_count, select_devices, setup_logging
 from rvos.archive import encode_png
 from rvos.drawing import caption_band, color_of, hex_color, overlay_masks, pad_to_even
 from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
-from rvos.io import atomic_output
+from rvos.io import atomic_output, make_temp_dir
 from rvos.video import Clip, VideoError, h264_writer, load_clip, source_name
 from rvos.workers import bind_device
 
@@ -253,7 +252,7 @@ def write_outputs(
     band = caption_band(sentences, colors, clip.size[1])
     masks = [fused.expressions[str(i)].masks for i in range(len(sentences))]
     height, width = clip.size[0] + band.shape[0], clip.size[1]
-    staging = Path(tempfile.mkdtemp(prefix=".masks.", dir=out_dir))
+    staging = make_temp_dir(out_dir, ".masks.")
     try:
         folders = [staging / str(i) for i in range(len(sentences))]
         for folder in folders:

@@ -17,7 +17,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from referdino_plus.archives import ARCHIVES, archive_is_current, archive_masks
+from referdino_plus.archives import (
+    ARCHIVES,
+    archive_is_current,
+    archive_masks,
+    archive_stamp,
+    set_aside_stale_archives,
+)
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from rvos import intermediates as im
 from rvos.archive import write_archive
@@ -170,18 +176,58 @@ def run(
     devices: Sequence[str] = ("cpu",),
     overwrite: bool = False,
 ) -> RunResult:
-    """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring."""
-    from referdino_plus.visualize import write_run_visualizations
+    """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring.
+
+    Everything the run needs is checked first (:func:`referdino_plus.preflight.preflight`);
+    ``work_dir/report.json`` is written however the run ends (``status``: ``ok``, ``failed``,
+    ``interrupted``), once the work folder is known to be writable.
+
+    Raises:
+        PreflightError: listing everything that stops the run before any model loads.
+        PipelineError: a stage whose inputs are missing.
+    """
+    from referdino_plus.preflight import preflight
 
     fingerprints = stage_fingerprints(cfg)
-    work_dir = Path(cfg.work_dir)
     split = MevisSplit(cfg.data.root)
-    video_ids = split.video_ids
-    if cfg.data.validate_frames:
-        logger.info("checking the frames of %d videos in %s", len(video_ids), split.root)
-        split.validate()
-    save_resolved_config(cfg, work_dir)
     result = RunResult()
+    status, error = "failed", ""
+    try:
+        flight = preflight(cfg, split, stages)
+        save_resolved_config(cfg, Path(cfg.work_dir))
+        set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
+        if run_stages(
+            cfg, fingerprints, split, result, stages=stages, devices=devices, overwrite=overwrite
+        ):
+            write_outputs(cfg, fingerprints, split, result, evaluate=flight.evaluate)
+            status = "ok"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except Exception as err:
+        error = " ".join(str(err).split())
+        raise
+    finally:
+        try:
+            write_report(cfg, fingerprints, split, result, status=status, error=error)
+        except OSError as err:  # an unwritable or full work_dir: the error above says why
+            logger.warning("%s/report.json not written: %s", cfg.work_dir, err)
+    return result
+
+
+def run_stages(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: MevisSplit,
+    result: RunResult,
+    *,
+    stages: Sequence[int],
+    devices: Sequence[str],
+    overwrite: bool,
+) -> bool:
+    """Each of ``stages`` on the videos it has not finished; stops at the first stage with a
+    failure (logged; ``result`` keeps each stage's summary). Returns whether all succeeded."""
+    work_dir, video_ids = Path(cfg.work_dir), split.video_ids
     for stage in sorted(stages):
         check_inputs(cfg, fingerprints, stage, video_ids)
         todo = pending_videos(work_dir, stage, video_ids, fingerprints[stage], overwrite)
@@ -204,29 +250,57 @@ def run(
         )
         result.stage_summaries[stage] = summary
         if not summary.ok:
-            failed = ", ".join(sorted({str(f.video_id) for f in summary.failures}))
-            logger.error(
-                "%s failed for: %s. Finished videos are kept; rerun the same command to retry "
-                "only the missing ones.",
-                STAGE_NAMES[stage],
-                failed,
-            )
-            break
-    if result.ok:
-        write_archives(cfg, fingerprints, split, result)
-        if cfg.visualize.enabled:
-            write_run_visualizations(cfg, fingerprints, split, result.evaluations)
-    write_report(cfg, fingerprints, split, result)
-    return result
+            logger.error("%s", failure_summary(STAGE_NAMES[stage], summary, len(todo)))
+            return False
+    return True
+
+
+def failure_summary(stage_name: str, summary: RunSummary, num_videos: int) -> str:
+    """One line saying what failed in a stage and what to do."""
+    setups = [f for f in summary.failures if f.video_id is None]
+    videos = sorted({f.video_id for f in summary.failures if f.video_id is not None})
+    parts = []
+    if setups:
+        devices = ", ".join(sorted({f.device for f in setups}))
+        parts.append(f"could not start on {devices} ({setups[0].error})")
+    if videos:
+        named = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
+        parts.append(f"{len(videos)} of {num_videos} video(s) failed ({named})")
+    return (
+        f"{stage_name}: {'; '.join(parts)}. Finished videos are kept; fix the cause and rerun "
+        "the same command to process only the missing ones"
+    )
+
+
+def write_outputs(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: MevisSplit,
+    result: RunResult,
+    *,
+    evaluate: bool = True,
+) -> None:
+    """After the stages: the archives (evaluated when ``evaluate``) and the pictures."""
+    from referdino_plus.visualize import write_run_visualizations
+
+    write_archives(cfg, fingerprints, split, result, evaluate=evaluate)
+    if cfg.visualize.enabled:
+        write_run_visualizations(cfg, fingerprints, split, result.evaluations)
 
 
 # ----------------------------------------------------------------------------- archives
 
 
 def write_archives(
-    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: MevisSplit,
+    result: RunResult,
+    *,
+    evaluate: bool = True,
 ) -> None:
-    """(Re)write every archive whose stage records are all finished and newer than it."""
+    """(Re)write every archive whose stage records are all finished and newer than it; score
+    them when ``evaluate`` and the split has ground truth."""
     work_dir = Path(cfg.work_dir)
     submission_dir = Path(cfg.submission_dir)
     expected = {
@@ -238,7 +312,7 @@ def write_archives(
             continue
         path = submission_dir / name
         records = [im.stage_path(work_dir, stage, vid) for vid in split.video_ids]
-        if archive_is_current(path, records):
+        if archive_is_current(path, records, fingerprints[stage]):
             logger.info("%s is up to date", path)
         else:
             write_archive(
@@ -247,9 +321,10 @@ def write_archives(
                 expected,
                 compress_level=cfg.archive.png_compress_level,
                 jobs=cfg.archive.jobs,
+                stamp=archive_stamp(stage, fingerprints[stage]),
             )
         result.archives[name] = path
-    if cfg.evaluation.enabled and split.has_ground_truth and result.archives:
+    if evaluate and cfg.evaluation.enabled and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
             scores = evaluate_archive(path, split.root, jobs=cfg.evaluation.jobs)
             result.scores[name] = {"J": scores.j, "F": scores.f, "J&F": scores.jf}
@@ -272,18 +347,33 @@ def fusion_decisions(
 
 
 def write_report(
-    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: MevisSplit,
+    result: RunResult,
+    *,
+    status: str = "ok",
+    error: str = "",
 ) -> Path:
-    """``work_dir/report.json``: per-stage outcome, fusion decisions, archives and scores."""
+    """``work_dir/report.json``: how the run ended, per-stage outcome, fusion decisions,
+    archives and scores."""
     work_dir = Path(cfg.work_dir)
     report = {
         "name": cfg.name,
+        "status": status,
+        "error": error,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "data_root": str(split.root),
         "stages": {
             str(stage): {
                 "done": len(summary.done),
                 "failed": [
-                    {"video_id": f.video_id, "device": f.device, "error": f.message}
+                    {
+                        "video_id": f.video_id,
+                        "device": f.device,
+                        "error": f.error,
+                        "traceback": f.details,
+                    }
                     for f in summary.failures
                 ],
             }

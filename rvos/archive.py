@@ -12,10 +12,12 @@ is never presented as complete.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -83,6 +85,7 @@ def write_archive(
     compress_level: int = 1,
     jobs: int = -1,
     desc: str | None = None,
+    stamp: Mapping[str, Any] | None = None,
 ) -> int:
     """Write a MeViS archive atomically.
 
@@ -94,6 +97,8 @@ def write_archive(
             (usually every video and expression of ``meta_expressions.json``).
         compress_level: PNG zlib level.
         jobs: joblib processes encoding PNGs.
+        stamp: JSON-ready facts to keep in the zip's comment (e.g. the fingerprint of the
+            configuration that made the masks; :func:`read_stamp`).
     Returns:
         the number of PNG entries written.
     """
@@ -107,5 +112,18 @@ def write_archive(
             for name, data in entries:
                 archive.writestr(name, data)
             count += len(entries)
+        if stamp is not None:
+            archive.comment = json.dumps(dict(stamp), sort_keys=True).encode()
     logger.info("wrote %s (%d masks)", path, count)
     return count
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp :func:`write_archive` kept in the zip's comment; ``None`` if there is none or the
+    file is not a readable zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            stamp = json.loads(archive.comment.decode() or "null")
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return stamp if isinstance(stamp, dict) else None

@@ -133,12 +133,18 @@ def read_split(data_root: str | Path) -> tuple[MevisSplit, dict[str, list]]:
 
 
 class PredictionArchive:
-    """Read access to ``<video_id>/<exp_id>/<frame_name>.png`` in a zip file or a folder."""
+    """Read access to ``<video_id>/<exp_id>/<frame_name>.png`` in a zip file or a folder.
+
+    :meth:`step_into_wrapper` handles the common mistake of an archive whose masks sit in one
+    wrapper folder (``Annotations/<video_id>/...``) instead of at the top level.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.prefix = ""  # the wrapper folder stepped into, with a trailing "/"
         self._zip: zipfile.ZipFile | None = None
         self._index: dict[tuple[str, str], set[str]] = {}
+        self._zip_videos: set[str] = set()
         if self.path.is_dir():
             return
         if not self.path.exists():
@@ -146,12 +152,19 @@ class PredictionArchive:
         if not zipfile.is_zipfile(self.path):
             raise ValueError(f"prediction {self.path} is neither a folder nor a zip file")
         self._zip = zipfile.ZipFile(self.path)
-        self._zip_videos: set[str] = set()
+        self._build_index()
+
+    def _build_index(self) -> None:
+        """Index the zip's ``video/``, ``video/exp/`` and ``video/exp/file`` entries (under the
+        prefix)."""
+        self._index.clear()
+        self._zip_videos.clear()
+        assert self._zip is not None
         for name in self._zip.namelist():
-            self._add_to_index(name.split("/"))
+            if name.startswith(self.prefix):
+                self._add_to_index(name[len(self.prefix) :].split("/"))
 
     def _add_to_index(self, parts: list[str]) -> None:
-        """Record ``video/``, ``video/exp/`` and ``video/exp/file`` zip entries."""
         if len(parts) < 2 or not parts[0]:
             return
         self._zip_videos.add(parts[0])
@@ -160,6 +173,28 @@ class PredictionArchive:
         files = self._index.setdefault((parts[0], parts[1]), set())
         if len(parts) == 3 and parts[2]:
             files.add(parts[2])
+
+    def top_level(self) -> set[str]:
+        """The folder names at the top level (under the prefix)."""
+        if self._zip is not None:
+            return set(self._zip_videos)
+        return {entry.name for entry in os.scandir(self.path) if entry.is_dir()}
+
+    def step_into_wrapper(self, video_ids: Sequence[str]) -> str | None:
+        """When no video of ``video_ids`` is at the top level but one single folder holds some,
+        read from inside that folder; returns its name (``None``: nothing changed)."""
+        top = self.top_level()
+        if top & set(video_ids) or len(top) != 1:
+            return None
+        (wrapper,) = top
+        if self._zip is not None:
+            self.prefix = f"{wrapper}/"
+            self._build_index()
+        else:
+            self.path = self.path / wrapper
+        if not self.top_level() & set(video_ids):
+            return None
+        return wrapper
 
     def close(self) -> None:
         if self._zip is not None:
@@ -187,7 +222,7 @@ class PredictionArchive:
 
     def read(self, video_id: str, exp_id: str, file_name: str) -> bytes:
         if self._zip is not None:
-            return self._zip.read(f"{video_id}/{exp_id}/{file_name}")
+            return self._zip.read(f"{self.prefix}{video_id}/{exp_id}/{file_name}")
         return (self.path / video_id / exp_id / file_name).read_bytes()
 
 
@@ -337,16 +372,27 @@ def evaluate_archive(
         progress: show a tqdm progress bar over expressions.
     Raises:
         FileNotFoundError: ``pred`` is missing.
-        DataError: ``meta_expressions.json`` or ``mask_dict.json`` is missing or inconsistent.
+        DataError: ``meta_expressions.json`` or ``mask_dict.json`` is missing or inconsistent,
+            or no video of the split is in ``pred`` (a wrapper folder is stepped into).
         ValueError: an unreadable or mis-sized prediction PNG (the message names it).
     """
     split, mask_dict = read_split(data_root)
     with PredictionArchive(pred) as archive:
-        plan = _plan(split, mask_dict, archive)
-        if all(item.status == "missing_video" for item in plan):
+        wrapper = archive.step_into_wrapper(split.video_ids)
+        if wrapper is not None:
             logger.warning(
-                "no video of the split is at the top level of %s (wrapper folder?)", pred
+                "%s keeps its masks in a wrapper folder %r: evaluating inside it (the MeViS "
+                "server wants <video>/<exp_id>/<frame>.png at the top level)",
+                pred,
+                wrapper,
             )
+        if not any(archive.has_video(video_id) for video_id in split.video_ids):
+            raise DataError(
+                f"no video of the split {split.root} is in {pred} (found "
+                f"{sorted(archive.top_level())[:5]}): is --data-root the split these "
+                "predictions were made for?"
+            )
+        plan = _plan(split, mask_dict, archive)
         todo = [item for item in plan if item.status == "ok"]
         tasks = (
             delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th) for item in todo
