@@ -95,8 +95,6 @@ def run_command(argv: Sequence[str]) -> int:
     details = f" (details: {log_file})" if log_file else ""
     logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
     # The stages' code loads only once the configuration is known to be good.
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from referdino_plus import pipeline
     from referdino_plus.preflight import PreflightError
     from rvos.checkpoints import CheckpointError
@@ -116,10 +114,7 @@ def run_command(argv: Sequence[str]) -> int:
         OSError,
     )
     try:
-        with logging_redirect_tqdm():
-            result = pipeline.run(
-                cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
-            )
+        result = pipeline.run(cfg, stages=args.stages, devices=devices, overwrite=args.overwrite)
     except KeyboardInterrupt:
         logger.error("interrupted; finished videos are kept: rerun the same command to go on")
         return 130

@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions, load_config
 from referdino_plus.runtime import gpu_count, select_devices, setup_logging
@@ -136,19 +135,19 @@ def check_sentences(texts: Sequence[str]) -> list[str]:
     return sentences
 
 
-def check_checkpoints(cfg: PipelineConfig) -> None:
-    """Fail before any decoding when a model checkpoint is missing.
+def check_models(cfg: PipelineConfig) -> None:
+    """Fail before any decoding when a model file is missing or unusable (as a pipeline run's
+    preflight does).
 
     Raises:
-        DemoError: naming the key, the path and ``download_ckpts.sh``.
+        DemoError: one line naming every problem (a missing checkpoint names
+            ``download_ckpts.sh``).
     """
-    for key, options in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
-        path = Path(options.checkpoint)
-        if not path.is_file():
-            raise DemoError(
-                f"{key}.checkpoint={path}: checkpoint not found; run `bash download_ckpts.sh` "
-                f"(see README) or point {key}.checkpoint= at your file"
-            )
+    from referdino_plus.preflight import model_problems
+
+    problems = model_problems(cfg, stages=(1, 2))
+    if problems:
+        raise DemoError("; ".join(problems))
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -361,40 +360,39 @@ def run_demo(args: argparse.Namespace) -> Path:
         (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
     except (ConfigError, ValueError) as err:
         raise DemoError(str(err), EXIT_USAGE) from None
-    check_checkpoints(cfg)
+    check_models(cfg)
     bind_device(device)
-    with logging_redirect_tqdm():
-        try:
-            clip = load_clip(
-                args.video,
-                frame_step=args.frame_step,
-                max_frames=args.max_frames,
-                folder_fps=cfg.demo.fps,
-            )
-        except VideoError as err:
-            raise DemoError(f"--video {err}") from None
-        height, width = clip.size
-        logger.info(
-            "%d frame(s) of %dx%d from %s; %d sentence(s) on %s",
-            len(clip.frames),
-            width,
-            height,
-            clip.source,
-            len(sentences),
-            device,
+    try:
+        clip = load_clip(
+            args.video,
+            frame_step=args.frame_step,
+            max_frames=args.max_frames,
+            folder_fps=cfg.demo.fps,
         )
-        records = segment(clip, sentences, cfg, device)
-        summary = summarize(clip, sentences, records, cfg, device, args.frame_step)
-        for entry in summary["sentences"]:
-            if not entry["kept_queries"]:
-                logger.warning(
-                    "sentence %d (%r): no query scored above stage2.score_threshold; its masks "
-                    "are empty",
-                    entry["index"],
-                    entry["text"],
-                )
-        write_outputs(out_dir, clip, sentences, records[2], visual=cfg.visualize, crf=cfg.demo.crf)
-        write_summary(out_dir / "summary.json", summary)
+    except VideoError as err:
+        raise DemoError(f"--video {err}") from None
+    height, width = clip.size
+    logger.info(
+        "%d frame(s) of %dx%d from %s; %d sentence(s) on %s",
+        len(clip.frames),
+        width,
+        height,
+        clip.source,
+        len(sentences),
+        device,
+    )
+    records = segment(clip, sentences, cfg, device)
+    summary = summarize(clip, sentences, records, cfg, device, args.frame_step)
+    for entry in summary["sentences"]:
+        if not entry["kept_queries"]:
+            logger.warning(
+                "sentence %d (%r): no query scored above stage2.score_threshold; its masks "
+                "are empty",
+                entry["index"],
+                entry["text"],
+            )
+    write_outputs(out_dir, clip, sentences, records[2], visual=cfg.visualize, crf=cfg.demo.crf)
+    write_summary(out_dir / "summary.json", summary)
     return out_dir
 
 

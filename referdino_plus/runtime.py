@@ -13,6 +13,18 @@ OWN_LOGGERS = ("referdino_plus", "rvos", "stage1_referdino", "stage2_sam2_refine
 LOG_DIR = "logs"  # in work_dir
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr, written through ``tqdm.write`` so that records print between progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
+
+
 class _OwnDebug(logging.Filter):
     """DEBUG records of our own packages, and everything from INFO up."""
 
@@ -25,7 +37,7 @@ def setup_logging(quiet: bool = False) -> None:
     ``UserWarning``) go through logging too, so they print between progress bars, not in them."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler()
+    console = _ConsoleHandler()
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
     root.addHandler(console)

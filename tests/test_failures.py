@@ -352,9 +352,11 @@ def test_garbage_checkpoint_is_one_line(run_cli, split, tmp_path, tiny_model_ove
 
 
 def test_make_test_sets_up_a_fresh_clone_first(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     proc = subprocess.run(
-        ["make", "-n", "test", f"VENV={tmp_path / 'venv'}"],
+        ["make", "--no-print-directory", "-n", "test", f"VENV={tmp_path / 'venv'}"],
         cwd=PROJECT_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
