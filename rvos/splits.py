@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -410,8 +409,3 @@ class Split:
             raise DataError(f"layout {self.layout.name!r} has no indexed-PNG ground truth")
         folder = self.root / self.layout.annotations_dir / video_id
         return [folder / f"{name}.png" for name in self.videos[video_id].frame_names]
-
-
-def annotator_groups(videos: Mapping[str, Video]) -> dict[str, dict[int, list[str]]]:
-    """``{video_id: {annotator: [exp_id in obj_idx order]}}`` of every video."""
-    return {vid: video.annotator_groups() for vid, video in videos.items()}
