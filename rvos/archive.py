@@ -163,20 +163,12 @@ class ArchiveWriter(Protocol):
 
 
 MEVIS_WRITER = ExpressionPngs(prefix="")
-# data.archive -> (the split's videos -> writer). Add an entry (or call register_archive_writer)
-# for another benchmark's member layout.
+# data.archive -> (the split's videos -> writer). Add an entry for another benchmark's members.
 ARCHIVE_WRITERS: dict[str, Callable[[Mapping[str, Video]], ArchiveWriter]] = {
     "mevis": lambda videos: MEVIS_WRITER,
     "ref_youtube_vos": lambda videos: ExpressionPngs(prefix="Annotations/"),
     "ref_davis17": AnnotatorLabelPngs.for_videos,
 }
-
-
-def register_archive_writer(
-    name: str, build: Callable[[Mapping[str, Video]], ArchiveWriter]
-) -> None:
-    """Make a writer selectable as ``data.archive=<name>``; ``build`` gets the split's videos."""
-    ARCHIVE_WRITERS[name] = build
 
 
 def build_archive_writer(name: str, videos: Mapping[str, Video]) -> ArchiveWriter:

@@ -529,17 +529,12 @@ def _evaluate_davis17(pred: str | Path, split: Split, **kwargs: Any) -> Benchmar
 
 # (pred, split, *, jobs, bound_th, progress) -> result
 Metric = Callable[..., BenchmarkResult]
-# data.metric -> metric. Add an entry (or call register_metric) for another benchmark's metric.
+# data.metric -> metric. Add an entry for another benchmark's metric.
 METRICS: dict[str, Metric] = {
     "mevis": evaluate_mevis,
     "mevis_v2": evaluate_mevis_v2,
     "davis17": _evaluate_davis17,
 }
-
-
-def register_metric(name: str, metric: Metric) -> None:
-    """Make ``metric`` selectable as ``data.metric=<name>``."""
-    METRICS[name] = metric
 
 
 def get_metric(name: str) -> Metric:

@@ -90,7 +90,7 @@ class AnswerRule:
 
 
 THRESHOLD_OR_TOP1 = "threshold_or_top1"
-# data.answer -> rule. Add an entry (or call register_answer_rule) for another benchmark's rule.
+# data.answer -> rule. Add an entry for another benchmark's rule.
 ANSWER_RULES: dict[str, AnswerRule] = {
     rule.name: rule
     for rule in (
@@ -100,12 +100,6 @@ ANSWER_RULES: dict[str, AnswerRule] = {
         AnswerRule("top1_per_annotator", top1_query_ids, annotator_argmax=True),
     )
 }
-
-
-def register_answer_rule(rule: AnswerRule) -> AnswerRule:
-    """Make ``rule`` selectable as ``data.answer=<rule.name>``."""
-    ANSWER_RULES[rule.name] = rule
-    return rule
 
 
 def get_answer_rule(name: str) -> AnswerRule:

@@ -152,16 +152,10 @@ REF_DAVIS17_LAYOUT = SplitLayout(
     annotators=4,
 )
 
-# data.layout -> layout. Add an entry (or call register_layout) for another benchmark's files.
+# data.layout -> layout. Add an entry for another benchmark's files.
 SPLIT_LAYOUTS: dict[str, SplitLayout] = {
     layout.name: layout for layout in (MEVIS_LAYOUT, REF_YOUTUBE_VOS_LAYOUT, REF_DAVIS17_LAYOUT)
 }
-
-
-def register_layout(layout: SplitLayout) -> SplitLayout:
-    """Make ``layout`` selectable as ``data.layout=<layout.name>``."""
-    SPLIT_LAYOUTS[layout.name] = layout
-    return layout
 
 
 def get_layout(name: str) -> SplitLayout:
