@@ -88,7 +88,7 @@ def test_ref_youtube_vos_valid(run_cli, tiny_model_overrides, tmp_path):
 
 
 def test_ref_davis17_valid(run_cli, tiny_model_overrides, tmp_path):
-    frames = ["00000", "00001", "00002"]
+    frames = ["00000", "00001"]
     labels = np.zeros((len(frames), *SIZE), dtype=np.uint8)
     labels[:, 4:20, 6:26] = 1
     labels[:, 24:44, 36:60] = 2
