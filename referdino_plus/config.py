@@ -67,6 +67,7 @@ class DataOptions:
     metric: str | None
 
     def __post_init__(self) -> None:
+        # The registries live with their code (archives, metrics): loaded when a config is built.
         from rvos.archive import ARCHIVE_WRITERS
         from rvos.evaluation import METRICS
         from rvos.proposals import ANSWER_RULES
