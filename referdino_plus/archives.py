@@ -30,7 +30,7 @@ def archive_masks(
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """Frame names and ``{exp_id: [T, H, W] bool}`` of one video for an archive.
 
-    Stage 1: ReferDINO's own answer (``stage1.obj_threshold`` rule); stage 2: the union of the
+    Stage 1: ReferDINO's own answer (the ``data.answer`` rule); stage 2: the union of the
     SAM 2 objects (empty when no query was kept); stage 3: the fused masks.
     """
     path = im.stage_path(work_dir, stage, video_id)

@@ -28,7 +28,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rvos.options import OptionError, check_range
+from rvos.options import OptionError, check_range, check_registered
 from stage1_referdino.options import Stage1Options
 from stage2_sam2_refine.options import Stage2Options
 from stage3_fusion.options import FusionOptions
@@ -45,12 +45,38 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataOptions:
-    """The ``data`` section: which split to run on (``configs/data/``)."""
+    """The ``data`` section: which benchmark split to run on (``configs/data/<name>.yaml``).
+
+    Attributes:
+        root: the split's folder.
+        validate_frames: check every listed frame before starting.
+        layout: how the split's files are laid out (:data:`rvos.splits.SPLIT_LAYOUTS`).
+        answer: the stage-1 answer rule of ``stage1.zip`` (:data:`rvos.proposals.ANSWER_RULES`).
+        archive: the archives' member layout (:data:`rvos.archive.ARCHIVE_WRITERS`).
+        metric: how archives are scored when the split has ground truth
+            (:data:`rvos.evaluation.METRICS`); ``None``: never scored locally.
+    """
 
     SECTION = "data"
 
     root: str
     validate_frames: bool
+    layout: str
+    answer: str
+    archive: str
+    metric: str | None
+
+    def __post_init__(self) -> None:
+        # The registries live with their code (archives, metrics): loaded when a config is built.
+        from rvos.archive import ARCHIVE_WRITERS
+        from rvos.evaluation import METRICS
+        from rvos.proposals import ANSWER_RULES
+        from rvos.splits import SPLIT_LAYOUTS
+
+        check_registered(self, "layout", SPLIT_LAYOUTS)
+        check_registered(self, "answer", ANSWER_RULES)
+        check_registered(self, "archive", ARCHIVE_WRITERS)
+        check_registered(self, "metric", METRICS)
 
 
 @dataclass

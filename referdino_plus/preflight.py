@@ -19,7 +19,8 @@ from pathlib import Path
 from referdino_plus.config import PipelineConfig
 from rvos.checkpoints import checkpoint_problem
 from rvos.frames import check_frames
-from rvos.mevis import MASK_FILE, DataError, MevisSplit
+from rvos.mevis import DataError
+from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def space_problem(folder: Path, key: str, needed: int) -> str | None:
     return None
 
 
-def archive_bytes(split: MevisSplit, sizes: dict[str, tuple[int, int]]) -> int:
+def archive_bytes(split: Split, sizes: dict[str, tuple[int, int]]) -> int:
     """Rough size of the three archives: a PNG per frame and expression of every video."""
     total = 0.0
     for video_id, video in split.videos.items():
@@ -132,7 +133,7 @@ def archive_bytes(split: MevisSplit, sizes: dict[str, tuple[int, int]]) -> int:
     return int(total * ARCHIVE_COUNT)
 
 
-def ground_truth_gaps(split: MevisSplit) -> list[str]:
+def ground_truth_gaps(split: Split) -> list[str]:
     """Expressions whose ``anno_id`` masks are missing from ``mask_dict.json`` (or of the wrong
     length); the first few named."""
     try:
@@ -152,7 +153,7 @@ def ground_truth_gaps(split: MevisSplit) -> list[str]:
     return gaps
 
 
-def preflight(cfg: PipelineConfig, split: MevisSplit, stages: Sequence[int]) -> Preflight:
+def preflight(cfg: PipelineConfig, split: Split, stages: Sequence[int]) -> Preflight:
     """Check everything the run needs before any model loads.
 
     Raises:
@@ -179,13 +180,13 @@ def preflight(cfg: PipelineConfig, split: MevisSplit, stages: Sequence[int]) -> 
     if problems:
         raise PreflightError(problems)
     result = Preflight()
-    if cfg.evaluation.enabled and split.has_ground_truth:
+    if cfg.evaluation.enabled and split.has_ground_truth and split.layout.mask_file:
         gaps = ground_truth_gaps(split)
         if gaps:
             result.evaluate = False
             named = ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")
             result.warnings.append(
-                f"{split.root / MASK_FILE} does not cover {len(gaps)} expression(s) ({named}): "
+                f"{split.ground_truth_path} does not cover {len(gaps)} expression(s) ({named}): "
                 "the archives are written but not evaluated"
             )
     for warning in result.warnings:

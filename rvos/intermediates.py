@@ -254,8 +254,9 @@ class ExpressionProposals:
         masks: ``[T, K, H, W]`` binary masks at frame size (``upsample(logits) > 0``).
         query_ids: ``[K] int64`` the model's query id of each column (ascending; all ``N`` queries
             unless ``stage1.top_k``).
-        answer: ``[T, H, W]`` the stage-1 answer: union of the queries whose mean score exceeds
-            ``stage1.obj_threshold`` (top-1 if none), over *all* queries, as ReferDINO's MeViS
+        answer: ``[T, H, W]`` the stage-1 answer, chosen over *all* queries by the benchmark's
+            rule (``data.answer``, :mod:`rvos.proposals`); MeViS: the union of the queries whose
+            mean score exceeds ``stage1.obj_threshold`` (top-1 if none), as ReferDINO's MeViS
             inference script computes it.
     """
 

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from rvos import intermediates as im
 from rvos.masks import RunLengthMasks
-from rvos.mevis import MevisSplit
 from rvos.proposals import Stage1Records
+from rvos.splits import Split
 from rvos.workers import VideoProcessor
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.predictor import Frame
@@ -34,6 +34,7 @@ class Stage2Job:
 
     Attributes:
         data_root: the split.
+        layout: its layout (``data.layout``).
         work_dir: where stage-2 records go (``work_dir/stage2/<video>.npz``).
         fingerprint: the configuration fingerprint the records carry.
         stage1: where the stage-1 records come from.
@@ -41,6 +42,7 @@ class Stage2Job:
     """
 
     data_root: Path
+    layout: str
     work_dir: Path
     fingerprint: str
     stage1: Stage1Records
@@ -93,7 +95,7 @@ def stage2_record(
 def build_video_processor(job: Stage2Job, device: str) -> VideoProcessor:
     """Worker entry point (see :mod:`rvos.workers`): SAM 2 loads once, then one call per video."""
     refiner = build_refiner(job.options, device=device)
-    split = MevisSplit(job.data_root)
+    split = Split(job.data_root, job.layout)
 
     def process(video_id: str) -> None:
         stage1 = job.stage1.load(split, video_id)
