@@ -64,6 +64,27 @@ class RunLengthMasks:
         return cls(shape=shape, counts=counts, offsets=offsets)
 
     @classmethod
+    def encode_tensor(cls, masks) -> RunLengthMasks:
+        """Encode a torch tensor ``masks: [*lead, H, W] bool`` where it lives (e.g. on a GPU).
+
+        The run boundaries are found on the tensor's device; only their positions come back to
+        the host (a few hundred integers per mask instead of ``H * W`` booleans). The runs equal
+        :meth:`encode`'s of the same masks.
+        """
+        if masks.dim() < 2:
+            raise ValueError(f"masks need at least 2 dimensions, got shape {tuple(masks.shape)}")
+        shape = tuple(int(s) for s in masks.shape)
+        length = shape[-2] * shape[-1]
+        flat = masks.reshape(-1, length).bool()
+        padded = flat.new_zeros((flat.shape[0], length + 1))
+        padded[:, 1:] = flat
+        rows, positions = (padded[:, 1:] != padded[:, :-1]).nonzero(as_tuple=True)
+        counts, offsets = _runs_from_boundaries(
+            rows.cpu().numpy(), positions.cpu().numpy(), flat.shape[0], length
+        )
+        return cls(shape=shape, counts=counts, offsets=offsets)
+
+    @classmethod
     def concatenate(cls, parts: Sequence[RunLengthMasks]) -> RunLengthMasks:
         """Stack ``parts`` along the first axis (all must share the trailing shape)."""
         if not parts:
@@ -137,6 +158,21 @@ def _encode_rows(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     padded = np.zeros((num_rows, length + 1), dtype=bool)
     padded[:, 1:] = flat
     rows, positions = np.nonzero(padded[:, 1:] != padded[:, :-1])
+    return _runs_from_boundaries(rows, positions, num_rows, length)
+
+
+def _runs_from_boundaries(
+    rows: np.ndarray, positions: np.ndarray, num_rows: int, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run lengths from the boundaries of ``num_rows`` masks of ``length`` pixels.
+
+    Args:
+        rows, positions: ``[B] int64`` each boundary's mask and the pixel where a new run starts
+            (the pixel differs from the one before it; before pixel 0 lies background), sorted
+            by mask, then position (what ``nonzero`` of a ``[num_rows, length]`` array gives).
+    Returns:
+        ``(counts [R] uint32, offsets [num_rows + 1] int64)``, as :class:`RunLengthMasks` keeps them.
+    """
     per_row = np.bincount(rows, minlength=num_rows)
     ends_at = np.cumsum(per_row)
     positions = np.insert(positions, ends_at, length)

@@ -146,20 +146,34 @@ def kept_query_ids(scores: np.ndarray, top_k: int | None) -> np.ndarray:
 def proposals_from_outputs(
     scores: np.ndarray,
     boxes: np.ndarray,
-    mask_logits: np.ndarray,
+    mask_logits,
     frame_size: tuple[int, int],
     *,
     top_k: int | None,
     obj_threshold: float,
     answer: str = THRESHOLD_OR_TOP1,
     frames_per_chunk: int = 8,
+    on_device: bool | None = None,
 ) -> ExpressionProposals:
     """Build one expression's stage-1 record from the model outputs.
+
+    The masks are ``interpolate(mask_logits, frame_size, bilinear) > 0``, run-length encoded, a
+    few frames at a time. Two ways compute them:
+
+    - on the host (CPU tensors and numpy arrays): upsampled in torch on the CPU, encoded in numpy;
+    - on the device (``on_device``; by default when ``mask_logits`` is a tensor on a GPU): upsampled,
+      thresholded and run-length encoded where the logits are, so that only the run boundaries
+      come back to the host (:meth:`RunLengthMasks.encode_tensor`).
+
+    Both encode the same runs of the same binary masks. The binary masks themselves can differ
+    between devices only where an upsampled logit is within float rounding of 0 (a GPU's
+    bilinear kernel may round a weighted sum differently from the CPU's); on the CPU both ways
+    give identical masks.
 
     Args:
         scores: ``[T, N] float32`` sigmoid scores.
         boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)``.
-        mask_logits: ``[T, N, h, w]`` mask logits.
+        mask_logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor on any device).
         frame_size: ``(H, W)`` original frame size.
         top_k: queries kept in the record (``None``: all); see :func:`kept_query_ids`.
         obj_threshold: threshold of the stage-1 answer rule.
@@ -167,6 +181,7 @@ def proposals_from_outputs(
             chosen queries' masks (a rule with ``annotator_argmax`` is finished per video by
             :func:`apply_annotator_argmax`).
         frames_per_chunk: frames upsampled and encoded at a time (bounds memory).
+        on_device: force (True) or refuse (False) the device way; ``None``: a GPU tensor only.
     """
     kept = kept_query_ids(scores, top_k)
     chosen = get_answer_rule(answer).select(scores, obj_threshold)
@@ -174,6 +189,43 @@ def proposals_from_outputs(
     column = {int(q): i for i, q in enumerate(needed)}
     kept_cols = [column[int(q)] for q in kept]
     answer_cols = [column[int(q)] for q in chosen]
+    if on_device is None:
+        on_device = _is_gpu_tensor(mask_logits)
+    if on_device:
+        masks, answer_masks = _encode_on_device(
+            mask_logits, needed, kept_cols, answer_cols, frame_size, frames_per_chunk
+        )
+    else:
+        masks, answer_masks = _encode_on_host(
+            mask_logits, needed, kept_cols, answer_cols, frame_size, frames_per_chunk
+        )
+    return ExpressionProposals(
+        scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
+        boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
+        masks=masks,
+        query_ids=kept,
+        answer=answer_masks,
+    )
+
+
+def _is_gpu_tensor(value) -> bool:
+    """Whether ``value`` is a torch tensor on a device other than the CPU (no torch import)."""
+    device = getattr(value, "device", None)
+    return device is not None and getattr(device, "type", "cpu") != "cpu"
+
+
+def _encode_on_host(
+    mask_logits,
+    needed: np.ndarray,
+    kept_cols: list[int],
+    answer_cols: list[int],
+    frame_size: tuple[int, int],
+    frames_per_chunk: int,
+) -> tuple[RunLengthMasks, RunLengthMasks]:
+    """Kept queries' masks ``[T, K, H, W]`` and the answer's union ``[T, H, W]``, run-length
+    encoded on the host from ``mask_logits: [T, N, h, w]`` (numpy or CPU tensor)."""
+    if hasattr(mask_logits, "cpu"):  # a torch tensor, possibly on a GPU
+        mask_logits = mask_logits.cpu()
     logits = np.asarray(mask_logits)[:, needed]
     kept_parts, answer_parts = [], []
     # A few frames at a time: full-size masks of a long video do not fit in memory at once.
@@ -181,23 +233,45 @@ def proposals_from_outputs(
         binary = upsample_mask_logits(logits[start : start + frames_per_chunk], frame_size)
         kept_parts.append(RunLengthMasks.encode(binary[:, kept_cols]))
         answer_parts.append(RunLengthMasks.encode(binary[:, answer_cols].any(axis=1)))
-    return ExpressionProposals(
-        scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
-        boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
-        masks=RunLengthMasks.concatenate(kept_parts),
-        query_ids=kept,
-        answer=RunLengthMasks.concatenate(answer_parts),
-    )
+    return RunLengthMasks.concatenate(kept_parts), RunLengthMasks.concatenate(answer_parts)
+
+
+def _encode_on_device(
+    mask_logits,
+    needed: np.ndarray,
+    kept_cols: list[int],
+    answer_cols: list[int],
+    frame_size: tuple[int, int],
+    frames_per_chunk: int,
+) -> tuple[RunLengthMasks, RunLengthMasks]:
+    """As :func:`_encode_on_host`, computed where the tensor ``mask_logits`` lives; only run
+    boundaries are copied to the host."""
+    import torch  # the data layer imports torch only where it computes with it
+    import torch.nn.functional as F
+
+    logits = torch.as_tensor(mask_logits)
+    index = torch.as_tensor(needed, dtype=torch.long, device=logits.device)
+    kept_index = torch.as_tensor(kept_cols, dtype=torch.long, device=logits.device)
+    answer_index = torch.as_tensor(answer_cols, dtype=torch.long, device=logits.device)
+    kept_parts, answer_parts = [], []
+    with torch.inference_mode():
+        for start in range(0, logits.shape[0], frames_per_chunk):
+            chunk = logits[start : start + frames_per_chunk].index_select(1, index).float()
+            binary = F.interpolate(chunk, size=frame_size, mode="bilinear", align_corners=False) > 0
+            kept_parts.append(RunLengthMasks.encode_tensor(binary.index_select(1, kept_index)))
+            answer = binary.index_select(1, answer_index).any(dim=1)
+            answer_parts.append(RunLengthMasks.encode_tensor(answer))
+    return RunLengthMasks.concatenate(kept_parts), RunLengthMasks.concatenate(answer_parts)
 
 
 def answer_logits(
-    scores: np.ndarray, mask_logits: np.ndarray, *, answer: str, obj_threshold: float
+    scores: np.ndarray, mask_logits, *, answer: str, obj_threshold: float
 ) -> np.ndarray | None:
     """The mask logits :func:`apply_annotator_argmax` needs from one expression, or ``None``.
 
     Args:
         scores: ``[T, N]`` sigmoid scores.
-        mask_logits: ``[T, N, h, w]`` mask logits.
+        mask_logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor on any device).
     Returns:
         ``[T, h, w] float32`` logits of the answer's query when the rule merges annotators;
         ``None`` for other rules (nothing to keep).
@@ -210,7 +284,10 @@ def answer_logits(
         raise ValueError(
             f"answer rule {answer!r} merges annotators but chose {chosen.size} queries"
         )
-    return np.asarray(mask_logits[:, int(chosen[0])], dtype=np.float32)
+    logits = mask_logits[:, int(chosen[0])]
+    if hasattr(logits, "cpu"):  # a torch tensor, possibly on a GPU
+        logits = logits.cpu()
+    return np.asarray(logits, dtype=np.float32)
 
 
 def annotator_argmax(

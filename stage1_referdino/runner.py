@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +60,26 @@ class Stage1Job:
 
 @dataclass
 class RawOutputs:
-    """ReferDINO's outputs for one expression, on the CPU.
+    """ReferDINO's outputs for one expression.
 
     Attributes:
-        scores: ``[T, Q] float32`` sigmoid of the query logits.
-        boxes: ``[T, Q, 4] float32`` normalised ``(cx, cy, w, h)``.
-        mask_logits: ``[T, Q, h, w] float32`` at stride 4 of the network input.
+        scores: ``[T, Q] float32`` sigmoid of the query logits, on the CPU.
+        boxes: ``[T, Q, 4] float32`` normalised ``(cx, cy, w, h)``, on the CPU.
+        mask_logits: ``[T, Q, h, w] float32`` tensor at stride 4 of the network input, on the
+            model's device (the record's masks are made there: :func:`proposals_from_outputs`).
     """
 
     scores: np.ndarray
     boxes: np.ndarray
-    mask_logits: np.ndarray
+    mask_logits: torch.Tensor
+
+    def legacy_arrays(self) -> dict[str, np.ndarray]:
+        """The ReferDINO-Plus ``.npz`` entry of the expression (scores, boxes, mask logits)."""
+        return {
+            "scores": self.scores,
+            "boxes": self.boxes,
+            "masks": self.mask_logits.cpu().numpy(),
+        }
 
 
 def run_expressions(
@@ -100,7 +110,7 @@ def run_expressions(
             RawOutputs(
                 scores=out["pred_logits"][..., 0].sigmoid().cpu().numpy(),
                 boxes=out["pred_boxes"].cpu().numpy(),
-                mask_logits=out["pred_masks"].cpu().numpy(),
+                mask_logits=out["pred_masks"],
             ),
         )
 
@@ -131,6 +141,10 @@ def stage1_record(
 ) -> im.Stage1Video:
     """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
 
+    On a GPU, each sentence's masks are upsampled, thresholded and run-length encoded on the GPU
+    (only run lengths come back), in a background thread while the model runs the next sentence;
+    on the CPU, in line, as before (:func:`proposals_from_outputs`).
+
     Args:
         images: the video's RGB frames, in the order of ``frame_names``.
         sentences: ``exp_id -> sentence``.
@@ -147,7 +161,19 @@ def stage1_record(
     height, width = images[0].height, images[0].width
     record = im.Stage1Video(video_id, list(frame_names), height, width)
     merge_logits: dict[str, np.ndarray] = {}
-    with torch.inference_mode():
+
+    def make_proposals(raw: RawOutputs) -> im.ExpressionProposals:
+        return proposals_from_outputs(
+            raw.scores,
+            raw.boxes,
+            raw.mask_logits,
+            (height, width),
+            top_k=options.top_k,
+            obj_threshold=options.obj_threshold,
+            answer=answer,
+        )
+
+    with torch.inference_mode(), MaskWriter(background=model.device.type == "cuda") as writer:
         outputs = run_expressions(
             model,
             images,
@@ -160,31 +186,71 @@ def stage1_record(
                 outputs, total=len(sentences), desc="stage 1 (ReferDINO)", unit="sentence"
             )
         for exp_id, raw in outputs:
-            record.expressions[exp_id] = proposals_from_outputs(
-                raw.scores,
-                raw.boxes,
-                raw.mask_logits,
-                (height, width),
-                top_k=options.top_k,
-                obj_threshold=options.obj_threshold,
-                answer=answer,
-            )
+            for done_id, proposals in writer.submit(exp_id, make_proposals, raw):
+                record.expressions[done_id] = proposals
             logits = answer_logits(
                 raw.scores, raw.mask_logits, answer=answer, obj_threshold=options.obj_threshold
             )
             if logits is not None:
                 merge_logits[exp_id] = logits
             if legacy is not None:
-                legacy.expressions[exp_id] = {
-                    "scores": raw.scores,
-                    "boxes": raw.boxes,
-                    "masks": raw.mask_logits,
-                }
+                legacy.expressions[exp_id] = raw.legacy_arrays()
+        for done_id, proposals in writer.finish():
+            record.expressions[done_id] = proposals
     if merge_logits:
         if video is None:
             raise ValueError(f"answer rule {answer!r} needs the split's video to merge annotators")
         apply_annotator_argmax(record, merge_logits, video)
     return record
+
+
+class MaskWriter:
+    """Makes each expression's record entry, in line or in one background thread.
+
+    In the background (as Cutie writes its results), the entry of expression ``i`` is made while
+    the caller computes expression ``i + 1``: :meth:`submit` returns the entries finished by then,
+    in submission order, and :meth:`finish` the rest. At most one entry is in flight, so at most
+    two expressions' outputs are held. An error in the thread is raised by the next call.
+
+    Args:
+        background: use a thread (on a GPU the masks are made on the device, so the thread mostly
+            waits for the device and for the run boundaries to arrive); ``False``: in line.
+    """
+
+    def __init__(self, *, background: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, "stage1-masks") if background else None
+        self._pending: tuple[str, Future] | None = None
+
+    def __enter__(self) -> MaskWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def submit(
+        self, exp_id: str, make: Callable[[RawOutputs], im.ExpressionProposals], raw: RawOutputs
+    ) -> list[tuple[str, im.ExpressionProposals]]:
+        """Start ``make(raw)`` for ``exp_id``; returns the entries finished before it."""
+        if self._pool is None:
+            return [(exp_id, make(raw))]
+        done = self.finish()
+        self._pending = (exp_id, self._pool.submit(_in_inference_mode, make, raw))
+        return done
+
+    def finish(self) -> list[tuple[str, im.ExpressionProposals]]:
+        """Wait for the entry in flight; returns it (or nothing)."""
+        if self._pending is None:
+            return []
+        exp_id, future = self._pending
+        self._pending = None
+        return [(exp_id, future.result())]
+
+
+def _in_inference_mode(make: Callable[[RawOutputs], im.ExpressionProposals], raw: RawOutputs):
+    """``make(raw)`` under ``torch.inference_mode`` (a thread does not inherit the caller's)."""
+    with torch.inference_mode():
+        return make(raw)
 
 
 def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
