@@ -10,8 +10,14 @@ CFLAG       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PIP_VERSION ?= 26.3
 # sam2's optional CUDA extension only fills small mask holes; 0 keeps the build portable.
 SAM2_BUILD_CUDA ?= 0
+# make wheelhouse: wheels for an offline GPU machine's Python (see benchmarks/wheelhouse.py).
+WHEELHOUSE     ?= wheelhouse
+PYTHON_VERSION ?= 3.12
+# make gpu-check: this project's .venv if there is one, else the machine's own Python (with its
+# PyTorch; the rest comes from $(WHEELHOUSE)).
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: setup test test-fast lint format bench clean
+.PHONY: setup test test-fast lint format bench wheelhouse gpu-check clean
 
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
 define SETUP
@@ -45,10 +51,18 @@ format:
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# Real-size models with random weights, CPU-sized clips (about 15 minutes on 2 cores).
 bench: $(PY)
-	$(PY) benchmarks/bench_stage1_backbone_reuse.py
-	$(PY) benchmarks/bench_stage1_backbone_reuse.py --backbone swin_B_384_22k
-	$(PY) benchmarks/bench_stage2_feature_reuse.py
+	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage1_backbone_reuse.py --frames 3 --expressions 6
+	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_l --frames 3 --objects 1,1,1,1
+	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_t --frames 3 --objects 1,1,1,1
+
+wheelhouse: $(PY)
+	$(PY) benchmarks/wheelhouse.py download --python-version $(PYTHON_VERSION) --dest $(WHEELHOUSE)
+
+# On a machine with a CUDA GPU: speed, agreement and fallbacks at real size (benchmarks/gpu_check.py).
+gpu-check:
+	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --wheelhouse $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,279 @@
+"""Real-size models with generated random weights, written as the released files are (no download).
+
+Used by the benchmarks and by ``gpu_check.py``. Every model goes through the loaders the pipeline
+uses for the released weights:
+
+- ReferDINO ``mevis_swinb`` (Swin-B, BERT-base, 900 queries): a ``{"model_state_dict": ...}``
+  checkpoint whose keys, shapes and dtypes are those of the released file (the manifest in
+  ``../shared/fixtures`` when present, else the architecture's own state dict, which
+  ``tests/test_stage1_checkpoints.py`` proves equal to it), and a BERT-base tokenizer folder
+  (``config.json`` + a generated ``vocab.txt`` of the same size as bert-base-uncased's), loaded
+  with :func:`stage1_referdino.load_referdino`, strictly;
+- SAM 2.1 ``t``/``s``/``b+``/``l`` at 1024 px: the installed ``sam2`` package's YAMLs,
+  randomly initialised, saved in SAM 2's checkpoint format (``{"model": state_dict}``) and loaded
+  with :func:`stage2_sam2_refine.build.build_sam2_predictor`.
+
+The weights are random, so the outputs mean nothing; the sizes, and so the time and memory, are
+those of the real models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+# Keys, shapes and dtypes of the released ReferDINO checkpoints, made with the original code.
+MANIFESTS = FIXTURES / "referdino_checkpoint_manifests.json"
+
+REFERDINO_MODEL = "mevis_swinb"  # the configuration ReferDINO-Plus runs (configs/referdino/)
+# SAM 2.1 models (stage2.model values) and the file names download_ckpts.sh gives their weights.
+SAM2_CHECKPOINT_NAMES = {
+    "sam2.1_hiera_t": "sam2.1_hiera_tiny.pt",
+    "sam2.1_hiera_s": "sam2.1_hiera_small.pt",
+    "sam2.1_hiera_b+": "sam2.1_hiera_base_plus.pt",
+    "sam2.1_hiera_l": "sam2.1_hiera_large.pt",
+}
+
+# The generated BERT vocabulary: bert-base-uncased's size and special-token positions.
+BERT_VOCAB_SIZE = 30522
+BERT_SPECIAL_TOKENS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
+BERT_UNUSED_TOKENS = 99  # [unused0] ... [unused98] between [PAD] and [UNK], as in BERT's
+# Words put in the vocabulary whole (the benchmark sentences use them); everything else is split
+# into generated pieces, down to single letters if need be.
+COMMON_WORDS = " ".join(
+    [
+        "the a an of on in to and that who which is are first then left right away towards",
+        "behind moving walking running jumping sitting standing turning flying cat dog bird man",
+        "woman child kid boy girl person car ball cup table bed chair door floor red white black",
+        "small big",
+    ]
+).split()
+PUNCTUATION = list(".?,!'\"-:;()/")
+
+# Scales of the generated weights (standard deviations), by what a tensor is.
+NORM_SCALE_STD = 0.1  # 1-D ``weight`` of a normalisation layer: 1 + noise
+BIAS_STD = 0.02  # biases, in_proj_bias
+LAYER_SCALE_STD = 0.1  # gamma_v / gamma_l of the image-text fusion layers
+RELATIVE_POSITION_STD = 0.02  # Swin relative position bias tables (Swin's own init)
+LEVEL_EMBED_STD = 1.0  # feature-level embeddings (GroundingDINO's normal_ init)
+
+
+@dataclass(frozen=True)
+class ReferDINOFiles:
+    """A written random-weight ReferDINO, ready for ``load_referdino(model, checkpoint,
+    text_encoder=...)`` or ``stage1.model=... stage1.checkpoint=... stage1.text_encoder=...``.
+
+    Attributes:
+        model: the configuration name (``mevis_swinb``).
+        checkpoint: ``{"model_state_dict": ...}`` file.
+        text_encoder: folder with ``config.json`` and ``vocab.txt`` (BERT-base).
+    """
+
+    model: str
+    checkpoint: Path
+    text_encoder: Path
+
+    def overrides(self) -> list[str]:
+        """``key=value`` pipeline overrides selecting this model for stage 1."""
+        return [
+            f"stage1.model={self.model}",
+            f"stage1.checkpoint={self.checkpoint}",
+            f"stage1.text_encoder={self.text_encoder}",
+        ]
+
+
+def generated_vocabulary(size: int = BERT_VOCAB_SIZE, *, seed: int = 0) -> list[str]:
+    """A WordPiece vocabulary of ``size`` entries: BERT's special tokens at their places,
+    punctuation, letters and digits (alone and as ``##`` continuations), :data:`COMMON_WORDS`,
+    then generated pieces (random letter strings, half of them continuations). Every lower-case
+    English sentence tokenizes without ``[UNK]``."""
+    rng = random.Random(seed)
+    tokens = list(PUNCTUATION) + list(string.ascii_lowercase) + list(string.digits)
+    tokens += [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    tokens = list(dict.fromkeys(tokens + COMMON_WORDS))  # once each, in this order
+    unused = [f"[unused{i}]" for i in range(BERT_UNUSED_TOKENS)]
+    seen = set(tokens) | set(BERT_SPECIAL_TOKENS.values())
+    needed = size - len(BERT_SPECIAL_TOKENS) - len(unused) - len(tokens)
+    while needed > 0:
+        piece = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8)))
+        piece = f"##{piece}" if rng.random() < 0.5 else piece
+        if piece not in seen:
+            seen.add(piece)
+            tokens.append(piece)
+            needed -= 1
+    vocab: list[str] = []
+    ordinary = iter(unused + tokens)
+    for index in range(size):
+        vocab.append(BERT_SPECIAL_TOKENS.get(index) or next(ordinary))
+    return vocab
+
+
+def write_text_encoder(folder: Path) -> Path:
+    """Write a BERT-base tokenizer + config folder (``config.json``, ``vocab.txt``,
+    ``tokenizer_config.json``) with a generated vocabulary; returns ``folder``."""
+    from transformers import BertConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    BertConfig(vocab_size=BERT_VOCAB_SIZE).save_pretrained(folder)  # defaults: bert-base
+    (folder / "vocab.txt").write_text("\n".join(generated_vocabulary()) + "\n", encoding="utf-8")
+    tokenizer_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+    return folder
+
+
+def read_manifest(model: str = REFERDINO_MODEL, path: Path = MANIFESTS) -> dict[str, list] | None:
+    """``key -> [shape, dtype]`` of the released checkpoint of ``model``, or ``None`` when the
+    fixtures are not next to the project (e.g. on a GPU machine)."""
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get(model)
+
+
+def random_weight(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A float32 tensor of ``shape`` for the state-dict entry ``key``, scaled for what it is:
+    fan-in scaled normal for matrices and convolutions (``1 / sqrt(prod(shape[1:]))``), near 1
+    for normalisation weights, small for biases (see the ``*_STD`` constants)."""
+    name = key.rsplit(".", 1)[-1]
+    noise = torch.randn(shape, generator=generator)
+    if name in ("gamma_v", "gamma_l"):
+        return noise * LAYER_SCALE_STD
+    if name == "relative_position_bias_table":
+        return noise * RELATIVE_POSITION_STD
+    if name == "level_embed":
+        return noise * LEVEL_EMBED_STD
+    if len(shape) <= 1:
+        if name == "weight":
+            return 1.0 + noise * NORM_SCALE_STD
+        return noise * BIAS_STD
+    return noise / math.sqrt(math.prod(shape[1:]))
+
+
+def referdino_state_dict(
+    reference: Mapping[str, torch.Tensor],
+    manifest: Mapping[str, list] | None,
+    *,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A random state dict with the released checkpoint's keys, shapes and dtypes.
+
+    Args:
+        reference: the state dict of the architecture built by our code (LoRA unmerged); its
+            integer buffers (Swin's relative position indices, constants of the architecture)
+            are copied.
+        manifest: ``key -> [shape, dtype]`` of the released file; ``None``: ``reference``'s.
+        seed: of the generated values.
+    Raises:
+        ValueError: the architecture and the manifest disagree (a key, shape or dtype).
+    """
+    built = {k: [list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in reference.items()}
+    if manifest is not None and built != dict(manifest):
+        differ = sorted(set(built) ^ set(manifest)) or [k for k in built if built[k] != manifest[k]]
+        raise ValueError(f"the built ReferDINO differs from the released manifest at {differ[:5]}")
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {}
+    for key, (shape, dtype) in built.items():
+        if dtype != "float32":
+            state_dict[key] = reference[key].clone()
+        else:
+            state_dict[key] = random_weight(key, tuple(shape), generator)
+    return state_dict
+
+
+def write_referdino(
+    folder: Path, *, model: str = REFERDINO_MODEL, seed: int = 0, manifest_path: Path = MANIFESTS
+) -> ReferDINOFiles:
+    """Write a random-weight ReferDINO checkpoint and BERT folder into ``folder``.
+
+    The checkpoint is what a released one is (``model_state_dict``, LoRA factors unmerged), so
+    loading it exercises the pipeline's strict loader.
+    """
+    from stage1_referdino import ReferDINOConfig, build_referdino, load_model_config
+    from stage1_referdino.build import load_text_encoder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text_encoder = write_text_encoder(folder / "bert-base-generated")
+    tokenizer, bert_config = load_text_encoder(text_encoder)
+    values, _ = load_model_config(model)
+    architecture = build_referdino(
+        ReferDINOConfig.from_dict(values), tokenizer=tokenizer, bert_config=bert_config
+    )
+    state_dict = referdino_state_dict(
+        architecture.state_dict(), read_manifest(model, manifest_path), seed=seed
+    )
+    del architecture
+    checkpoint = folder / f"{model}_random.pth"
+    torch.save({"model_state_dict": state_dict}, checkpoint)
+    count = sum(v.numel() for v in state_dict.values())
+    logger.info(
+        "wrote %s: %d tensors, %.1f M values (random)", checkpoint, len(state_dict), count / 1e6
+    )
+    return ReferDINOFiles(model=model, checkpoint=checkpoint, text_encoder=text_encoder)
+
+
+def write_sam2(folder: Path, model: str = "sam2.1_hiera_l", *, seed: int = 0) -> Path:
+    """Write a random-weight SAM 2.1 checkpoint (``{"model": state_dict}``) for ``model`` (a name
+    of :data:`SAM2_CHECKPOINT_NAMES`), from the installed sam2 package's YAML; returns its path.
+
+    The weights are the modules' own initialisation, seeded.
+    """
+    from hydra.utils import instantiate
+
+    from stage2_sam2_refine.build import compose_sam2_config
+
+    if model not in SAM2_CHECKPOINT_NAMES:
+        raise ValueError(f"unknown SAM 2.1 model {model!r}; known: {sorted(SAM2_CHECKPOINT_NAMES)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    sam2 = instantiate(compose_sam2_config(model).model, _recursive_=True)
+    path = folder / SAM2_CHECKPOINT_NAMES[model]
+    torch.save({"model": sam2.state_dict()}, path)
+    count = sum(p.numel() for p in sam2.parameters())
+    logger.info("wrote %s: %.1f M parameters (random)", path, count / 1e6)
+    return path
+
+
+def synthetic_clip(
+    num_frames: int, height: int, width: int, *, num_objects: int = 3, seed: int = 0
+) -> tuple[list[Image.Image], np.ndarray]:
+    """A generated clip: ``num_objects`` coloured ellipses moving over a noisy gradient.
+
+    Returns:
+        ``(frames, masks)``: ``num_frames`` RGB images of ``width x height`` and the objects'
+        ``[T, num_objects, H, W] bool`` masks.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    cols = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    ones = np.ones((height, width), dtype=np.float32)
+    background = np.stack(
+        [(rows * 160 + cols * 40) * ones, cols * 160 * ones, (80 + rows * 60) * ones], axis=-1
+    )
+    start = rng.uniform(0.2, 0.8, (num_objects, 2))  # centre (y, x), fraction of the frame
+    velocity = rng.uniform(-0.3, 0.3, (num_objects, 2)) / max(num_frames, 1)
+    radii = rng.uniform(0.08, 0.2, (num_objects, 2))
+    colours = rng.integers(0, 256, (num_objects, 3))
+    frames, masks = [], np.zeros((num_frames, num_objects, height, width), dtype=bool)
+    for t in range(num_frames):
+        pixels = background + rng.normal(0, 8, background.shape)
+        for k in range(num_objects):
+            cy, cx = np.clip(start[k] + velocity[k] * t, 0.1, 0.9)
+            inside = ((rows - cy) / radii[k, 0]) ** 2 + ((cols - cx) / radii[k, 1]) ** 2 <= 1
+            masks[t, k] = inside
+            pixels[inside] = colours[k]
+        frames.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
+    return frames, masks
