@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -218,7 +219,6 @@ def time_postprocessing(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("stage1_referdino").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     name = "mevis_swinb (Swin-B, BERT-base, 900 queries)" if args.model == "real" else "tiny"
     logger.info(
         "stage 1: ReferDINO %s, random weights (written and loaded in %s); %d frames of %dx%d "
-        "-> network input %dx%d; %d expressions; device %s, %d torch threads",
+        "-> network input %dx%d; %d expressions; device %s, %d torch threads, 1-minute load average %.2f",
         name,
         format_seconds(build_seconds),
         args.frames,
@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         len(expressions),
         args.device,
         torch.get_num_threads(),
+        os.getloadavg()[0],
     )
     # Warm-up: the first calls at a new size pay for kernel selection and allocations; neither
     # way should be charged for them.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -185,9 +186,6 @@ def compare_ways(reference, refiner, frame_dir: Path, proposals: dict, options):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for name in ("stage2_sam2_refine", "sam2", "root"):
-        logging.getLogger(None if name == "root" else name).setLevel(logging.WARNING)
-    logger.setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = args.frame_size
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info(
             "stage 2: SAM 2.1 %s at %d px, random weights (written and built twice in %s); "
             "%d frames of %dx%d; %d expressions keeping %s queries of %d; %s prompts; "
-            "device %s, %d torch threads",
+            "device %s, %d torch threads, 1-minute load average %.2f",
             args.model,
             refiner.predictor.image_size,
             format_seconds(build_seconds),
@@ -237,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             args.prompt,
             args.device,
             torch.get_num_threads(),
+            os.getloadavg()[0],
         )
         per_expression, shared, identical, objects = compare_ways(
             reference, refiner, frame_dir, proposals, options

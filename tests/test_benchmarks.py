@@ -3,6 +3,7 @@ the wheelhouse, the check's comparisons and arguments (everything that runs with
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -393,3 +394,34 @@ def test_gpu_check_runs_its_checks_on_the_cpu_with_the_tiny_models(tmp_path) -> 
     ) in components
     assert len(report.postprocess) == 3
     assert "per-object tracking" in gpu_check.render(report)
+
+
+@pytest.mark.slow
+def test_stage1_benchmark_runs_both_ways_identically(caplog) -> None:
+    import bench_stage1_backbone_reuse as bench
+
+    caplog.set_level(logging.INFO, logger="bench_stage1")
+    bench.main(
+        ["--model", "tiny", "--frames", "2", "--expressions", "2", "--frame-size", "128x72"]
+        + ["--short-side", "64", "--post-frames", "3", "--post-queries", "4"]
+    )
+    out = caplog.text
+    assert "outputs identical: yes" in out
+    for row in (
+        "| backbone (Swin",
+        "| text encoder, transformer and heads",
+        "| host way",
+        "| device way",
+    ):
+        assert row in out
+
+
+@pytest.mark.slow
+def test_stage2_benchmark_runs_both_ways_identically(caplog) -> None:
+    import bench_stage2_feature_reuse as bench
+
+    caplog.set_level(logging.INFO, logger="bench_stage2")
+    bench.main(["--model", "tiny", "--frames", "3", "--frame-size", "96x64", "--objects", "1,2"])
+    out = caplog.text
+    assert "masks identical: yes" in out and "3 objects" in out
+    assert "| image encoder" in out and "| per-object tracking" in out
