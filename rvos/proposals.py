@@ -15,6 +15,7 @@ answer rule (``data.answer``, registered by name in :data:`ANSWER_RULES`):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from rvos.splits import DataError, Split, Video
 # an object its mask probability, zeroed below MERGE_MIN_PROBABILITY; the highest wins.
 MERGE_BACKGROUND_SCORE = 0.1
 MERGE_MIN_PROBABILITY = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 def answer_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
@@ -191,14 +194,11 @@ def proposals_from_outputs(
     answer_cols = [column[int(q)] for q in chosen]
     if on_device is None:
         on_device = _is_gpu_tensor(mask_logits)
+    columns = (needed, kept_cols, answer_cols, frame_size, frames_per_chunk)
     if on_device:
-        masks, answer_masks = _encode_on_device(
-            mask_logits, needed, kept_cols, answer_cols, frame_size, frames_per_chunk
-        )
+        masks, answer_masks = _encode_on_device_or_host(mask_logits, *columns)
     else:
-        masks, answer_masks = _encode_on_host(
-            mask_logits, needed, kept_cols, answer_cols, frame_size, frames_per_chunk
-        )
+        masks, answer_masks = _encode_on_host(mask_logits, *columns)
     return ExpressionProposals(
         scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
         boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
@@ -234,6 +234,25 @@ def _encode_on_host(
         kept_parts.append(RunLengthMasks.encode(binary[:, kept_cols]))
         answer_parts.append(RunLengthMasks.encode(binary[:, answer_cols].any(axis=1)))
     return RunLengthMasks.concatenate(kept_parts), RunLengthMasks.concatenate(answer_parts)
+
+
+def _encode_on_device_or_host(mask_logits, *columns) -> tuple[RunLengthMasks, RunLengthMasks]:
+    """:func:`_encode_on_device`; if the device runs out of memory, :func:`_encode_on_host`
+    (with a warning: the model itself fitted, only the full-size masks did not)."""
+    import torch
+
+    try:
+        return _encode_on_device(mask_logits, *columns)
+    except torch.OutOfMemoryError:
+        pass  # outside the handler, so that the failed attempt's tensors can be freed
+    logger.warning(
+        "out of memory upsampling %d frames of masks to %s on %s; making them on the host",
+        columns[-1],
+        "x".join(map(str, columns[-2][::-1])),
+        mask_logits.device,
+    )
+    torch.cuda.empty_cache()
+    return _encode_on_host(mask_logits, *columns)
 
 
 def _encode_on_device(

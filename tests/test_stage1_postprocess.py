@@ -184,3 +184,17 @@ def test_background_writer_raises_the_threads_error() -> None:
 def test_legacy_arrays_are_host_arrays() -> None:
     arrays = _raw(0).legacy_arrays()
     assert isinstance(arrays["masks"], np.ndarray) and arrays["masks"].shape == (3, 4, 9, 11)
+
+
+def test_device_out_of_memory_falls_back_to_the_host(monkeypatch, caplog) -> None:
+    from rvos import proposals
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(proposals, "_encode_on_device", out_of_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    host, fallback = both_ways(smooth_logits(6))
+    assert "making them on the host" in caplog.text
+    np.testing.assert_array_equal(fallback.masks.counts, host.masks.counts)
+    np.testing.assert_array_equal(fallback.answer.counts, host.answer.counts)
