@@ -334,6 +334,23 @@ def test_gpu_check_memory_cap_lies_between_the_peaks() -> None:
     assert gpu_check.cap_fraction(8 * gib, 10 * gib, 100 * gib) is None
 
 
+def test_gpu_check_judges_a_capped_run() -> None:
+    gib = 2**30
+    masks = {"0": np.ones((2, 4, 4), dtype=bool)}
+    warning = "video v: CUDA out of memory; retrying with the backbone features in host memory"
+    passed, detail = gpu_check.fallback_outcome(
+        0.1, 80 * gib, (6 * gib, 10 * gib), [warning], masks, masks
+    )
+    assert passed and "cap 8.00 GiB between peaks 6.00 GiB and 10.00 GiB" in detail
+    assert "fallback taken (video v: CUDA out of memory" in detail
+    passed, detail = gpu_check.fallback_outcome(
+        0.1, 80 * gib, (6 * gib, 10 * gib), [], masks, masks
+    )
+    assert not passed and "fallback NOT taken" in detail
+    other = {"0": np.zeros((2, 4, 4), dtype=bool)}
+    assert not gpu_check.fallback_outcome(0.1, gib, (0, 1), [warning], other, masks)[0]
+
+
 def test_gpu_check_report_table_and_failures() -> None:
     report = gpu_check.Report()
     report.add("cpu", "stage 1 float32 GPU vs CPU", True, "pred_logits 1e-05")
@@ -394,6 +411,15 @@ def test_gpu_check_runs_its_checks_on_the_cpu_with_the_tiny_models(tmp_path) -> 
     ) in components
     assert len(report.postprocess) == 3
     assert "per-object tracking" in gpu_check.render(report)
+
+    # the worker run the memory check caps: features kept on the device or in host memory
+    from rvos.options import CacheDevice
+
+    auto = gpu_check.run_stage1_worker(setup, "auto", CacheDevice.auto)
+    host = gpu_check.run_stage1_worker(setup, "host", CacheDevice.cpu)
+    assert list(auto.expressions) == list(setup.sentences)
+    for exp_id, proposals in auto.expressions.items():
+        np.testing.assert_array_equal(proposals.masks.counts, host.expressions[exp_id].masks.counts)
 
 
 @pytest.mark.slow
