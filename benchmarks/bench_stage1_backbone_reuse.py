@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     name = "mevis_swinb (Swin-B, BERT-base, 900 queries)" if args.model == "real" else "tiny"
     logger.info(
         "stage 1: ReferDINO %s, random weights (written and loaded in %s); %d frames of %dx%d "
-        "-> network input %dx%d; %d expressions; device %s, %d torch threads, 1-minute load average %.2f",
+        "-> network input %dx%d; %d expressions; device %s, %d torch threads, "
+        "1-minute load average %.2f",
         name,
         format_seconds(build_seconds),
         args.frames,

@@ -6,7 +6,7 @@ frame once per video. Both produce the same masks (checked here too). By default
 real SAM 2.1 at 1024 px with generated random weights (``real_size.py``), on a generated clip
 whose moving shapes are the stage-1 proposals:
 
-    python benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_l --frames 3 --objects 1,1,1,1
+    python benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_l --objects 1,1,1,1
     python benchmarks/bench_stage2_feature_reuse.py --model tiny      # the fixture's tiny SAM 2.1
 
 ``--objects 1,2,1`` gives three expressions keeping one, two and one query.

@@ -1,4 +1,4 @@
-"""GPU check: speed, agreement and fallbacks of the whole pipeline at real size (``make gpu-check``).
+"""GPU check: speed, agreement and fallbacks of the pipeline at real size (``make gpu-check``).
 
 One script for a machine with CUDA GPUs; it downloads nothing. On a generated 720p clip with
 real-size models and random weights (ReferDINO ``mevis_swinb``, SAM 2.1 Hiera-L: see
@@ -176,7 +176,7 @@ def no_gpu_reason() -> str | None:
     return None
 
 
-# -- results -----------------------------------------------------------------------------------------
+# -- results ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -250,7 +250,7 @@ def render(report: Report) -> str:
     return "\n\n".join(parts)
 
 
-# -- comparisons (pure: unit-tested on the CPU) -------------------------------------------------------
+# -- comparisons (pure: unit-tested on the CPU) ----------------------------------------------------
 
 
 def relative_max_abs_diff(value, reference) -> tuple[float, float]:
@@ -333,7 +333,7 @@ def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
 
 
-# -- set-up --------------------------------------------------------------------------------------------
+# -- set-up ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -417,7 +417,8 @@ def write_split(root: Path, videos: Mapping[str, tuple[list, Mapping[str, str]]]
 
 
 def sentences_for(count: int) -> dict[str, str]:
-    """``count`` expressions, ``"0"``..., cycling :data:`SENTENCES` (numbered past the first round)."""
+    """``count`` expressions ``"0"``, ``"1"``, ... cycling :data:`SENTENCES` (numbered after the
+    first round)."""
     out = {}
     for index in range(count):
         text = SENTENCES[index % len(SENTENCES)]
@@ -462,6 +463,7 @@ def prepare(
     import real_size
 
     from referdino_plus.config import load_config
+    from rvos.mevis import MevisSplit
 
     height, width = args.frame_size
     frames, object_masks = real_size.synthetic_clip(args.frames, height, width)
@@ -476,8 +478,6 @@ def prepare(
         f"submission_dir={work / 'submissions'}",
     ]
     cfg = load_config(overrides)
-    from rvos.mevis import MevisSplit
-
     split = MevisSplit(split_root)
     return Setup(
         work=work,
@@ -495,7 +495,7 @@ def prepare(
     )
 
 
-# -- helpers on the GPU --------------------------------------------------------------------------------
+# -- helpers on the GPU ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -617,7 +617,7 @@ def decisions(stage3) -> dict[str, bool]:
     return {e: bool(f.multi_object) for e, f in stage3.expressions.items()}
 
 
-# -- the checks ----------------------------------------------------------------------------------------
+# -- the checks ------------------------------------------------------------------------------------
 
 
 def check_speed(setup: Setup, report: Report) -> None:
