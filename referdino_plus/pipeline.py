@@ -113,6 +113,11 @@ def stage_job(cfg: PipelineConfig, fingerprints: Fingerprints, stage: int) -> An
     raise ValueError(f"no stage {stage}")
 
 
+def stage_devices(stage: int, devices: Sequence[str]) -> list[str]:
+    """Where ``stage``'s workers run: the models on ``devices``, the fusion (stage 3) on the CPU."""
+    return ["cpu"] if stage == 3 else list(devices)
+
+
 def save_resolved_config(cfg: PipelineConfig, work_dir: Path) -> Path:
     """Save the resolved configuration to ``work_dir/config.yaml`` (and a timestamped copy)."""
     text = to_yaml(cfg)
@@ -171,15 +176,10 @@ def run(
     overwrite: bool = False,
 ) -> RunResult:
     """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring."""
-    from referdino_plus.visualize import write_run_visualizations
-
     fingerprints = stage_fingerprints(cfg)
     work_dir = Path(cfg.work_dir)
-    split = MevisSplit(cfg.data.root)
+    split = open_split(cfg)
     video_ids = split.video_ids
-    if cfg.data.validate_frames:
-        logger.info("checking the frames of %d videos in %s", len(video_ids), split.root)
-        split.validate()
     save_resolved_config(cfg, work_dir)
     result = RunResult()
     for stage in sorted(stages):
@@ -194,12 +194,11 @@ def run(
         if not todo:
             result.stage_summaries[stage] = RunSummary()
             continue
-        stage_devices = ["cpu"] if stage == 3 else list(devices)
         summary = run_sharded(
             STAGE_JOBS[stage],
             stage_job(cfg, fingerprints, stage),
             todo,
-            stage_devices,
+            stage_devices(stage, devices),
             desc=STAGE_NAMES[stage],
         )
         result.stage_summaries[stage] = summary
@@ -212,12 +211,31 @@ def run(
                 failed,
             )
             break
+    finish(cfg, fingerprints, split, result)
+    return result
+
+
+def open_split(cfg: PipelineConfig) -> MevisSplit:
+    """The run's split, its frames checked first when ``data.validate_frames``."""
+    split = MevisSplit(cfg.data.root)
+    if cfg.data.validate_frames:
+        logger.info("checking the frames of %d videos in %s", len(split.video_ids), split.root)
+        split.validate()
+    return split
+
+
+def finish(
+    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+) -> None:
+    """After the stages: when they all succeeded, the archives, their scores and the pictures;
+    in any case ``work_dir/report.json``."""
+    from referdino_plus.visualize import write_run_visualizations
+
     if result.ok:
         write_archives(cfg, fingerprints, split, result)
         if cfg.visualize.enabled:
             write_run_visualizations(cfg, fingerprints, split, result.evaluations)
     write_report(cfg, fingerprints, split, result)
-    return result
 
 
 # ----------------------------------------------------------------------------- archives
