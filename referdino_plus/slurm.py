@@ -648,7 +648,8 @@ def check_complete(
 
 
 def finish_recorded_run(record: str) -> None:
-    """The finishing job (and ``run_pipeline.py finish``): collect the run of ``record``.
+    """What the finishing job runs (``launcher.wait=false``): :func:`collect` the run of
+    ``record``, the ``<array>_run.json`` path.
 
     Raises:
         PipelineError: some task failed (the job ends failed; the messages are in its log).
