@@ -208,6 +208,13 @@ def describe_position(position: TaskPosition | None) -> str:
 # ----------------------------------------------------------------------------- the array task
 
 
+def code_environment() -> dict[str, str]:
+    """The interpreter and the code of this process: what every task must run too."""
+    import referdino_plus
+
+    return {"python": sys.executable, "code": str(Path(referdino_plus.__file__).resolve().parent)}
+
+
 @dataclass
 class ShardTask(Checkpointable):
     """What array task ``shard`` runs: the requested stages on its videos, in this process.
@@ -221,6 +228,7 @@ class ShardTask(Checkpointable):
     shard: int
     video_ids: list[str]
     overwrite: bool
+    environment: dict[str, str]  # the submitting process's code_environment()
     # stage -> videos this task has finished: a requeued task skips them, even with overwrite.
     finished: dict[int, list[str]] = field(default_factory=dict)
 
@@ -230,10 +238,16 @@ class ShardTask(Checkpointable):
         Returns:
             per stage, the videos done and failed (as :func:`rvos.workers.run_sharded`).
         """
-        import torch
-
         setup_logging()
         logging.getLogger("submitit").propagate = False  # it has its own handlers
+        if code_environment() != self.environment:
+            raise PipelineError(
+                f"this task runs {code_environment()}, the run was submitted from "
+                f"{self.environment}: submit from a folder the nodes share, with an environment "
+                "they see at the same path"
+            )
+        import torch
+
         torch.set_num_threads(self.cfg.launcher.cpus_per_task)
         job_id = submitit.JobEnvironment().job_id
         progress = progress_path(self.cfg.launcher.log_dir, job_id)
@@ -361,7 +375,7 @@ def submit_array(
     Path(str(options.log_dir)).mkdir(parents=True, exist_ok=True)
     executor = build_executor(options, gpus=int(options.gpus_per_task or 0))
     tasks = [
-        ShardTask(cfg, sorted(stages), index, video_ids, overwrite)
+        ShardTask(cfg, sorted(stages), index, video_ids, overwrite, code_environment())
         for index, video_ids in enumerate(shards)
     ]
     with sbatch_errors():
@@ -699,11 +713,13 @@ def run_on_slurm(
             check_inputs(cfg, fingerprints, stage, split.video_ids)
     save_resolved_config(cfg, Path(cfg.work_dir))
     todo = videos_to_process(cfg, fingerprints, stages, split.video_ids, overwrite)
+    environment = code_environment()
     logger.info(
-        "%d video(s) to process, %d already finished; tasks run %s",
+        "%d video(s) to process, %d already finished; tasks run %s with the code in %s",
         len(todo),
         len(split.video_ids) - len(todo),
-        sys.executable,
+        environment["python"],
+        environment["code"],
     )
     if not todo:
         result = RunResult(stage_summaries={stage: RunSummary() for stage in stages})

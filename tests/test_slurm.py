@@ -28,10 +28,12 @@ from referdino_plus.config import ConfigError, load_config
 from referdino_plus.pipeline import PipelineError, RunResult
 from referdino_plus.slurm import (
     QueueEntry,
+    ShardTask,
     SubmittedRun,
     TaskOutcome,
     TaskPosition,
     check_cluster_inputs,
+    code_environment,
     describe_progress,
     last_position,
     merge_outcomes,
@@ -179,6 +181,13 @@ def test_videos_to_process_is_every_video_some_requested_stage_lacks(
     assert videos_to_process(cfg, fingerprints, [1], ids, True) == ["a", "b", "c"]
 
 
+def test_a_task_refuses_to_run_other_code_than_the_submitted(cluster_config):
+    elsewhere = {**code_environment(), "code": "/elsewhere/referdino_plus"}
+    task = ShardTask(cluster_config(), [1], 0, ["v"], False, elsewhere)
+    with pytest.raises(PipelineError, match="submit from a folder the nodes share"):
+        task()
+
+
 # ----------------------------------------------------------------------------- task outcomes
 
 
@@ -314,7 +323,8 @@ def slurm_problem() -> str | None:
         ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
-        return f"no SLURM controller answers ({' '.join(proc.stderr.split())}): {start}"
+        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return f"no SLURM controller answers ({last[0]}): {start}"
     states = proc.stdout.split()
     if not any(state.rstrip("*") in ("idle", "mixed", "allocated") for state in states):
         return f"no usable SLURM node (states: {states}): {start}"
@@ -380,9 +390,11 @@ def local_run(split, model_overrides, tmp_path_factory):
 
 
 def slurm_overrides(model_overrides, root: Path, out: Path, *more: str) -> list[str]:
-    """A 2-task array of CPU tasks (GPUs per task 0) of 1 core each, polling every second."""
+    """A 2-task array of CPU tasks (GPUs per task 0) of 1 core each, polling every second; the
+    jobs are named after ``out`` (see :func:`cancel_jobs`)."""
     return [
         "launcher=slurm",
+        f"launcher.job_name={job_name(out)}",
         "launcher.tasks=2",
         "launcher.gpus_per_task=0",
         "launcher.cpus_per_task=1",
@@ -396,6 +408,15 @@ def slurm_overrides(model_overrides, root: Path, out: Path, *more: str) -> list[
         f"submission_dir={out / 'submissions'}",
         *more,
     ]
+
+
+def job_name(out: Path) -> str:
+    return f"test-{out.name}"
+
+
+def cancel_jobs(out: Path) -> None:
+    """Cancel what a test left in the queue (e.g. a task held on a video when the test failed)."""
+    subprocess.run(["scancel", f"--name={job_name(out)}"], check=False)
 
 
 def assert_same_archives(first: Path, second: Path) -> None:
@@ -502,6 +523,7 @@ def test_a_killed_task_is_reported_and_a_rerun_completes_only_what_is_missing(
         _, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
+        cancel_jobs(tmp_path)
     assert proc.returncode == 1, stderr
     log_file = tmp_path / "work" / "slurm" / f"{job_id}_0_log.err"
     expected = (
@@ -560,6 +582,7 @@ def test_a_preempted_task_is_requeued_and_resumes_after_its_finished_videos(
         _, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
+        cancel_jobs(tmp_path)
     assert proc.returncode == 0, stderr
     assert_same_archives(local_run[0], tmp_path / "submissions")
     # submitit's own messages are in the task's stdout log.
