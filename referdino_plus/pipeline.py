@@ -28,7 +28,7 @@ from referdino_plus.archives import (
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from rvos import intermediates as im
 from rvos.archive import build_archive_writer, write_archive
-from rvos.evaluation import BenchmarkResult
+from rvos.evaluation import BenchmarkResult, evaluate
 from rvos.io import atomic_output
 from rvos.proposals import THRESHOLD_OR_TOP1, Stage1Records, check_answer_rule
 from rvos.splits import DataError, Split
@@ -207,7 +207,7 @@ def run(
         if run_stages(
             cfg, fingerprints, split, result, stages=stages, devices=devices, overwrite=overwrite
         ):
-            write_outputs(cfg, fingerprints, split, result, evaluate=flight.evaluate)
+            write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
             status = "ok"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user"
@@ -286,12 +286,12 @@ def write_outputs(
     split: Split,
     result: RunResult,
     *,
-    evaluate: bool = True,
+    score: bool = True,
 ) -> None:
-    """After the stages: the archives (evaluated when ``evaluate``) and the pictures."""
+    """After the stages: the archives (scored when ``score``) and the pictures."""
     from referdino_plus.visualize import write_run_visualizations
 
-    write_archives(cfg, fingerprints, split, result, evaluate=evaluate)
+    write_archives(cfg, fingerprints, split, result, score=score)
     if cfg.visualize.enabled:
         write_run_visualizations(cfg, fingerprints, split, result.evaluations)
 
@@ -318,10 +318,10 @@ def write_archives(
     split: Split,
     result: RunResult,
     *,
-    evaluate: bool = True,
+    score: bool = True,
 ) -> None:
     """(Re)write every archive whose stage records are all finished and newer than it, in the
-    benchmark's member layout; score each with its metric when ``evaluate`` and the split has
+    benchmark's member layout; score each with its metric when ``score`` and the split has
     ground truth."""
     work_dir = Path(cfg.work_dir)
     submission_dir = Path(cfg.submission_dir)
@@ -350,7 +350,7 @@ def write_archives(
         result.archives[name] = path
     metric = cfg.data.metric
     if (
-        evaluate
+        score
         and cfg.evaluation.enabled
         and metric
         and split.has_ground_truth
