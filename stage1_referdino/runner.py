@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +117,7 @@ def stage1_record(
     frame_names: list[str],
     legacy: LegacyVideo | None = None,
     progress: bool = False,
+    on_expression: Callable[[str], None] | None = None,
 ) -> im.Stage1Video:
     """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
 
@@ -127,6 +128,7 @@ def stage1_record(
             ``feature_cache_device``).
         legacy: if given, each expression's raw outputs are added to it (legacy export).
         progress: show a progress bar over the sentences.
+        on_expression: called with each ``exp_id`` once its record is made.
     Returns:
         per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
         ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
@@ -160,6 +162,8 @@ def stage1_record(
                     "boxes": raw.boxes,
                     "masks": raw.mask_logits,
                 }
+            if on_expression is not None:
+                on_expression(exp_id)
     return record
 
 
