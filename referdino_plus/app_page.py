@@ -35,6 +35,7 @@ INTRO = (
 )
 # Jobs that use the device share this queue (one at a time).
 DEVICE_QUEUE = "device"
+SECONDS_PER_HOUR = 3600
 
 
 def page_error(message: str) -> gr.Error:
@@ -103,7 +104,13 @@ def build_page(app: App) -> gr.Blocks:
         gallery = [(str(path), caption) for path, caption in result.gallery]
         return str(result.overlay), decision_rows(result.summary), gallery, str(result.masks_zip)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    cache_seconds = round(limits.cache_hours * SECONDS_PER_HOUR)
+    with gr.Blocks(
+        title=TITLE,
+        analytics_enabled=False,
+        # (how often, age): Gradio deletes its copies of uploads and results
+        delete_cache=(min(SECONDS_PER_HOUR, cache_seconds), cache_seconds),
+    ) as page:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         if app.startup_problem:
             gr.Markdown(f"**The models are not loaded:** {html.escape(app.startup_problem)}")
@@ -180,6 +187,7 @@ def launch(page: gr.Blocks, app: App) -> None:
     """Serve ``page`` on ``app.host``:``app.port`` until interrupted."""
     limits = app.cfg.app
     served = {str(app.results_dir), *(str(e.preview.parent) for e in app.examples)}
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself
     logger.info("serving on http://%s:%d (Ctrl+C stops)", limits.host, limits.port)
     page.launch(
         server_name=limits.host,

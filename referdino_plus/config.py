@@ -128,6 +128,7 @@ class AppOptions:
     port: int
     results_dir: str
     keep_results: int
+    cache_hours: float
     max_upload_mb: int
     max_clip_seconds: float
     max_frames: int
@@ -142,6 +143,7 @@ class AppOptions:
     def __post_init__(self) -> None:
         check_range(self, "port", 1, 65535)
         check_range(self, "keep_results", 1)
+        check_range(self, "cache_hours", 1e-3)
         check_range(self, "max_upload_mb", 1)
         check_range(self, "max_clip_seconds", 1e-3)
         check_range(self, "max_frames", 1)

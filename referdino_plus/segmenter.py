@@ -213,6 +213,14 @@ class Segmenter:
 
             torch.cuda.empty_cache()
 
+    def _current_device(self) -> contextlib.AbstractContextManager:
+        """Make :attr:`device` the calling thread's current CUDA device (no-op on the CPU)."""
+        if not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.device(torch.device(self.device))
+
     def stage1_model(self, cfg: PipelineConfig) -> Any:
         """ReferDINO as ``cfg.stage1`` configures it, built once."""
         from stage1_referdino.runner import build_stage1_model
@@ -240,7 +248,7 @@ class Segmenter:
             DemoError: a missing checkpoint or a model that cannot be loaded.
         """
         check_models(cfg)
-        with self._lock:
+        with self._lock, self._current_device():
             self.stage1_model(cfg)
             self.refiner(cfg)
 
@@ -271,7 +279,8 @@ class Segmenter:
         report = progress or (lambda _: None)
         count = len(sentences)
         expressions = {str(index): text for index, text in enumerate(sentences)}
-        with self._lock:
+        # The app calls from a server thread, whose current CUDA device is not bound.
+        with self._lock, self._current_device():
             report(StageProgress(STAGE1, 0, count, "sentence", "loading the model"))
             model = self.stage1_model(cfg)
             report(

@@ -148,7 +148,6 @@ def test_the_pipeline_and_its_tests_need_no_gradio():
     code = (
         "import sys, pytest\n"
         "sys.modules['gradio'] = sys.modules['playwright'] = None\n"
-        "import referdino_plus.cli, referdino_plus.pipeline, referdino_plus.demo, referdino_plus.app\n"
         "sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests']))"
     )
     proc = subprocess.run(
