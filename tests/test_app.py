@@ -99,10 +99,8 @@ def test_missing_checkpoint_names_download_script(tmp_path, clip):
         ],
     )
     app.load_models()  # the server starts anyway, and the page says why nothing runs
-    assert "mevis_swinb.pth: checkpoint not found; run `bash download_ckpts.sh`" in (
-        app.startup_problem
-    )
-    with pytest.raises(DemoError, match="checkpoint not found; run `bash download_ckpts.sh`"):
+    assert "mevis_swinb.pth: not found; run `bash download_ckpts.sh`" in (app.startup_problem)
+    with pytest.raises(DemoError, match=r"tiny\.pt: not found; run `bash download_ckpts.sh`"):
         app.run(request_for(clip, sam2="tiny"))
     with pytest.raises(DemoError, match="SAM 2 'huge': expected one of"):
         app.job_config(request_for(clip, sam2="huge"))
