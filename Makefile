@@ -11,6 +11,7 @@ PIP_VERSION ?= 26.3
 # sam2's optional CUDA extension only fills small mask holes; 0 keeps the build portable.
 SAM2_BUILD_CUDA ?= 0
 
+# setup installs the project with its `app` extra (gradio: run_pipeline.py app).
 .PHONY: setup test test-fast lint format bench clean
 
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
@@ -20,7 +21,7 @@ define SETUP
 	$(PIP) install $(CFLAG) torch torchvision
 	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PIP) install $(CFLAG) --no-build-isolation sam2==1.1.0
 	$(PIP) install $(CFLAG) -r requirements.txt -r requirements-dev.txt
-	$(PIP) install $(CFLAG) --no-deps --no-build-isolation -e .
+	$(PIP) install $(CFLAG) --no-build-isolation -e ".[app]"
 endef
 
 setup:

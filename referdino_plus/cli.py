@@ -3,6 +3,7 @@
     run_pipeline.py [--gids 0 1 2 3] [--stages 1 2 3] [--cpu] [--name RUN] [--overwrite]
                     [key=value ...]
     run_pipeline.py demo --video PATH --text SENTENCE [--text ...] [options] [key=value ...]
+    run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
 
 ``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
 ``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
@@ -26,6 +27,7 @@ ReferDINO-Plus: ReferDINO proposals -> SAM 2 refinement -> conditional fusion ->
 commands:
   (none)   run the pipeline's stages on a split (the options below)
   demo     your own video and sentences: run_pipeline.py demo --help
+  app      the demo in a browser page: run_pipeline.py app --help
 """
 
 
@@ -139,4 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from referdino_plus.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["app"]:
+        from referdino_plus.app import main as app_main
+
+        return app_main(argv[1:])
     return run_command(argv)

@@ -136,6 +136,51 @@ class DemoOptions:
 
 
 @dataclass
+class Sam2Choice:
+    """One SAM 2 size offered by the app's page (an entry of ``app.sam2_models``)."""
+
+    name: str
+    model: str
+    checkpoint: str
+
+
+@dataclass
+class AppOptions:
+    """The ``app`` section: the browser page of ``run_pipeline.py app`` and its limits."""
+
+    SECTION = "app"
+
+    host: str
+    port: int
+    results_dir: str
+    keep_results: int
+    cache_hours: float
+    max_upload_mb: int
+    max_clip_seconds: float
+    max_frames: int
+    default_max_frames: int
+    max_frame_step: int
+    max_sentences: int
+    queue_size: int
+    gallery_frames: int
+    sam2_models: list[Sam2Choice]
+    examples: list[str]
+
+    def __post_init__(self) -> None:
+        check_range(self, "port", 1, 65535)
+        check_range(self, "keep_results", 1)
+        check_range(self, "cache_hours", 1e-3)
+        check_range(self, "max_upload_mb", 1)
+        check_range(self, "max_clip_seconds", 1e-3)
+        check_range(self, "max_frames", 1)
+        check_range(self, "default_max_frames", 1, self.max_frames)
+        check_range(self, "max_frame_step", 1)
+        check_range(self, "max_sentences", 1)
+        check_range(self, "queue_size", 1)
+        check_range(self, "gallery_frames", 1)
+
+
+@dataclass
 class PipelineConfig:
     """Everything a run reads from ``configs/pipeline.yaml``: see that file for each value."""
 
@@ -152,6 +197,7 @@ class PipelineConfig:
     evaluation: EvaluationOptions
     visualize: VisualizeOptions
     demo: DemoOptions
+    app: AppOptions
 
 
 ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)

@@ -349,13 +349,7 @@ def write_archives(
             )
         result.archives[name] = path
     metric = cfg.data.metric
-    if (
-        score
-        and cfg.evaluation.enabled
-        and metric
-        and split.has_ground_truth
-        and result.archives
-    ):
+    if score and cfg.evaluation.enabled and metric and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
             scores = evaluate(metric, path, split, jobs=cfg.evaluation.jobs)
             result.scores[name] = scores.summary()

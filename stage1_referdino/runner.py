@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +128,7 @@ def stage1_record(
     progress: bool = False,
     answer: str = THRESHOLD_OR_TOP1,
     video: Video | None = None,
+    on_expression: Callable[[str], None] | None = None,
 ) -> im.Stage1Video:
     """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
 
@@ -140,6 +141,7 @@ def stage1_record(
         progress: show a progress bar over the sentences.
         answer: the stage-1 answer rule (:data:`rvos.proposals.ANSWER_RULES`).
         video: the split's video; needed by a rule that merges annotators' objects.
+        on_expression: called with each ``exp_id`` once its record is made.
     Returns:
         per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
         ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
@@ -180,6 +182,8 @@ def stage1_record(
                     "boxes": raw.boxes,
                     "masks": raw.mask_logits,
                 }
+            if on_expression is not None:
+                on_expression(exp_id)
     if merge_logits:
         if video is None:
             raise ValueError(f"answer rule {answer!r} needs the split's video to merge annotators")
