@@ -6,15 +6,23 @@ processes load :func:`archive_masks` by module name, and should not import the m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rvos import intermediates as im
+from rvos.archive import read_stamp
+
+logger = logging.getLogger(__name__)
 
 # Archive name -> the stage whose records it is made of.
 ARCHIVES = {"stage1.zip": 1, "stage2.zip": 2, "fused.zip": 3}
+# Where archives of another configuration are moved (in submission_dir).
+STALE_DIR = "stale"
 
 
 def archive_masks(
@@ -22,7 +30,7 @@ def archive_masks(
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """Frame names and ``{exp_id: [T, H, W] bool}`` of one video for an archive.
 
-    Stage 1: ReferDINO's own answer (``stage1.obj_threshold`` rule); stage 2: the union of the
+    Stage 1: ReferDINO's own answer (the ``data.answer`` rule); stage 2: the union of the
     SAM 2 objects (empty when no query was kept); stage 3: the fused masks.
     """
     path = im.stage_path(work_dir, stage, video_id)
@@ -40,9 +48,47 @@ def archive_masks(
     return video.frame_names, masks
 
 
-def archive_is_current(path: Path, records: Sequence[Path]) -> bool:
-    """Whether the archive ``path`` exists and is at least as new as every record it is made of."""
+def archive_stamp(stage: int, fingerprint: str) -> dict[str, Any]:
+    """What an archive keeps in its comment: the stage whose records made it, and their
+    configuration's fingerprint."""
+    return {"stage": stage, "config_fingerprint": fingerprint}
+
+
+def archive_is_current(path: Path, records: Sequence[Path], fingerprint: str) -> bool:
+    """Whether the archive ``path`` exists, was made with the configuration ``fingerprint`` and is
+    at least as new as every record it is made of."""
     if not path.is_file():
+        return False
+    stamp = read_stamp(path) or {}
+    if stamp.get("config_fingerprint") != fingerprint:
         return False
     newest = max((r.stat().st_mtime for r in records), default=0.0)
     return path.stat().st_mtime >= newest
+
+
+def set_aside_stale_archives(submission_dir: Path, fingerprints: Mapping[int, str]) -> list[Path]:
+    """Move the archives made with another configuration (or of unknown origin) to
+    ``submission_dir/stale/``, so that a failed run never leaves them looking like its own.
+
+    Returns:
+        where each archive was moved (each one is also logged as a warning).
+    """
+    moved = []
+    for name, stage in ARCHIVES.items():
+        path = submission_dir / name
+        if not path.is_file():
+            continue
+        stamp = read_stamp(path) or {}
+        if stamp.get("config_fingerprint") == fingerprints[stage]:
+            continue
+        target = submission_dir / STALE_DIR / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        logger.warning(
+            "%s was made with another configuration: moved to %s (this run writes a new one "
+            "when it completes)",
+            path,
+            target,
+        )
+        moved.append(target)
+    return moved

@@ -3,6 +3,7 @@
     run_pipeline.py [--gids 0 1 2 3] [--stages 1 2 3] [--cpu] [--name RUN] [--overwrite]
                     [key=value ...]
     run_pipeline.py demo --video PATH --text SENTENCE [--text ...] [options] [key=value ...]
+    run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
     run_pipeline.py finish RECORD      (a launcher=slurm run submitted with launcher.wait=false)
 
 ``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
@@ -19,9 +20,10 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+from referdino_plus.runtime import gpu_count, log_to_file, select_devices, setup_logging
 
 if TYPE_CHECKING:
+    from referdino_plus.config import PipelineConfig
     from referdino_plus.pipeline import RunResult
     from referdino_plus.slurm import SubmittedRun
 
@@ -33,6 +35,7 @@ ReferDINO-Plus: ReferDINO proposals -> SAM 2 refinement -> conditional fusion ->
 commands:
   (none)   run the pipeline's stages on a split (the options below)
   demo     your own video and sentences: run_pipeline.py demo --help
+  app      the demo in a browser page: run_pipeline.py app --help
   finish   wait for the tasks of a launcher=slurm run and write its archives:
            run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.wait=false prints it)
 
@@ -90,7 +93,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run_command(argv: Sequence[str]) -> int:
-    """The pipeline on a split; returns the exit status."""
+    """The pipeline on a split; returns the exit status (0 done, 1 failed, 2 bad arguments,
+    130 interrupted). Expected failures print one line; tracebacks go to the run's log file."""
     args = parse_args(argv)
     setup_logging(args.quiet)
     from referdino_plus.config import ConfigError, load_config
@@ -98,46 +102,58 @@ def run_command(argv: Sequence[str]) -> int:
     try:
         cfg = load_config(args.overrides)
         if cfg.launcher.name == "slurm":
-            if args.gids or args.cpu:
-                raise ValueError(
-                    "--gids and --cpu choose this machine's devices; with launcher=slurm, "
-                    "launcher.gpus_per_task sets each task's"
-                )
-            devices = [f"SLURM ({cfg.launcher.tasks} tasks)"]
+            devices = cluster_devices(cfg, args)
         else:
             devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
     except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
+    log_file = log_to_file(cfg.work_dir)
+    details = f" (details: {log_file})" if log_file else ""
+    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
     # The stages' code loads only once the configuration is known to be good.
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from referdino_plus import pipeline
+    from referdino_plus.preflight import PreflightError
+    from rvos.checkpoints import CheckpointError
     from rvos.intermediates import IntermediateError
+    from rvos.legacy import LegacyFormatError
     from rvos.mevis import DataError
 
-    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
+    # Failures a user can act on, reported in one line: missing or bad files and folders, data
+    # problems, a full disk. Anything else is a bug and keeps its traceback.
+    expected = (
+        PreflightError,
+        pipeline.PipelineError,
+        DataError,
+        IntermediateError,
+        LegacyFormatError,
+        CheckpointError,
+        OSError,
+    )
     try:
-        with logging_redirect_tqdm():
-            if cfg.launcher.name == "slurm":
-                from referdino_plus.slurm import SubmittedRun, run_on_slurm
+        if cfg.launcher.name == "slurm":
+            from referdino_plus.slurm import SubmittedRun, run_on_slurm
 
-                result = run_on_slurm(cfg, stages=args.stages, overwrite=args.overwrite)
-                if isinstance(result, SubmittedRun):
-                    print_submission(result)
-                    return 0
-            else:
-                result = pipeline.run(
-                    cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
-                )
-    except (pipeline.PipelineError, DataError, IntermediateError, FileNotFoundError) as err:
-        logger.error("%s", err)
+            result = run_on_slurm(cfg, stages=args.stages, overwrite=args.overwrite)
+            if isinstance(result, SubmittedRun):
+                print_submission(result)
+                return 0
+        else:
+            result = pipeline.run(
+                cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
+            )
+    except KeyboardInterrupt:
+        logger.error("interrupted; finished videos are kept: rerun the same command to go on")
+        return 130
+    except expected as err:
+        logger.debug("the run stopped", exc_info=True)
+        logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details)
         return 1
-    return report_result(result, cfg.work_dir)
+    return report_result(result, cfg.work_dir, details)
 
 
-def report_result(result: RunResult, work_dir: str) -> int:
-    """Log the archives, print the score table; the exit status of the run."""
+def report_result(result: RunResult, work_dir: str, details: str = "") -> int:
+    """Log the archives, print the score table; returns the exit status of the run."""
     from referdino_plus import pipeline
 
     for name, path in result.archives.items():
@@ -145,9 +161,27 @@ def report_result(result: RunResult, work_dir: str) -> int:
     if result.scores:
         print(pipeline.format_scores(result.scores))
     if not result.ok:
-        logger.error("some videos failed (see above and %s/report.json)", work_dir)
+        logger.error("the run did not complete: see %s/report.json%s", work_dir, details)
         return 1
     return 0
+
+
+def cluster_devices(cfg: PipelineConfig, args: argparse.Namespace) -> list[str]:
+    """What a ``launcher=slurm`` run runs on, for the log; its paths checked first.
+
+    Raises:
+        ValueError: ``--gids``/``--cpu`` (this machine's devices), or a path the nodes could
+            not reach (relative).
+    """
+    from referdino_plus.slurm import check_cluster_paths
+
+    if args.gids or args.cpu:
+        raise ValueError(
+            "--gids and --cpu choose this machine's devices; with launcher=slurm, "
+            "launcher.gpus_per_task sets each task's"
+        )
+    check_cluster_paths(cfg, args.stages)
+    return [f"SLURM ({cfg.launcher.tasks} tasks)"]
 
 
 def print_submission(run: SubmittedRun) -> None:
@@ -168,8 +202,6 @@ def finish_command(argv: Sequence[str]) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from referdino_plus.config import ConfigError, from_yaml
     from referdino_plus.pipeline import PipelineError
     from referdino_plus.slurm import SubmittedRun, collect
@@ -178,9 +210,10 @@ def finish_command(argv: Sequence[str]) -> int:
     try:
         run = SubmittedRun.load(args.record)
         work_dir = from_yaml(run.config).work_dir
-        with logging_redirect_tqdm():
-            result = collect(run)
-    except (PipelineError, ConfigError, DataError) as err:
+        result = collect(run)
+    except KeyboardInterrupt:
+        return 130
+    except (PipelineError, ConfigError, DataError, OSError) as err:
         logger.error("%s", err)
         return 1
     return report_result(result, work_dir)
@@ -193,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from referdino_plus.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["app"]:
+        from referdino_plus.app import main as app_main
+
+        return app_main(argv[1:])
     if argv[:1] == ["finish"]:
         return finish_command(argv[1:])
     return run_command(argv)

@@ -28,7 +28,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rvos.options import Choice, OptionError, check_range
+from rvos.options import Choice, OptionError, check_range, check_registered
 from stage1_referdino.options import Stage1Options
 from stage2_sam2_refine.options import Stage2Options
 from stage3_fusion.options import FusionOptions
@@ -45,12 +45,38 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataOptions:
-    """The ``data`` section: which split to run on (``configs/data/``)."""
+    """The ``data`` section: which benchmark split to run on (``configs/data/<name>.yaml``).
+
+    Attributes:
+        root: the split's folder.
+        validate_frames: check every listed frame before starting.
+        layout: how the split's files are laid out (:data:`rvos.splits.SPLIT_LAYOUTS`).
+        answer: the stage-1 answer rule of ``stage1.zip`` (:data:`rvos.proposals.ANSWER_RULES`).
+        archive: the archives' member layout (:data:`rvos.archive.ARCHIVE_WRITERS`).
+        metric: how archives are scored when the split has ground truth
+            (:data:`rvos.evaluation.METRICS`); ``None``: never scored locally.
+    """
 
     SECTION = "data"
 
     root: str
     validate_frames: bool
+    layout: str
+    answer: str
+    archive: str
+    metric: str | None
+
+    def __post_init__(self) -> None:
+        # The registries live with their code (archives, metrics): loaded when a config is built.
+        from rvos.archive import ARCHIVE_WRITERS
+        from rvos.evaluation import METRICS
+        from rvos.proposals import ANSWER_RULES
+        from rvos.splits import SPLIT_LAYOUTS
+
+        check_registered(self, "layout", SPLIT_LAYOUTS)
+        check_registered(self, "answer", ANSWER_RULES)
+        check_registered(self, "archive", ARCHIVE_WRITERS)
+        check_registered(self, "metric", METRICS)
 
 
 @dataclass
@@ -186,6 +212,51 @@ class LauncherOptions:
 
 
 @dataclass
+class Sam2Choice:
+    """One SAM 2 size offered by the app's page (an entry of ``app.sam2_models``)."""
+
+    name: str
+    model: str
+    checkpoint: str
+
+
+@dataclass
+class AppOptions:
+    """The ``app`` section: the browser page of ``run_pipeline.py app`` and its limits."""
+
+    SECTION = "app"
+
+    host: str
+    port: int
+    results_dir: str
+    keep_results: int
+    cache_hours: float
+    max_upload_mb: int
+    max_clip_seconds: float
+    max_frames: int
+    default_max_frames: int
+    max_frame_step: int
+    max_sentences: int
+    queue_size: int
+    gallery_frames: int
+    sam2_models: list[Sam2Choice]
+    examples: list[str]
+
+    def __post_init__(self) -> None:
+        check_range(self, "port", 1, 65535)
+        check_range(self, "keep_results", 1)
+        check_range(self, "cache_hours", 1e-3)
+        check_range(self, "max_upload_mb", 1)
+        check_range(self, "max_clip_seconds", 1e-3)
+        check_range(self, "max_frames", 1)
+        check_range(self, "default_max_frames", 1, self.max_frames)
+        check_range(self, "max_frame_step", 1)
+        check_range(self, "max_sentences", 1)
+        check_range(self, "queue_size", 1)
+        check_range(self, "gallery_frames", 1)
+
+
+@dataclass
 class PipelineConfig:
     """Everything a run reads from ``configs/pipeline.yaml``: see that file for each value."""
 
@@ -202,6 +273,7 @@ class PipelineConfig:
     evaluation: EvaluationOptions
     visualize: VisualizeOptions
     demo: DemoOptions
+    app: AppOptions
     launcher: LauncherOptions
 
 

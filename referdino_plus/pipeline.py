@@ -2,8 +2,9 @@
 
 Each stage processes the split's videos (sorted) whose record in ``work_dir/stage<N>/`` is not
 finished with the current configuration, through :func:`rvos.workers.run_sharded`. Then the
-archives whose records are complete are (re)written, evaluated when ground truth exists, and a
-report is saved to ``work_dir/report.json``.
+archives whose records are complete are (re)written in the benchmark's member layout
+(``data.archive``), scored with its metric (``data.metric``) when the split has ground truth, and
+a report is saved to ``work_dir/report.json``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from referdino_plus.archives import ARCHIVES, archive_is_current, archive_masks
+from referdino_plus.archives import (
+    ARCHIVES,
+    archive_is_current,
+    archive_masks,
+    archive_stamp,
+    set_aside_stale_archives,
+)
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from rvos import intermediates as im
-from rvos.archive import write_archive
-from rvos.evaluation import EvaluationResult, evaluate_archive
+from rvos.archive import build_archive_writer, write_archive
+from rvos.evaluation import BenchmarkResult, evaluate
 from rvos.io import atomic_output
-from rvos.mevis import MevisSplit
-from rvos.proposals import Stage1Records
+from rvos.proposals import THRESHOLD_OR_TOP1, Stage1Records, check_answer_rule
+from rvos.splits import DataError, Split
 from rvos.workers import RunSummary, run_sharded
 from stage1_referdino.runner import Stage1Job
 from stage2_sam2_refine.runner import Stage2Job
@@ -64,8 +71,8 @@ class RunResult:
     stage_summaries: dict[int, RunSummary] = field(default_factory=dict)
     archives: dict[str, Path] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
-    # Archive name -> its full evaluation (per expression); for the J&F-per-video plot.
-    evaluations: dict[str, EvaluationResult] = field(default_factory=dict)
+    # Archive name -> its full evaluation (per expression or object); for the J&F-per-video plot.
+    evaluations: dict[str, BenchmarkResult] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -83,7 +90,12 @@ def stage_fingerprints(cfg: PipelineConfig) -> Fingerprints:
         stage1_part = {"legacy_dir": stage1.legacy_dir, "obj_threshold": stage1.obj_threshold}
     else:
         stage1_part = numeric(stage1)
-    fp1 = im.config_fingerprint({"stage1": stage1_part, "revision": STAGE1_REVISION})
+    stage1_fields = {"stage1": stage1_part, "revision": STAGE1_REVISION}
+    # The answer rule changes the records' answers. Records of the rule every run used before
+    # rules were selectable keep their fingerprint, so existing MeViS work is not recomputed.
+    if cfg.data.answer != THRESHOLD_OR_TOP1:
+        stage1_fields["answer"] = cfg.data.answer
+    fp1 = im.config_fingerprint(stage1_fields)
     fp2 = im.config_fingerprint({"stage2": numeric(cfg.stage2), "stage1": fp1})
     fp3 = im.config_fingerprint({"stage3": to_plain(cfg.stage3), "stage2": fp2})
     return {1: fp1, 2: fp2, 3: fp3}
@@ -97,17 +109,18 @@ def stage1_records(cfg: PipelineConfig, fingerprints: Fingerprints) -> Stage1Rec
         fingerprint=fingerprints[1],
         legacy_dir=Path(legacy_dir) if legacy_dir else None,
         obj_threshold=cfg.stage1.obj_threshold,
+        answer=cfg.data.answer,
     )
 
 
 def stage_job(cfg: PipelineConfig, fingerprints: Fingerprints, stage: int) -> Any:
     """The picklable job of ``stage``'s workers (see :data:`STAGE_JOBS`)."""
-    work_dir, data_root = Path(cfg.work_dir), Path(cfg.data.root)
+    work_dir, data_root, layout = Path(cfg.work_dir), Path(cfg.data.root), cfg.data.layout
     if stage == 1:
-        return Stage1Job(data_root, stage1_records(cfg, fingerprints), cfg.stage1)
+        return Stage1Job(data_root, layout, stage1_records(cfg, fingerprints), cfg.stage1)
     if stage == 2:
         records = stage1_records(cfg, fingerprints)
-        return Stage2Job(data_root, work_dir, fingerprints[2], records, cfg.stage2)
+        return Stage2Job(data_root, layout, work_dir, fingerprints[2], records, cfg.stage2)
     if stage == 3:
         return Stage3Job(work_dir, fingerprints[3], cfg.stage3)
     raise ValueError(f"no stage {stage}")
@@ -175,13 +188,59 @@ def run(
     devices: Sequence[str] = ("cpu",),
     overwrite: bool = False,
 ) -> RunResult:
-    """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring."""
+    """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring.
+
+    Everything the run needs is checked first (:func:`referdino_plus.preflight.preflight`);
+    ``work_dir/report.json`` is written however the run ends (``status``: ``ok``, ``failed``,
+    ``interrupted``), once the work folder is known to be writable.
+
+    Raises:
+        PreflightError: listing everything that stops the run before any model loads.
+        PipelineError: a stage whose inputs are missing.
+    """
+    from referdino_plus.preflight import preflight
+
     fingerprints = stage_fingerprints(cfg)
-    work_dir = Path(cfg.work_dir)
-    split = open_split(cfg)
-    video_ids = split.video_ids
-    save_resolved_config(cfg, work_dir)
+    split = Split(cfg.data.root, cfg.data.layout)
+    check_benchmark(cfg, split)
     result = RunResult()
+    status, error = "failed", ""
+    try:
+        flight = preflight(cfg, split, stages)
+        save_resolved_config(cfg, Path(cfg.work_dir))
+        set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
+        if run_stages(
+            cfg, fingerprints, split, result, stages=stages, devices=devices, overwrite=overwrite
+        ):
+            write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
+            status = "ok"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except Exception as err:
+        error = " ".join(str(err).split())
+        raise
+    finally:
+        try:
+            write_report(cfg, fingerprints, split, result, status=status, error=error)
+        except OSError as err:  # an unwritable or full work_dir: the error above says why
+            logger.warning("%s/report.json not written: %s", cfg.work_dir, err)
+    return result
+
+
+def run_stages(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: Split,
+    result: RunResult,
+    *,
+    stages: Sequence[int],
+    devices: Sequence[str],
+    overwrite: bool,
+) -> bool:
+    """Each of ``stages`` on the videos it has not finished; stops at the first stage with a
+    failure (logged; ``result`` keeps each stage's summary). Returns whether all succeeded."""
+    work_dir, video_ids = Path(cfg.work_dir), split.video_ids
     for stage in sorted(stages):
         check_inputs(cfg, fingerprints, stage, video_ids)
         todo = pending_videos(work_dir, stage, video_ids, fingerprints[stage], overwrite)
@@ -203,60 +262,84 @@ def run(
         )
         result.stage_summaries[stage] = summary
         if not summary.ok:
-            failed = ", ".join(sorted({str(f.video_id) for f in summary.failures}))
-            logger.error(
-                "%s failed for: %s. Finished videos are kept; rerun the same command to retry "
-                "only the missing ones.",
-                STAGE_NAMES[stage],
-                failed,
-            )
-            break
-    finish(cfg, fingerprints, split, result)
-    return result
+            logger.error("%s", failure_summary(STAGE_NAMES[stage], summary, len(todo)))
+            return False
+    return True
 
 
-def open_split(cfg: PipelineConfig) -> MevisSplit:
-    """The run's split, its frames checked first when ``data.validate_frames``."""
-    split = MevisSplit(cfg.data.root)
-    if cfg.data.validate_frames:
-        logger.info("checking the frames of %d videos in %s", len(split.video_ids), split.root)
-        split.validate()
-    return split
+def failure_summary(stage_name: str, summary: RunSummary, num_videos: int) -> str:
+    """One line saying what failed in a stage and what to do."""
+    setups = [f for f in summary.failures if f.video_id is None]
+    videos = sorted({f.video_id for f in summary.failures if f.video_id is not None})
+    parts = []
+    if setups:
+        devices = ", ".join(sorted({f.device for f in setups}))
+        parts.append(f"could not start on {devices} ({setups[0].error})")
+    if videos:
+        named = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
+        parts.append(f"{len(videos)} of {num_videos} video(s) failed ({named})")
+    return (
+        f"{stage_name}: {'; '.join(parts)}. Finished videos are kept; fix the cause and rerun "
+        "the same command to process only the missing ones"
+    )
 
 
-def finish(
-    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+def write_outputs(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: Split,
+    result: RunResult,
+    *,
+    score: bool = True,
 ) -> None:
-    """After the stages: when they all succeeded, the archives, their scores and the pictures;
-    in any case ``work_dir/report.json``."""
+    """After the stages: the archives (scored when ``score``) and the pictures."""
     from referdino_plus.visualize import write_run_visualizations
 
-    if result.ok:
-        write_archives(cfg, fingerprints, split, result)
-        if cfg.visualize.enabled:
-            write_run_visualizations(cfg, fingerprints, split, result.evaluations)
-    write_report(cfg, fingerprints, split, result)
+    write_archives(cfg, fingerprints, split, result, score=score)
+    if cfg.visualize.enabled:
+        write_run_visualizations(cfg, fingerprints, split, result.evaluations)
+
+
+def check_benchmark(cfg: PipelineConfig, split: Split) -> None:
+    """Fail before any work when the benchmark's answer rule or archive does not fit the split.
+
+    Raises:
+        DataError: naming the ``data.*`` keys that disagree.
+    """
+    check_answer_rule(cfg.data.answer, split)
+    try:
+        build_archive_writer(cfg.data.archive, split.videos)
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- archives
 
 
 def write_archives(
-    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: Split,
+    result: RunResult,
+    *,
+    score: bool = True,
 ) -> None:
-    """(Re)write every archive whose stage records are all finished and newer than it."""
+    """(Re)write every archive whose stage records are all finished and newer than it, in the
+    benchmark's member layout; score each with its metric when ``score`` and the split has
+    ground truth."""
     work_dir = Path(cfg.work_dir)
     submission_dir = Path(cfg.submission_dir)
     expected = {
         vid: {exp_id: video.frame_names for exp_id in video.expressions}
         for vid, video in split.videos.items()
     }
+    writer = build_archive_writer(cfg.data.archive, split.videos)
     for name, stage in ARCHIVES.items():
         if pending_videos(work_dir, stage, split.video_ids, fingerprints[stage], False):
             continue
         path = submission_dir / name
         records = [im.stage_path(work_dir, stage, vid) for vid in split.video_ids]
-        if archive_is_current(path, records):
+        if archive_is_current(path, records, fingerprints[stage]):
             logger.info("%s is up to date", path)
         else:
             write_archive(
@@ -265,12 +348,15 @@ def write_archives(
                 expected,
                 compress_level=cfg.archive.png_compress_level,
                 jobs=cfg.archive.jobs,
+                writer=writer,
+                stamp=archive_stamp(stage, fingerprints[stage]),
             )
         result.archives[name] = path
-    if cfg.evaluation.enabled and split.has_ground_truth and result.archives:
+    metric = cfg.data.metric
+    if score and cfg.evaluation.enabled and metric and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
-            scores = evaluate_archive(path, split.root, jobs=cfg.evaluation.jobs)
-            result.scores[name] = {"J": scores.j, "F": scores.f, "J&F": scores.jf}
+            scores = evaluate(metric, path, split, jobs=cfg.evaluation.jobs)
+            result.scores[name] = scores.summary()
             result.evaluations[name] = scores
 
 
@@ -290,18 +376,33 @@ def fusion_decisions(
 
 
 def write_report(
-    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, result: RunResult
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: Split,
+    result: RunResult,
+    *,
+    status: str = "ok",
+    error: str = "",
 ) -> Path:
-    """``work_dir/report.json``: per-stage outcome, fusion decisions, archives and scores."""
+    """``work_dir/report.json``: how the run ended, per-stage outcome, fusion decisions,
+    archives and scores."""
     work_dir = Path(cfg.work_dir)
     report = {
         "name": cfg.name,
+        "status": status,
+        "error": error,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "data_root": str(split.root),
         "stages": {
             str(stage): {
                 "done": len(summary.done),
                 "failed": [
-                    {"video_id": f.video_id, "device": f.device, "error": f.message}
+                    {
+                        "video_id": f.video_id,
+                        "device": f.device,
+                        "error": f.error,
+                        "traceback": f.details,
+                    }
                     for f in summary.failures
                 ],
             }
@@ -318,8 +419,13 @@ def write_report(
 
 
 def format_scores(scores: dict[str, dict[str, float]]) -> str:
-    """A small text table of J, F, J&F per archive, in percent (as the MeViS leaderboard)."""
-    lines = [f"{'archive':<12} {'J':>7} {'F':>7} {'J&F':>7}"]
+    """A small text table of the scores per archive, in percent (as the leaderboards): J, F and
+    J&F, then any other score of the benchmark's metric (MeViS v2: N-acc, T-acc, J&F-T;
+    Ref-DAVIS17: recall and decay); ``-`` where an archive lacks one."""
+    columns = list(dict.fromkeys(["J", "F", "J&F", *(k for s in scores.values() for k in s)]))
+    width = max(7, *(len(c) for c in columns))
+    lines = [f"{'archive':<12}" + "".join(f" {c:>{width}}" for c in columns)]
     for name, s in scores.items():
-        lines.append(f"{name:<12} {100 * s['J']:>7.2f} {100 * s['F']:>7.2f} {100 * s['J&F']:>7.2f}")
+        cells = (f"{100 * s[c]:>{width}.2f}" if c in s else f"{'-':>{width}}" for c in columns)
+        lines.append(f"{name:<12}" + "".join(f" {cell}" for cell in cells))
     return "\n".join(lines)

@@ -3,16 +3,64 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers whose DEBUG records (tracebacks of failed videos, ...) go to a run's log file.
+OWN_LOGGERS = ("referdino_plus", "rvos", "stage1_referdino", "stage2_sam2_refine", "stage3_fusion")
+LOG_DIR = "logs"  # in work_dir
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr, written through ``tqdm.write`` so that records print between progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
+
+
+class _OwnDebug(logging.Filter):
+    """DEBUG records of our own packages, and everything from INFO up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO or record.name.split(".")[0] in OWN_LOGGERS
 
 
 def setup_logging(quiet: bool = False) -> None:
-    """INFO (or, ``quiet``, WARNING) to stderr, with times."""
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S"
-    )
+    """INFO (or, ``quiet``, WARNING) to stderr, with times. Python warnings (e.g. a library's
+    ``UserWarning``) go through logging too, so they print between progress bars, not in them."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    console = _ConsoleHandler()
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    root.addHandler(console)
+    logging.captureWarnings(True)
+
+
+def log_to_file(work_dir: str | Path) -> Path | None:
+    """Also log everything, tracebacks included, to ``work_dir/logs/<time>.log``.
+
+    Returns:
+        the file, or ``None`` when it cannot be created (the run's checks then say why).
+    """
+    path = Path(work_dir) / LOG_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setLevel(logging.DEBUG)
+    handler.addFilter(_OwnDebug())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    return path
 
 
 def gpu_count() -> int:

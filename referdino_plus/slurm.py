@@ -48,6 +48,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, pickle_lo
 from submitit.helpers import Checkpointable
 from tqdm import tqdm
 
+from referdino_plus.archives import set_aside_stale_archives
 from referdino_plus.config import LauncherOptions, PipelineConfig, from_yaml, to_yaml
 from referdino_plus.pipeline import (
     STAGE_JOBS,
@@ -55,18 +56,19 @@ from referdino_plus.pipeline import (
     Fingerprints,
     PipelineError,
     RunResult,
+    check_benchmark,
     check_inputs,
-    finish,
-    open_split,
     pending_videos,
     save_resolved_config,
     stage_devices,
     stage_fingerprints,
     stage_job,
+    write_outputs,
+    write_report,
 )
 from referdino_plus.runtime import setup_logging
 from rvos.io import atomic_output
-from rvos.mevis import MevisSplit
+from rvos.splits import Split
 from rvos.workers import Failure, RunSummary, run_sharded, shard
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,6 @@ ENDED_STATES = frozenset(
     }
 )
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
-CHECKPOINT_HINT = "run `bash download_ckpts.sh` (see README) or point {key}= at your file"
 
 
 # ----------------------------------------------------------------------------- submit-time checks
@@ -118,29 +119,23 @@ def cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> dict[str, str]:
     return paths
 
 
-def check_cluster_inputs(cfg: PipelineConfig, stages: Sequence[int]) -> None:
-    """What a task needs, checked before anything is submitted: absolute paths (the nodes share
-    the filesystem, not this shell's folder), the checkpoints and model files present, and the
-    SLURM commands.
+def check_cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> None:
+    """Every path a task of ``stages`` uses is absolute: the nodes share the filesystem, not this
+    shell's folder. (That the files are there is the preflight's part, as for a local run.)
 
     Raises:
-        PipelineError: one line naming the key (a missing checkpoint names ``download_ckpts.sh``).
+        ValueError: one line naming the first relative path's key.
     """
-    paths = cluster_paths(cfg, stages)
-    for key, value in paths.items():
+    for key, value in cluster_paths(cfg, stages).items():
         if not Path(value).is_absolute():
-            raise PipelineError(
+            raise ValueError(
                 f"{key}={value}: launcher=slurm needs an absolute path, on a filesystem the "
                 "cluster's nodes share"
             )
-    for key, value in paths.items():
-        if key.endswith(".checkpoint") and not Path(value).is_file():
-            hint = CHECKPOINT_HINT.format(key=key)
-            raise PipelineError(f"{key}={value}: checkpoint not found; {hint}")
-        if key in ("stage1.model", "stage2.model") and not Path(value).is_file():
-            raise PipelineError(f"{key}={value}: model configuration not found")
-        if key in ("stage1.legacy_dir", "stage1.text_encoder") and not Path(value).is_dir():
-            raise PipelineError(f"{key}={value}: folder not found")
+
+
+def check_slurm_commands() -> None:
+    """Raises: PipelineError: ``sbatch`` or ``squeue`` is not on this machine."""
     for command in ("sbatch", "squeue"):
         if shutil.which(command) is None:
             raise PipelineError(
@@ -312,6 +307,7 @@ class SubmittedRun:
     stages: list[int]
     log_dir: str
     config: str  # the resolved configuration (YAML)
+    evaluate: bool  # score the archives (the preflight found the ground truth complete)
     finishing_job_id: str | None = None  # launcher.wait=false: the job that finishes the run
 
     @property
@@ -364,7 +360,12 @@ def build_executor(options: LauncherOptions, *, gpus: int) -> submitit.AutoExecu
 
 
 def submit_array(
-    cfg: PipelineConfig, stages: Sequence[int], shards: list[list[str]], overwrite: bool
+    cfg: PipelineConfig,
+    stages: Sequence[int],
+    shards: list[list[str]],
+    overwrite: bool,
+    *,
+    evaluate: bool,
 ) -> SubmittedRun:
     """Submit one task per shard; save and return the run's record.
 
@@ -386,6 +387,7 @@ def submit_array(
         stages=sorted(stages),
         log_dir=str(options.log_dir),
         config=to_yaml(cfg),
+        evaluate=evaluate,
     )
     run.save()
     logger.info(
@@ -573,15 +575,12 @@ def report_task(outcome: TaskOutcome) -> None:
         logger.error("%s %s %s; log: %s", where, outcome.error, position, outcome.log_file)
     for stage, summary in sorted(outcome.summaries.items()):
         for failure in summary.failures:
-            lines = [line for line in failure.message.splitlines() if line.strip()]
-            reason = lines[-1].strip() if lines else "failed"
-            what = f"video {failure.video_id!r}" if failure.video_id else "its set-up"
             logger.error(
                 "%s: %s failed on %s: %s; log: %s",
                 where,
                 STAGE_NAMES[stage],
-                what,
-                reason,
+                failure.what,
+                failure.error,
                 outcome.log_file,
             )
 
@@ -599,7 +598,8 @@ def merge_outcomes(outcomes: Sequence[TaskOutcome], stages: Sequence[int]) -> Ru
                     outcome.shard,
                     device,
                     f.video_id,
-                    f"{f.message}\n(log: {outcome.log_file})",
+                    f"{f.error}; log: {outcome.log_file}",
+                    f.details,
                 )
                 for f in summary.failures
             )
@@ -631,23 +631,31 @@ def collect(run: SubmittedRun) -> RunResult:
         raise
     result = merge_outcomes(outcomes, run.stages)
     fingerprints = stage_fingerprints(cfg)
-    split = MevisSplit(cfg.data.root)
-    if result.ok:
-        check_complete(cfg, fingerprints, split, run.stages)
-    finish(cfg, fingerprints, split, result)
-    if not result.ok:
-        failed = sum(not task_ok(o) for o in outcomes)
-        logger.error(
-            "%d of %d task(s) failed (see above). Finished videos are kept; rerun the same "
-            "command to submit only the missing ones.",
-            failed,
-            len(outcomes),
-        )
+    split = Split(cfg.data.root, cfg.data.layout)
+    status, error = "failed", ""
+    try:
+        if result.ok:
+            check_complete(cfg, fingerprints, split, run.stages)
+            write_outputs(cfg, fingerprints, split, result, score=run.evaluate)
+            status = "ok"
+        else:
+            failed = sum(not task_ok(outcome) for outcome in outcomes)
+            error = f"{failed} of {len(outcomes)} task(s) failed"
+            logger.error(
+                "%s (see above). Finished videos are kept; rerun the same command to submit "
+                "only the missing ones.",
+                error,
+            )
+    except Exception as err:
+        error = " ".join(str(err).split())
+        raise
+    finally:
+        write_report(cfg, fingerprints, split, result, status=status, error=error)
     return result
 
 
 def check_complete(
-    cfg: PipelineConfig, fingerprints: Fingerprints, split: MevisSplit, stages: Sequence[int]
+    cfg: PipelineConfig, fingerprints: Fingerprints, split: Split, stages: Sequence[int]
 ) -> None:
     """Raises: PipelineError: a stage's records are still missing after successful tasks."""
     for stage in stages:
@@ -701,17 +709,25 @@ def run_on_slurm(
         with ``launcher.wait``, the finished run (as :func:`referdino_plus.pipeline.run`);
         otherwise the submitted run, which a dependent job finishes.
     Raises:
-        PipelineError: a path, checkpoint or command a task needs is missing (one line), or
-            sbatch refused the job.
+        ValueError: a relative path (:func:`check_cluster_paths`).
+        PreflightError: what a local run would find missing (model files, folders, frames).
+        PipelineError: the SLURM commands are missing, a stage's inputs are, or sbatch refused
+            the job.
     """
+    from referdino_plus.preflight import preflight
+
     stages = sorted(stages)
-    check_cluster_inputs(cfg, stages)
+    check_cluster_paths(cfg, stages)
+    check_slurm_commands()
     fingerprints = stage_fingerprints(cfg)
-    split = open_split(cfg)
+    split = Split(cfg.data.root, cfg.data.layout)
+    check_benchmark(cfg, split)
+    flight = preflight(cfg, split, stages)
     for stage in stages:
         if stage - 1 not in stages:
             check_inputs(cfg, fingerprints, stage, split.video_ids)
     save_resolved_config(cfg, Path(cfg.work_dir))
+    set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
     todo = videos_to_process(cfg, fingerprints, stages, split.video_ids, overwrite)
     environment = code_environment()
     logger.info(
@@ -723,10 +739,11 @@ def run_on_slurm(
     )
     if not todo:
         result = RunResult(stage_summaries={stage: RunSummary() for stage in stages})
-        finish(cfg, fingerprints, split, result)
+        write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
+        write_report(cfg, fingerprints, split, result)
         return result
     shards = shard(todo, min(int(cfg.launcher.tasks or 1), len(todo)))
-    run = submit_array(cfg, stages, shards, overwrite)
+    run = submit_array(cfg, stages, shards, overwrite, evaluate=flight.evaluate)
     if cfg.launcher.wait:
         return collect(run)
     run.finishing_job_id = submit_finishing_job(run, cfg.launcher)

@@ -27,8 +27,8 @@ from rvos.drawing import (
     mask_strip,
     save_png,
 )
-from rvos.evaluation import EvaluationResult
-from rvos.mevis import MevisSplit
+from rvos.evaluation import BenchmarkResult
+from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ JF_PLOT_NAME = "jf_per_video.png"
 
 def per_video_jf(per_expression: Mapping[tuple[str, str], Any]) -> dict[str, float]:
     """``{video_id: mean J&F over its expressions}`` from ``{(video_id, exp_id): score}`` where
-    each score has a ``jf`` attribute (:class:`rvos.evaluation.ExpressionScore`)."""
+    each score has a ``jf`` attribute (:class:`rvos.evaluation.ExpressionScore`,
+    :class:`rvos.davis.ObjectScore`)."""
     sums: dict[str, list[float]] = {}
     for (video_id, _), score in per_expression.items():
         sums.setdefault(video_id, []).append(float(score.jf))
@@ -69,7 +70,7 @@ def _expression_title(text: str, decision: Mapping[str, Any] | None) -> str:
 
 
 def write_video_strips(
-    work_dir: Path, split: MevisSplit, video_id: str, options: VisualizeOptions
+    work_dir: Path, split: Split, video_id: str, options: VisualizeOptions
 ) -> list[Path]:
     """Strips of every expression of one video, from its stage 1, 2 and 3 records.
 
@@ -119,8 +120,8 @@ def write_video_strips(
 def write_run_visualizations(
     cfg: PipelineConfig,
     fingerprints: Mapping[int, str],
-    split: MevisSplit,
-    evaluations: Mapping[str, EvaluationResult] | None = None,
+    split: Split,
+    evaluations: Mapping[str, BenchmarkResult] | None = None,
 ) -> list[Path]:
     """After a run: a strip per expression and, with evaluations, the J&F-per-video plot.
 
@@ -128,7 +129,7 @@ def write_run_visualizations(
         cfg: the run's configuration.
         fingerprints: the configuration fingerprint of each stage's records.
         split: the split of the run.
-        evaluations: ``{archive name: EvaluationResult}`` of the run (empty: no plot).
+        evaluations: ``{archive name: its evaluation}`` of the run (empty: no plot).
     Returns:
         the files written. Videos whose three stage records are not all finished are skipped
         (with a log line).

@@ -1,12 +1,17 @@
 """The shared data layer of the ReferDINO-Plus pipeline: data and formats, no models, no stages.
 
-- :mod:`rvos.mevis`: MeViS-layout splits (expressions, frames, ground truth) and their validation.
+- :mod:`rvos.splits`: benchmark splits in each registered file layout (MeViS, Ref-YouTube-VOS,
+  Ref-DAVIS17), read into the same videos and expressions, and their validation.
+- :mod:`rvos.mevis`: MeViS splits (v1 and v2) and their ground truth.
 - :mod:`rvos.intermediates`: the versioned per-video records the stages exchange.
-- :mod:`rvos.proposals`: stage-1 records from a model's raw outputs or from legacy files.
+- :mod:`rvos.proposals`: stage-1 records from a model's raw outputs or from legacy files, and
+  the stage-1 answer rules.
 - :mod:`rvos.legacy`: ReferDINO-Plus ``Annotations_intermediate/*.npz`` reader and writer.
 - :mod:`rvos.masks`: binary-mask helpers (run-length codec, bounding boxes, logit upsampling).
-- :mod:`rvos.archive`: submission archives of PNG masks.
-- :mod:`rvos.metrics`, :mod:`rvos.evaluation`: the official MeViS J&F, on an archive.
+- :mod:`rvos.archive`: submission archives of PNG masks, one member layout per benchmark.
+- :mod:`rvos.metrics`, :mod:`rvos.evaluation`: the official MeViS J&F (and MeViS v2's
+  accuracies), on an archive; the metrics by name.
+- :mod:`rvos.davis`: Ref-DAVIS17's indexed masks and the DAVIS 2017 unsupervised evaluation.
 - :mod:`rvos.video`: reading clips and writing H.264 videos.
 - :mod:`rvos.drawing`: overlays, captions, strips and plots of masks.
 - :mod:`rvos.workers`: sharding videos over GPU workers.

@@ -1,8 +1,16 @@
-"""MeViS submission archives.
+"""Submission archives, one member layout per benchmark (``data.archive``, :data:`ARCHIVE_WRITERS`).
 
-Layout (the one the MeViS evaluation server expects): ``<video_id>/<exp_id>/<frame_name>.png`` at
-the top level of the zip, no wrapper folder; each PNG is mode ``L`` with values 0/255 at the
-original frame size, one per frame listed in ``meta_expressions.json``.
+``mevis``            ``<video_id>/<exp_id>/<frame_name>.png`` at the top level of the zip, no
+                     wrapper folder (the layout the MeViS evaluation server expects, v1 and v2)
+``ref_youtube_vos``  ``Annotations/<video_id>/<exp_id>/<frame_name>.png`` (the Ref-YouTube-VOS
+                     server wants the ``Annotations/`` prefix, as ReferDINO's ``inference_ytvos.py``
+                     zips it)
+``ref_davis17``      ``anno_<k>/<video_id>/<frame_name>.png``: per annotator ``k``, one indexed PNG
+                     (mode ``P``, DAVIS palette) per frame, pixel ``i`` = the object of the
+                     annotator's ``i``-th expression (:class:`AnnotatorLabelPngs`)
+
+The first two hold one PNG per expression and frame, mode ``L`` with values 0/255 at the original
+frame size; every archive has one PNG per frame listed in the split's metadata.
 
 PNGs are encoded in parallel per video (joblib) and streamed into a temporary zip that replaces
 the final name only once every video and expression of the split is in it, so a partial archive
@@ -13,17 +21,22 @@ the same bytes (archives from different runs, machines or clusters compare with 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image
 from tqdm import tqdm
 
+from rvos.davis import annotator_dir, encode_label_png
 from rvos.io import atomic_output, safe_component
+from rvos.splits import Video
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +60,156 @@ def encode_png(mask: np.ndarray, compress_level: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+# The members of one video: [(arcname, PNG bytes)].
+Entries = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class ExpressionPngs:
+    """One mode-``L`` PNG (0/255) per expression and frame: ``<prefix><video>/<exp_id>/<frame>.png``.
+
+    Attributes:
+        prefix: ``""`` (MeViS) or a folder every member sits in (``"Annotations/"``).
+    """
+
+    prefix: str
+
+    def video_entries(
+        self,
+        video_id: str,
+        frame_names: Sequence[str],
+        masks: Mapping[str, np.ndarray],
+        compress_level: int,
+    ) -> Entries:
+        """Members of one video; ``masks``: ``{exp_id: [T, H, W] bool}`` in archive order."""
+        entries = []
+        for exp_id, stack in masks.items():
+            folder = f"{safe_component(video_id, 'video id')}/{safe_component(exp_id, 'exp id')}"
+            for frame_name, mask in zip(frame_names, stack, strict=True):
+                name = f"{self.prefix}{folder}/{safe_component(frame_name, 'frame name')}.png"
+                entries.append((name, encode_png(mask, compress_level)))
+        return entries
+
+
+@dataclass(frozen=True)
+class AnnotatorLabelPngs:
+    """Per annotator, one indexed PNG per frame: ``anno_<k>/<video>/<frame>.png`` (Ref-DAVIS17).
+
+    An annotator's expressions are merged as ReferDINO's Ref-DAVIS17 inference merges soft masks
+    (background 0.1, masks below 0.5 zeroed, argmax) with each mask's value 1 inside: pixel ``i``
+    is the ``i``-th object whose mask covers it, the first in ``obj_idx`` order where masks
+    overlap, 0 where none does. (Stage-1 answers made with ``top1_per_annotator`` are already
+    disjoint, resolved by their soft masks.)
+
+    Attributes:
+        groups: ``{video_id: {annotator: [exp_id, ...]}}``, each list in ``obj_idx`` order.
+    """
+
+    groups: Mapping[str, Mapping[int, Sequence[str]]]
+
+    @classmethod
+    def for_videos(cls, videos: Mapping[str, Video]) -> AnnotatorLabelPngs:
+        """The writer of a split whose expressions carry ``annotator`` and ``obj_idx``.
+
+        Raises:
+            ValueError: a video whose expressions have no annotators.
+        """
+        groups = {vid: video.annotator_groups() for vid, video in videos.items()}
+        lacking = [vid for vid, g in groups.items() if not g]
+        if lacking:
+            raise ValueError(
+                f"data.archive=ref_davis17 needs expressions grouped by annotator "
+                f"(data.layout=ref_davis17); video {lacking[0]!r} has none"
+            )
+        return cls(groups=groups)
+
+    def video_entries(
+        self,
+        video_id: str,
+        frame_names: Sequence[str],
+        masks: Mapping[str, np.ndarray],
+        compress_level: int,
+    ) -> Entries:
+        """Members of one video: ``len(frame_names)`` PNGs per annotator."""
+        entries = []
+        video = safe_component(video_id, "video id")
+        for annotator, exp_ids in self.groups[video_id].items():
+            labels = merge_labels([masks[e] for e in exp_ids])
+            for frame_name, frame_labels in zip(frame_names, labels, strict=True):
+                name = (
+                    f"{annotator_dir(annotator)}/{video}/{safe_component(frame_name, 'frame')}.png"
+                )
+                entries.append((name, encode_label_png(frame_labels, compress_level)))
+        return entries
+
+
+def merge_labels(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """``[T, H, W] uint8`` labels of object masks: ``i + 1`` where ``masks[i]`` is the first to
+    cover a pixel, 0 where none does.
+
+    Args:
+        masks: per object, ``[T, H, W] bool``.
+    """
+    labels = np.zeros(masks[0].shape, dtype=np.uint8)
+    for obj_idx in reversed(range(len(masks))):
+        labels[masks[obj_idx]] = obj_idx + 1
+    return labels
+
+
+class ArchiveWriter(Protocol):
+    """Turns one video's masks into archive members."""
+
+    def video_entries(
+        self,
+        video_id: str,
+        frame_names: Sequence[str],
+        masks: Mapping[str, np.ndarray],
+        compress_level: int,
+    ) -> Entries: ...
+
+
+MEVIS_WRITER = ExpressionPngs(prefix="")
+# data.archive -> (the split's videos -> writer). Add an entry for another benchmark's members.
+ARCHIVE_WRITERS: dict[str, Callable[[Mapping[str, Video]], ArchiveWriter]] = {
+    "mevis": lambda videos: MEVIS_WRITER,
+    "ref_youtube_vos": lambda videos: ExpressionPngs(prefix="Annotations/"),
+    "ref_davis17": AnnotatorLabelPngs.for_videos,
+}
+
+
+def build_archive_writer(name: str, videos: Mapping[str, Video]) -> ArchiveWriter:
+    """The writer registered as ``name``, for a split's ``videos``.
+
+    Raises:
+        ValueError: an unknown name (listing the known ones), or a split it cannot write.
+    """
+    try:
+        build = ARCHIVE_WRITERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown archive writer {name!r} (known: {', '.join(sorted(ARCHIVE_WRITERS))})"
+        ) from None
+    return build(videos)
+
+
 def encode_video_entries(
     load: VideoMasksLoader,
     video_id: str,
     expected: dict[str, Sequence[str]],
     compress_level: int,
-) -> list[tuple[str, bytes]]:
+    writer: ArchiveWriter = MEVIS_WRITER,
+) -> Entries:
     """All ``(arcname, png)`` entries of one video.
 
     Args:
         load: returns the video's frame names and ``{exp_id: [T, H, W] bool}``.
         expected: ``{exp_id: frame_names}`` the archive must contain for this video.
+        writer: the member layout.
     Raises:
         IncompleteArchiveError: an expected expression is missing or has another frame count.
     """
     frame_names, masks = load(video_id)
     frame_names = list(frame_names)
-    entries = []
     for exp_id, wanted_frames in expected.items():
         if exp_id not in masks:
             raise IncompleteArchiveError(f"video {video_id!r}: expression {exp_id!r} is missing")
@@ -73,11 +219,8 @@ def encode_video_entries(
                 f"video {video_id!r}, expression {exp_id!r}: {stack.shape[0]} masks for "
                 f"{len(wanted_frames)} listed frames"
             )
-        folder = f"{safe_component(video_id, 'video id')}/{safe_component(exp_id, 'exp id')}"
-        for frame_name, mask in zip(frame_names, stack, strict=True):
-            name = f"{folder}/{safe_component(frame_name, 'frame name')}.png"
-            entries.append((name, encode_png(mask, compress_level)))
-    return entries
+    ordered = {exp_id: masks[exp_id] for exp_id in expected}
+    return writer.video_entries(video_id, frame_names, ordered, compress_level)
 
 
 def archive_entry(name: str) -> zipfile.ZipInfo:
@@ -96,8 +239,10 @@ def write_archive(
     compress_level: int = 1,
     jobs: int = -1,
     desc: str | None = None,
+    writer: ArchiveWriter = MEVIS_WRITER,
+    stamp: Mapping[str, Any] | None = None,
 ) -> int:
-    """Write a MeViS archive atomically.
+    """Write an archive atomically (MeViS layout unless ``writer`` says otherwise).
 
     Args:
         path: the ``.zip`` to write.
@@ -107,12 +252,16 @@ def write_archive(
             (usually every video and expression of ``meta_expressions.json``).
         compress_level: PNG zlib level.
         jobs: joblib processes encoding PNGs.
+        writer: the member layout (:func:`build_archive_writer`); picklable.
+        stamp: JSON-ready facts to keep in the zip's comment (e.g. the fingerprint of the
+            configuration that made the masks; :func:`read_stamp`).
     Returns:
         the number of PNG entries written.
     """
     video_ids = sorted(expected)
     results: Iterator[list[tuple[str, bytes]]] = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(encode_video_entries)(load, vid, expected[vid], compress_level) for vid in video_ids
+        delayed(encode_video_entries)(load, vid, expected[vid], compress_level, writer)
+        for vid in video_ids
     )
     count = 0
     with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
@@ -120,5 +269,18 @@ def write_archive(
             for name, data in entries:
                 archive.writestr(archive_entry(name), data)
             count += len(entries)
+        if stamp is not None:
+            archive.comment = json.dumps(dict(stamp), sort_keys=True).encode()
     logger.info("wrote %s (%d masks)", path, count)
     return count
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp :func:`write_archive` kept in the zip's comment; ``None`` if there is none or the
+    file is not a readable zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            stamp = json.loads(archive.comment.decode() or "null")
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return stamp if isinstance(stamp, dict) else None

@@ -17,6 +17,18 @@ top level; the split (read through :class:`rvos.mevis.MevisSplit`, with its id c
 Scores are fractions in ``[0, 1]`` in :class:`EvaluationResult`; :func:`format_table` shows
 percentages with two decimals, like the MeViS leaderboard. The command line is
 ``python -m stage3_fusion.evaluate``.
+
+MeViS v2 (:func:`evaluate_mevis_v2`) adds expressions that refer to nothing (an empty ``anno_id``
+list: empty ground truth on every frame) and reports, beside J, F and J&F over all expressions:
+
+- ``N-acc``: no-target expressions answered with empty masks on every frame / no-target
+  expressions;
+- ``T-acc``: target expressions answered with a non-empty mask on some frame / target
+  expressions;
+- ``J&F-T``: J&F over the target expressions only.
+
+A missing video or expression counts as a wrong answer for both accuracies. A metric is selected by
+name (``data.metric``, :data:`METRICS`); each returns a :class:`BenchmarkResult`.
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -35,6 +48,7 @@ from tqdm import tqdm
 
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
 from rvos.mevis import MASK_FILE, DataError, MevisSplit, gt_frame_mask, gt_frame_size
+from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +69,14 @@ class ExpressionScore:
         f: mean boundary F-measure over the frames, in ``[0, 1]``.
         status: ``"ok"``, ``"missing_video"`` or ``"missing_expression"`` (both score 0).
         missing_frames: frame names without a PNG, scored as empty predictions.
+        has_foreground: whether the prediction has a foreground pixel on some frame.
     """
 
     j: float
     f: float
     status: str = "ok"
     missing_frames: tuple[str, ...] = ()
+    has_foreground: bool = False
 
     @property
     def jf(self) -> float:
@@ -110,11 +126,103 @@ class EvaluationResult:
             "per_expression": videos,
         }
 
+    def summary(self) -> dict[str, float]:
+        """``{"J", "F", "J&F"}`` (fractions)."""
+        return {"J": self.j, "F": self.f, "J&F": self.jf}
+
+    def format_table(self) -> str:
+        """J, F and J&F in percent."""
+        return format_summary(self.summary())
+
+
+class BenchmarkResult(Protocol):
+    """What every metric returns (:data:`METRICS`); scores are fractions in ``[0, 1]``."""
+
+    @property
+    def jf(self) -> float: ...
+
+    @property
+    def per_expression(self) -> Mapping[tuple[str, str], Any]:
+        """``(video_id, key) -> score`` with a ``jf`` attribute, one per scored unit (an
+        expression; Ref-DAVIS17: an annotator's object), for the J&F-per-video plot."""
+        ...
+
+    def summary(self) -> dict[str, float]:
+        """The headline scores: ``J``, ``F`` and ``J&F`` first, then the metric's own."""
+        ...
+
+    def to_json(self) -> dict: ...
+
+    def format_table(self) -> str:
+        """The scores in percent, as the benchmark's leaderboard shows them."""
+        ...
+
+
+@dataclass(frozen=True)
+class MevisV2Result:
+    """MeViS v2 scores: J, F and J&F over all expressions, the no-target and target accuracies,
+    and J&F over the target expressions.
+
+    Attributes:
+        scores: the J and F of every expression (no-target ones included).
+        targets: ``(video_id, exp_id) -> whether the expression refers to something``.
+    """
+
+    scores: EvaluationResult
+    targets: dict[tuple[str, str], bool] = field(repr=False)
+
+    @property
+    def jf(self) -> float:
+        return self.scores.jf
+
+    @property
+    def per_expression(self) -> dict[tuple[str, str], ExpressionScore]:
+        return self.scores.per_expression
+
+    def accuracies(self) -> dict[str, float]:
+        """``N-acc``, ``T-acc`` and ``J&F-T``; a key is left out when its set is empty."""
+        per_expression = self.scores.per_expression
+        no_target = [key for key, is_target in self.targets.items() if not is_target]
+        target = [key for key, is_target in self.targets.items() if is_target]
+        result = {}
+        if no_target:
+            right = [
+                per_expression[key].status == "ok" and not per_expression[key].has_foreground
+                for key in no_target
+            ]
+            result["N-acc"] = sum(right) / len(no_target)
+        if target:
+            right = [
+                per_expression[key].status == "ok" and per_expression[key].has_foreground
+                for key in target
+            ]
+            result["T-acc"] = sum(right) / len(target)
+            j, f = mean_scores([(per_expression[k].j, per_expression[k].f) for k in target])
+            result["J&F-T"] = (j + f) / 2
+        return result
+
+    def summary(self) -> dict[str, float]:
+        return {**self.scores.summary(), **self.accuracies()}
+
+    def to_json(self) -> dict:
+        """:meth:`EvaluationResult.to_json` plus the accuracies, the number of no-target
+        expressions and, per expression, whether it has a target and a non-empty prediction."""
+        data = {**self.scores.to_json(), **self.accuracies()}
+        data["num_no_target"] = sum(not is_target for is_target in self.targets.values())
+        for (video_id, exp_id), score in self.scores.per_expression.items():
+            entry = data["per_expression"][video_id][exp_id]
+            entry["target"] = self.targets[(video_id, exp_id)]
+            entry["predicted_foreground"] = score.has_foreground
+        return data
+
+    def format_table(self) -> str:
+        return format_summary(self.summary())
+
 
 # ----------------------------------------------------------------------------- ground truth
 
 
-def read_split(data_root: str | Path) -> tuple[MevisSplit, dict[str, list]]:
+def read_split(data_root: str | Path) -> tuple[Split, dict[str, list]]:
     """The split and its ground truth (``mask_dict.json``: ``anno_id -> [RLE or None]``).
 
     Raises:
@@ -122,7 +230,16 @@ def read_split(data_root: str | Path) -> tuple[MevisSplit, dict[str, list]]:
             missing (it only exists for splits with released ground truth, e.g. ``train`` and
             ``valid_u``; ``valid`` and ``test`` are scored by the challenge server) or invalid.
     """
-    split = MevisSplit(data_root)
+    return _mask_dict(MevisSplit(data_root))
+
+
+def _mask_dict(split: Split) -> tuple[Split, dict[str, list]]:
+    """``(split, mask_dict)``; :class:`DataError` when the split has no ``mask_dict.json``."""
+    if split.layout.mask_file is None:
+        raise DataError(
+            f"data.layout={split.layout.name} has no mask_dict.json ground truth: this metric "
+            "needs a MeViS-layout split"
+        )
     if not split.has_ground_truth:
         raise DataError(
             f"{split.root / MASK_FILE} not found: ground truth is needed to evaluate; MeViS "
@@ -133,12 +250,20 @@ def read_split(data_root: str | Path) -> tuple[MevisSplit, dict[str, list]]:
 
 
 class PredictionArchive:
-    """Read access to ``<video_id>/<exp_id>/<frame_name>.png`` in a zip file or a folder."""
+    """Read access to ``<video_id>/<exp_id>/<frame_name>.png`` in a zip file or a folder.
+
+    Any three-level member layout reads the same way: Ref-DAVIS17's
+    ``anno_<k>/<video_id>/<frame_name>.png`` is ``(anno_<k>, video_id, file)`` here.
+    :meth:`step_into_wrapper` handles the common mistake of an archive whose masks sit in one
+    wrapper folder (``Annotations/<video_id>/...``) instead of at the top level.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.prefix = ""  # the wrapper folder stepped into, with a trailing "/"
         self._zip: zipfile.ZipFile | None = None
         self._index: dict[tuple[str, str], set[str]] = {}
+        self._zip_videos: set[str] = set()
         if self.path.is_dir():
             return
         if not self.path.exists():
@@ -146,12 +271,19 @@ class PredictionArchive:
         if not zipfile.is_zipfile(self.path):
             raise ValueError(f"prediction {self.path} is neither a folder nor a zip file")
         self._zip = zipfile.ZipFile(self.path)
-        self._zip_videos: set[str] = set()
+        self._build_index()
+
+    def _build_index(self) -> None:
+        """Index the zip's ``video/``, ``video/exp/`` and ``video/exp/file`` entries (under the
+        prefix)."""
+        self._index.clear()
+        self._zip_videos.clear()
+        assert self._zip is not None
         for name in self._zip.namelist():
-            self._add_to_index(name.split("/"))
+            if name.startswith(self.prefix):
+                self._add_to_index(name[len(self.prefix) :].split("/"))
 
     def _add_to_index(self, parts: list[str]) -> None:
-        """Record ``video/``, ``video/exp/`` and ``video/exp/file`` zip entries."""
         if len(parts) < 2 or not parts[0]:
             return
         self._zip_videos.add(parts[0])
@@ -160,6 +292,28 @@ class PredictionArchive:
         files = self._index.setdefault((parts[0], parts[1]), set())
         if len(parts) == 3 and parts[2]:
             files.add(parts[2])
+
+    def top_level(self) -> set[str]:
+        """The folder names at the top level (under the prefix)."""
+        if self._zip is not None:
+            return set(self._zip_videos)
+        return {entry.name for entry in os.scandir(self.path) if entry.is_dir()}
+
+    def step_into_wrapper(self, video_ids: Sequence[str]) -> str | None:
+        """When no video of ``video_ids`` is at the top level but one single folder holds some,
+        read from inside that folder; returns its name (``None``: nothing changed)."""
+        top = self.top_level()
+        if top & set(video_ids) or len(top) != 1:
+            return None
+        (wrapper,) = top
+        if self._zip is not None:
+            self.prefix = f"{wrapper}/"
+            self._build_index()
+        else:
+            self.path = self.path / wrapper
+        if not self.top_level() & set(video_ids):
+            return None
+        return wrapper
 
     def close(self) -> None:
         if self._zip is not None:
@@ -187,7 +341,7 @@ class PredictionArchive:
 
     def read(self, video_id: str, exp_id: str, file_name: str) -> bytes:
         if self._zip is not None:
-            return self._zip.read(f"{video_id}/{exp_id}/{file_name}")
+            return self._zip.read(f"{self.prefix}{video_id}/{exp_id}/{file_name}")
         return (self.path / video_id / exp_id / file_name).read_bytes()
 
 
@@ -228,6 +382,7 @@ def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
     """Mean J and F of one expression, decoding one frame at a time."""
     size = gt_frame_size(task.gt_rles, task.anno_ids) or _prediction_size(task)
     scores = []
+    has_foreground = False
     for frame_idx, png in enumerate(task.pngs):
         where = f"{task.where}, frame {frame_idx}"
         try:
@@ -235,6 +390,7 @@ def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
         except ValueError as err:
             raise ValueError(f"{task.where}: {err}") from None
         pred = np.zeros(size, dtype=bool) if png is None else decode_png(png, where)
+        has_foreground = has_foreground or bool(pred.any())
         if pred.shape != gt.shape:
             raise ValueError(
                 f"{where}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
@@ -242,7 +398,7 @@ def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
             )
         scores.append(frame_scores(pred, gt, bound_th))
     j, f = mean_scores(scores)
-    return ExpressionScore(j, f, "ok", task.missing_frames)
+    return ExpressionScore(j, f, "ok", task.missing_frames, has_foreground)
 
 
 def _prediction_size(task: _ExpressionTask) -> tuple[int, int]:
@@ -255,7 +411,7 @@ def _prediction_size(task: _ExpressionTask) -> tuple[int, int]:
 
 
 def _plan(
-    split: MevisSplit, mask_dict: dict[str, list], archive: PredictionArchive
+    split: Split, mask_dict: dict[str, list], archive: PredictionArchive
 ) -> list[_PlannedExpression]:
     """Every expression of the split, checked against the ground truth and the prediction."""
     plan = []
@@ -337,16 +493,40 @@ def evaluate_archive(
         progress: show a tqdm progress bar over expressions.
     Raises:
         FileNotFoundError: ``pred`` is missing.
-        DataError: ``meta_expressions.json`` or ``mask_dict.json`` is missing or inconsistent.
+        DataError: ``meta_expressions.json`` or ``mask_dict.json`` is missing or inconsistent,
+            or no video of the split is in ``pred`` (a wrapper folder is stepped into).
         ValueError: an unreadable or mis-sized prediction PNG (the message names it).
     """
-    split, mask_dict = read_split(data_root)
+    split = MevisSplit(data_root)
+    return evaluate_mevis(pred, split, jobs=jobs, bound_th=bound_th, progress=progress)
+
+
+def evaluate_mevis(
+    pred: str | Path,
+    split: Split,
+    *,
+    jobs: int = -1,
+    bound_th: float = DEFAULT_BOUND_TH,
+    progress: bool = True,
+) -> EvaluationResult:
+    """:func:`evaluate_archive` on a split already read (a layout with ``mask_dict.json``)."""
+    split, mask_dict = _mask_dict(split)
     with PredictionArchive(pred) as archive:
-        plan = _plan(split, mask_dict, archive)
-        if all(item.status == "missing_video" for item in plan):
+        wrapper = archive.step_into_wrapper(split.video_ids)
+        if wrapper is not None:
             logger.warning(
-                "no video of the split is at the top level of %s (wrapper folder?)", pred
+                "%s keeps its masks in a wrapper folder %r: evaluating inside it (the MeViS "
+                "server wants <video>/<exp_id>/<frame>.png at the top level)",
+                pred,
+                wrapper,
             )
+        if not any(archive.has_video(video_id) for video_id in split.video_ids):
+            raise DataError(
+                f"no video of the split {split.root} is in {pred} (found "
+                f"{sorted(archive.top_level())[:5]}): is --data-root the split these "
+                "predictions were made for?"
+            )
+        plan = _plan(split, mask_dict, archive)
         todo = [item for item in plan if item.status == "ok"]
         tasks = (
             delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th) for item in todo
@@ -366,8 +546,69 @@ def evaluate_archive(
     return EvaluationResult(j=j, f=f, jf=(j + f) / 2, per_expression=scores)
 
 
-def format_table(result: EvaluationResult) -> str:
-    """The score table: J, F and J&F in percent with two decimals."""
-    header = f"{'J':>7} {'F':>7} {'J&F':>7}"
-    values = f"{100 * result.j:7.2f} {100 * result.f:7.2f} {100 * result.jf:7.2f}"
+def evaluate_mevis_v2(
+    pred: str | Path,
+    split: Split,
+    *,
+    jobs: int = -1,
+    bound_th: float = DEFAULT_BOUND_TH,
+    progress: bool = True,
+) -> MevisV2Result:
+    """MeViS v2: :func:`evaluate_mevis` plus the no-target and target accuracies (see the module
+    docstring); an expression with an empty ``anno_id`` list has no target."""
+    scores = evaluate_mevis(pred, split, jobs=jobs, bound_th=bound_th, progress=progress)
+    targets = {
+        (video_id, exp_id): bool(expression.anno_ids)
+        for video_id, video in split.videos.items()
+        for exp_id, expression in video.expressions.items()
+    }
+    return MevisV2Result(scores=scores, targets=targets)
+
+
+def _evaluate_davis17(pred: str | Path, split: Split, **kwargs: Any) -> BenchmarkResult:
+    from rvos.davis import evaluate_davis17  # rvos.davis imports this module
+
+    return evaluate_davis17(pred, split, **kwargs)
+
+
+# (pred, split, *, jobs, bound_th, progress) -> result
+Metric = Callable[..., BenchmarkResult]
+# data.metric -> metric. Add an entry for another benchmark's metric.
+METRICS: dict[str, Metric] = {
+    "mevis": evaluate_mevis,
+    "mevis_v2": evaluate_mevis_v2,
+    "davis17": _evaluate_davis17,
+}
+
+
+def get_metric(name: str) -> Metric:
+    """The metric registered as ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r} (known: {', '.join(sorted(METRICS))})") from None
+
+
+def evaluate(
+    metric: str,
+    pred: str | Path,
+    split: Split,
+    *,
+    jobs: int = -1,
+    bound_th: float = DEFAULT_BOUND_TH,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Score ``pred`` on ``split`` with the metric registered as ``metric``."""
+    return get_metric(metric)(pred, split, jobs=jobs, bound_th=bound_th, progress=progress)
+
+
+def format_table(result: BenchmarkResult) -> str:
+    """The score table of a result in percent with two decimals (MeViS: J, F and J&F)."""
+    return result.format_table()
+
+
+def format_summary(summary: Mapping[str, float]) -> str:
+    """Two lines: the score names and their values in percent with two decimals."""
+    header = " ".join(f"{name:>7}" for name in summary)
+    values = " ".join(f"{100 * value:7.2f}" for value in summary.values())
     return f"{header}\n{values}"

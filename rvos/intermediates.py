@@ -5,8 +5,9 @@ loaded with ``allow_pickle=False``. Each file holds a JSON header (format name, 
 metadata, the fingerprint of the configuration that produced it, per-expression scalars) and
 plain numeric arrays; masks are :class:`~rvos.masks.RunLengthMasks` at frame size.
 
-A file counts as finished for a rerun only if it parses, has the current version and was made by
-the same stage configuration (fingerprint); anything else is recomputed.
+A file counts as finished for a rerun only if it parses, has the current version, was made by
+the same stage configuration (fingerprint) and reads back whole (every member's CRC-32 checks
+out); anything else is recomputed, a damaged file with a warning naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import logging
 import zipfile
+import zlib
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,18 @@ logger = logging.getLogger(__name__)
 # 2: stage-2 records name the stage-1 columns they kept ``kept_columns``.
 FORMAT_VERSION = 2
 _HEADER_KEY = "__header__"
+
+
+# What reading a damaged .npz can raise (zlib: a compressed member overwritten inside).
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    zipfile.BadZipFile,
+    json.JSONDecodeError,
+    zlib.error,
+)
 
 
 class IntermediateError(ValueError):
@@ -69,15 +83,10 @@ def load_record(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, np.nda
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         header = json.loads(arrays.pop(_HEADER_KEY).tobytes().decode())
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        EOFError,
-        zipfile.BadZipFile,
-        json.JSONDecodeError,
-    ) as err:
-        raise IntermediateError(f"{path}: corrupt intermediate ({err})") from err
+    except _READ_ERRORS as err:
+        raise IntermediateError(
+            f"{path}: corrupt intermediate ({err}); delete it or rerun to recompute it"
+        ) from err
     if header.get("format") != kind:
         raise IntermediateError(f"{path}: holds {header.get('format')!r}, expected {kind!r}")
     if header.get("version") != FORMAT_VERSION:
@@ -92,19 +101,48 @@ def read_header(path: Path) -> dict[str, Any] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             return json.loads(data[_HEADER_KEY].tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+    except _READ_ERRORS:
         return None
 
 
+# Records this process has read back whole, by (path, size, mtime): a run asks several times.
+_verified: set[tuple[str, int, int]] = set()
+
+
+def damaged_member(path: Path) -> str | None:
+    """The first member of the record whose bytes do not match their CRC-32 (or the reason the
+    file cannot be read as a zip at all); ``None`` when it reads back whole."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except _READ_ERRORS as err:
+        return f"({err})"
+    if damaged is None:
+        _verified.add(key)
+    return damaged
+
+
 def is_finished(path: Path, kind: str, fingerprint: str) -> bool:
-    """Whether ``path`` is a complete record of ``kind`` made with configuration ``fingerprint``."""
+    """Whether ``path`` is a complete record of ``kind`` made with configuration ``fingerprint``
+    that reads back whole (a damaged one is reported, to be recomputed)."""
+    if not path.is_file():
+        return False
     header = read_header(path)
     if header is None:
+        logger.warning("%s is unreadable: recomputing it", path)
         return False
     if header.get("format") != kind or header.get("version") != FORMAT_VERSION:
         return False
     if header.get("config_fingerprint") != fingerprint:
         logger.info("%s was made with another configuration: recomputing", path.name)
+        return False
+    damaged = damaged_member(path)
+    if damaged is not None:
+        logger.warning("%s is damaged (member %s): recomputing it", path, damaged)
         return False
     return True
 
@@ -216,8 +254,9 @@ class ExpressionProposals:
         masks: ``[T, K, H, W]`` binary masks at frame size (``upsample(logits) > 0``).
         query_ids: ``[K] int64`` the model's query id of each column (ascending; all ``N`` queries
             unless ``stage1.top_k``).
-        answer: ``[T, H, W]`` the stage-1 answer: union of the queries whose mean score exceeds
-            ``stage1.obj_threshold`` (top-1 if none), over *all* queries, as ReferDINO's MeViS
+        answer: ``[T, H, W]`` the stage-1 answer, chosen over *all* queries by the benchmark's
+            rule (``data.answer``, :mod:`rvos.proposals`); MeViS: the union of the queries whose
+            mean score exceeds ``stage1.obj_threshold`` (top-1 if none), as ReferDINO's MeViS
             inference script computes it.
     """
 

@@ -8,6 +8,7 @@ hydra/OmegaConf check on every override (types, choices). Ranges are checked in 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
@@ -64,4 +65,14 @@ def check_fraction(owner: Any, name: str) -> None:
     if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
         raise OptionError(
             f"{_where(owner, name)}={value!r}: expected [numerator, denominator], positive ints"
+        )
+
+
+def check_registered(owner: Any, name: str, registry: Mapping[str, Any]) -> None:
+    """``owner.<name>`` is ``None`` or a key of ``registry`` (e.g. a registered layout name)."""
+    value = getattr(owner, name)
+    if value is not None and value not in registry:
+        raise OptionError(
+            f"{_where(owner, name)}={value!r}: not a registered name "
+            f"(available: {', '.join(sorted(registry))})"
         )

@@ -1,9 +1,21 @@
 """Stage-1 records: built from a model's raw outputs or from ReferDINO-Plus legacy files, and
-read back by the stages after it (:class:`Stage1Records`)."""
+read back by the stages after it (:class:`Stage1Records`).
+
+A record also holds each expression's *stage-1 answer*, the masks of ``stage1.zip``, chosen by an
+answer rule (``data.answer``, registered by name in :data:`ANSWER_RULES`):
+
+``threshold_or_top1``   the queries whose mean score exceeds ``stage1.obj_threshold``, the best
+                        one if none does (ReferDINO's MeViS inference; MeViS v1)
+``threshold_or_none``   the same, but nothing when no query passes (MeViS v2's no-target
+                        expressions)
+``top1``                the single best query by mean score (ReferDINO's Ref-YouTube-VOS inference)
+``top1_per_annotator``  ``top1``, then the objects of one annotator share their pixels as
+                        ReferDINO's Ref-DAVIS17 inference merges them (:func:`annotator_argmax`)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +25,12 @@ from rvos import intermediates as im
 from rvos.intermediates import ExpressionProposals, Stage1Video
 from rvos.legacy import LegacyVideo, read_legacy_npz
 from rvos.masks import RunLengthMasks, upsample_mask_logits
-from rvos.mevis import DataError, MevisSplit
+from rvos.splits import DataError, Split, Video
+
+# ReferDINO's Ref-DAVIS17 merge (eval/inference_davis.py): per pixel, the background scores this,
+# an object its mask probability, zeroed below MERGE_MIN_PROBABILITY; the highest wins.
+MERGE_BACKGROUND_SCORE = 0.1
+MERGE_MIN_PROBABILITY = 0.5
 
 
 def answer_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
@@ -25,11 +42,87 @@ def answer_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
     Returns:
         ``[n] int64`` query ids (ascending); the single best query if none passes.
     """
-    mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
-    kept = np.flatnonzero(mean > obj_threshold)
+    kept = threshold_query_ids(scores, obj_threshold)
     if kept.size == 0:
-        kept = np.array([int(np.argmax(mean))])
-    return kept.astype(np.int64)
+        kept = top1_query_ids(scores, obj_threshold)
+    return kept
+
+
+def threshold_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
+    """``[n] int64`` the queries whose mean score over all frames exceeds ``obj_threshold``
+    (ascending; empty when none does: the expression is answered with empty masks).
+
+    Args:
+        scores: ``[T, N]`` per-frame sigmoid scores.
+    """
+    mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
+    return np.flatnonzero(mean > obj_threshold).astype(np.int64)
+
+
+def top1_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
+    """``[1] int64`` the query with the highest mean score (the first on ties); ``obj_threshold``
+    is not used (ReferDINO's Ref-YouTube-VOS and Ref-DAVIS17 inference keep one query).
+
+    Args:
+        scores: ``[T, N]`` per-frame sigmoid scores.
+    """
+    del obj_threshold
+    mean = np.asarray(scores, dtype=np.float32).mean(axis=0)
+    return np.array([int(np.argmax(mean))], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class AnswerRule:
+    """How the stage-1 answer of an expression is chosen.
+
+    Attributes:
+        name: the registered name (``data.answer``).
+        select: ``(scores [T, N], obj_threshold) -> [n] int64`` query ids whose masks' union is
+            the answer.
+        annotator_argmax: the answers of one annotator's objects then share their pixels by
+            :func:`annotator_argmax` (needs a layout with annotators; ``select`` must return one
+            query).
+    """
+
+    name: str
+    select: Callable[[np.ndarray, float], np.ndarray]
+    annotator_argmax: bool
+
+
+THRESHOLD_OR_TOP1 = "threshold_or_top1"
+# data.answer -> rule. Add an entry for another benchmark's rule.
+ANSWER_RULES: dict[str, AnswerRule] = {
+    rule.name: rule
+    for rule in (
+        AnswerRule(THRESHOLD_OR_TOP1, answer_query_ids, annotator_argmax=False),
+        AnswerRule("threshold_or_none", threshold_query_ids, annotator_argmax=False),
+        AnswerRule("top1", top1_query_ids, annotator_argmax=False),
+        AnswerRule("top1_per_annotator", top1_query_ids, annotator_argmax=True),
+    )
+}
+
+
+def get_answer_rule(name: str) -> AnswerRule:
+    """The rule registered as ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return ANSWER_RULES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown stage-1 answer rule {name!r} (known: {', '.join(sorted(ANSWER_RULES))})"
+        ) from None
+
+
+def check_answer_rule(name: str, split: Split) -> None:
+    """Refuse a rule that merges annotators' objects on a layout without annotators.
+
+    Raises:
+        DataError: naming the rule and the layout.
+    """
+    if get_answer_rule(name).annotator_argmax and split.layout.annotators is None:
+        raise DataError(
+            f"data.answer={name} merges each annotator's objects, but data.layout="
+            f"{split.layout.name} has no annotators (use it with data.layout=ref_davis17)"
+        )
 
 
 def kept_query_ids(scores: np.ndarray, top_k: int | None) -> np.ndarray:
@@ -58,6 +151,7 @@ def proposals_from_outputs(
     *,
     top_k: int | None,
     obj_threshold: float,
+    answer: str = THRESHOLD_OR_TOP1,
     frames_per_chunk: int = 8,
 ) -> ExpressionProposals:
     """Build one expression's stage-1 record from the model outputs.
@@ -68,15 +162,18 @@ def proposals_from_outputs(
         mask_logits: ``[T, N, h, w]`` mask logits.
         frame_size: ``(H, W)`` original frame size.
         top_k: queries kept in the record (``None``: all); see :func:`kept_query_ids`.
-        obj_threshold: threshold of the stage-1 answer (:func:`answer_query_ids`).
+        obj_threshold: threshold of the stage-1 answer rule.
+        answer: the answer rule's name (:data:`ANSWER_RULES`); the answer is the union of the
+            chosen queries' masks (a rule with ``annotator_argmax`` is finished per video by
+            :func:`apply_annotator_argmax`).
         frames_per_chunk: frames upsampled and encoded at a time (bounds memory).
     """
     kept = kept_query_ids(scores, top_k)
-    answer = answer_query_ids(scores, obj_threshold)
-    needed = np.union1d(kept, answer)
+    chosen = get_answer_rule(answer).select(scores, obj_threshold)
+    needed = np.union1d(kept, chosen)
     column = {int(q): i for i, q in enumerate(needed)}
     kept_cols = [column[int(q)] for q in kept]
-    answer_cols = [column[int(q)] for q in answer]
+    answer_cols = [column[int(q)] for q in chosen]
     logits = np.asarray(mask_logits)[:, needed]
     kept_parts, answer_parts = [], []
     # A few frames at a time: full-size masks of a long video do not fit in memory at once.
@@ -93,35 +190,142 @@ def proposals_from_outputs(
     )
 
 
+def answer_logits(
+    scores: np.ndarray, mask_logits: np.ndarray, *, answer: str, obj_threshold: float
+) -> np.ndarray | None:
+    """The mask logits :func:`apply_annotator_argmax` needs from one expression, or ``None``.
+
+    Args:
+        scores: ``[T, N]`` sigmoid scores.
+        mask_logits: ``[T, N, h, w]`` mask logits.
+    Returns:
+        ``[T, h, w] float32`` logits of the answer's query when the rule merges annotators;
+        ``None`` for other rules (nothing to keep).
+    """
+    rule = get_answer_rule(answer)
+    if not rule.annotator_argmax:
+        return None
+    chosen = rule.select(scores, obj_threshold)
+    if chosen.size != 1:
+        raise ValueError(
+            f"answer rule {answer!r} merges annotators but chose {chosen.size} queries"
+        )
+    return np.asarray(mask_logits[:, int(chosen[0])], dtype=np.float32)
+
+
+def annotator_argmax(
+    logits: Sequence[np.ndarray], frame_size: tuple[int, int], *, frames_per_chunk: int = 8
+) -> list[RunLengthMasks]:
+    """One annotator's objects share their pixels as ReferDINO's Ref-DAVIS17 inference merges them.
+
+    Each object's soft mask is ``sigmoid(bilinear(logits))`` at frame size, zeroed below
+    :data:`MERGE_MIN_PROBABILITY`; a pixel goes to the object with the highest value, or to the
+    background when none exceeds :data:`MERGE_BACKGROUND_SCORE` (the first object wins ties, as
+    ``argmax`` does).
+
+    Args:
+        logits: per object in label order, ``[T, h, w]`` mask logits of its answer query.
+        frame_size: ``(H, W)``.
+    Returns:
+        per object, ``[T, H, W]`` masks of the pixels it wins (disjoint).
+    """
+    import torch  # only this helper and the upsampling need torch
+    import torch.nn.functional as F
+
+    stacked = torch.as_tensor(np.stack(logits, axis=1)).float()  # [T, n, h, w]
+    parts: list[list[RunLengthMasks]] = [[] for _ in logits]
+    for start in range(0, stacked.shape[0], frames_per_chunk):
+        chunk = stacked[start : start + frames_per_chunk]
+        probs = F.interpolate(chunk, size=frame_size, mode="bilinear", align_corners=False)
+        probs = probs.sigmoid()
+        probs[probs < MERGE_MIN_PROBABILITY] = 0.0
+        background = torch.full_like(probs[:, :1], MERGE_BACKGROUND_SCORE)
+        labels = torch.cat([background, probs], dim=1).argmax(dim=1).numpy()  # [t, H, W]
+        for obj_idx, obj_parts in enumerate(parts):
+            obj_parts.append(RunLengthMasks.encode(labels == obj_idx + 1))
+    return [RunLengthMasks.concatenate(obj_parts) for obj_parts in parts]
+
+
+def apply_annotator_argmax(
+    record: Stage1Video,
+    logits: Mapping[str, np.ndarray],
+    video: Video,
+    *,
+    frames_per_chunk: int = 8,
+) -> None:
+    """Replace the answers of ``record`` by :func:`annotator_argmax` within each annotator.
+
+    Args:
+        record: the video's stage-1 record (changed in place).
+        logits: ``exp_id -> [T, h, w]`` answer-query logits (:func:`answer_logits`).
+        video: the split's video, whose expressions carry ``annotator`` and ``obj_idx``.
+    Raises:
+        DataError: the video's expressions have no annotators.
+    """
+    groups = video.annotator_groups()
+    if not groups:
+        raise DataError(f"video {video.video_id!r}: its expressions have no annotators to merge")
+    frame_size = (record.height, record.width)
+    for exp_ids in groups.values():
+        merged = annotator_argmax(
+            [logits[e] for e in exp_ids], frame_size, frames_per_chunk=frames_per_chunk
+        )
+        for exp_id, masks in zip(exp_ids, merged, strict=True):
+            record.expressions[exp_id].answer = masks
+
+
 def stage1_from_legacy(
-    legacy: LegacyVideo, frame_names: Sequence[str], *, obj_threshold: float
+    legacy: LegacyVideo,
+    video: Video,
+    *,
+    obj_threshold: float,
+    answer: str = THRESHOLD_OR_TOP1,
 ) -> Stage1Video:
     """Convert a ReferDINO-Plus legacy file to a stage-1 record, keeping all of its queries.
 
+    Args:
+        legacy: the file's contents.
+        video: the split's video (frame list; annotators for a rule that merges them).
+        obj_threshold: threshold of the answer rule.
+        answer: the answer rule's name.
     Raises:
-        ValueError: its frame count differs from ``frame_names`` (the split's list).
+        ValueError: its frame count differs from the split's frame list.
     """
+    frame_names = list(video.frame_names)
     height, width = legacy.size
-    video = Stage1Video(
-        video_id=legacy.video_id, frame_names=list(frame_names), height=height, width=width
+    record = Stage1Video(
+        video_id=legacy.video_id, frame_names=frame_names, height=height, width=width
     )
+    merge_logits: dict[str, np.ndarray] = {}
     for exp_id, arrays in legacy.expressions.items():
         if arrays["scores"].shape[0] != len(frame_names):
             raise ValueError(
                 f"legacy video {legacy.video_id!r}, expression {exp_id!r}: "
-                f"{arrays['scores'].shape[0]} frames, meta_expressions.json lists "
-                f"{len(frame_names)}"
+                f"{arrays['scores'].shape[0]} frames, the split lists {len(frame_names)}"
             )
         # All queries in the file's order: stage 2 indexes them as the original script did.
-        video.expressions[exp_id] = proposals_from_outputs(
+        record.expressions[exp_id] = proposals_from_outputs(
             arrays["scores"],
             arrays["boxes"],
             arrays["masks"],
             (height, width),
             top_k=None,
             obj_threshold=obj_threshold,
+            answer=answer,
         )
-    return video
+        logits = answer_logits(
+            arrays["scores"], arrays["masks"], answer=answer, obj_threshold=obj_threshold
+        )
+        if logits is not None:
+            merge_logits[exp_id] = logits
+    if merge_logits:
+        missing = [e for e in video.expressions if e not in merge_logits]
+        if missing:
+            raise ValueError(
+                f"legacy video {legacy.video_id!r}: no outputs for expression(s) {missing}"
+            )
+        apply_annotator_argmax(record, merge_logits, video)
+    return record
 
 
 @dataclass(frozen=True)
@@ -134,17 +338,19 @@ class Stage1Records:
         legacy_dir: a folder of ReferDINO-Plus ``<video>.npz`` to import instead of running a
             stage-1 model (``stage1.legacy_dir``), or ``None``.
         obj_threshold: threshold of the stage-1 answer of imported files (``stage1.obj_threshold``).
+        answer: the answer rule of imported files (``data.answer``).
     """
 
     work_dir: Path
     fingerprint: str
     legacy_dir: Path | None
     obj_threshold: float
+    answer: str
 
     def path(self, video_id: str) -> Path:
         return im.stage_path(self.work_dir, 1, video_id)
 
-    def import_legacy(self, split: MevisSplit, video_id: str) -> None:
+    def import_legacy(self, split: Split, video_id: str) -> None:
         """Convert ``legacy_dir/<video_id>.npz`` into a record (all of its queries kept).
 
         Raises:
@@ -155,14 +361,17 @@ class Stage1Records:
         legacy = read_legacy_npz(Path(self.legacy_dir) / f"{video_id}.npz")
         try:
             record = stage1_from_legacy(
-                legacy, split.videos[video_id].frame_names, obj_threshold=self.obj_threshold
+                legacy,
+                split.videos[video_id],
+                obj_threshold=self.obj_threshold,
+                answer=self.answer,
             )
         except ValueError as err:
             raise DataError(str(err)) from None
         im.save_stage1(self.path(video_id), record, fingerprint=self.fingerprint)
 
-    def load(self, split: MevisSplit, video_id: str) -> Stage1Video:
-        """The video's record, its expressions in ``meta_expressions.json`` order; with
+    def load(self, split: Split, video_id: str) -> Stage1Video:
+        """The video's record, its expressions in the split's order; with
         ``legacy_dir``, imported from the legacy file first if not done yet.
 
         Raises:
@@ -179,7 +388,7 @@ class Stage1Records:
         if list(record.frame_names) != list(video.frame_names):
             raise DataError(
                 f"video {video_id!r}: the stage-1 record in {path} has {len(record.frame_names)} "
-                f"frames, meta_expressions.json lists {video.num_frames}: recompute stage 1"
+                f"frames, the split lists {video.num_frames}: recompute stage 1"
             )
         missing = [e for e in video.expressions if e not in record.expressions]
         if missing:

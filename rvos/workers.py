@@ -28,8 +28,9 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 VideoProcessor = Callable[[str], None]
-# ``(kind, worker, video_id, message)``: kind ``start``, ``done``, ``failed`` or ``setup_failed``.
-EventListener = Callable[[str, int, str | None, str], None]
+# ``(kind, worker, video_id, message)``: kind ``start``, ``done``, ``failed`` or ``setup_failed``;
+# message ``(one line, traceback)`` of a failure, else None.
+EventListener = Callable[[str, int, str | None, tuple[str, str] | None], None]
 
 
 def shard(video_ids: Sequence[str], num_shards: int) -> list[list[str]]:
@@ -52,12 +53,23 @@ def shard(video_ids: Sequence[str], num_shards: int) -> list[list[str]]:
 
 @dataclass
 class Failure:
-    """A video (or a worker set-up, ``video_id=None``) that failed."""
+    """A video (or a worker set-up, ``video_id=None``) that failed.
+
+    Attributes:
+        error: one line: the exception's type and message (or how the worker process died).
+        details: the full traceback (empty when the process died without one).
+    """
 
     worker: int
     device: str
     video_id: str | None
-    message: str
+    error: str
+    details: str = ""
+
+    @property
+    def what(self) -> str:
+        """``video 'x'`` or ``set-up`` (the model could not be loaded)."""
+        return f"video {self.video_id!r}" if self.video_id else "set-up"
 
 
 @dataclass
@@ -100,17 +112,19 @@ def _run_shard(
         emit("setup_failed", worker, None, _describe(err))
         return
     for video_id in video_ids:
-        emit("start", worker, video_id, "")
+        emit("start", worker, video_id, None)
         try:
             process(video_id)
         except Exception as err:  # noqa: BLE001 - one video's failure must not stop the shard
             emit("failed", worker, video_id, _describe(err))
         else:
-            emit("done", worker, video_id, "")
+            emit("done", worker, video_id, None)
 
 
-def _describe(err: BaseException) -> str:
-    return "".join(traceback.format_exception(err)).rstrip()
+def _describe(err: BaseException) -> tuple[str, str]:
+    """``(one line, full traceback)`` of an exception."""
+    summary = " ".join("".join(traceback.format_exception_only(err)).split())
+    return summary, "".join(traceback.format_exception(err)).rstrip()
 
 
 def share_cpu_threads(num_workers: int) -> None:
@@ -122,6 +136,16 @@ def share_cpu_threads(num_workers: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_workers))
+
+
+def _console_level() -> int:
+    """The level of this process's console output (its stream handlers), for the workers'."""
+    levels = [
+        h.level
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    return min(levels) if levels else logging.WARNING
 
 
 def _process_entry(
@@ -140,7 +164,7 @@ def _process_entry(
     share_cpu_threads(num_workers)
     # Connection.send is synchronous: an event sent before a crash is never lost.
     _run_shard(worker, device, target, job, video_ids, lambda *event: channel.send(event))
-    channel.send(("exit", worker, None, ""))
+    channel.send(("exit", worker, None, None))
     channel.close()
 
 
@@ -170,7 +194,9 @@ def run_sharded(
     ]
     current: dict[int, str | None] = {}
 
-    def record(kind: str, worker: int, video_id: str | None, message: str) -> None:
+    def record(
+        kind: str, worker: int, video_id: str | None, message: tuple[str, str] | None
+    ) -> None:
         if kind == "start":
             current[worker] = video_id
             bars[worker].set_postfix_str(str(video_id), refresh=True)
@@ -178,14 +204,23 @@ def run_sharded(
         if kind == "done":
             summary.done.append(str(video_id))
         elif kind in ("failed", "setup_failed"):
-            summary.failures.append(Failure(worker, devices[worker], video_id, message))
-            what = f"video {video_id!r}" if video_id else "set-up"
-            logger.error("%s on %s: %s failed:\n%s", desc, devices[worker], what, message)
+            failure = Failure(worker, devices[worker], video_id, *message)
+            summary.failures.append(failure)
+            # One line for the console; the traceback for the run's log file (DEBUG).
+            logger.error(
+                "%s on %s: %s failed: %s", desc, failure.device, failure.what, failure.error
+            )
+            if failure.details:
+                logger.debug(
+                    "%s on %s: %s\n%s", desc, failure.device, failure.what, failure.details
+                )
         current[worker] = None
         if kind != "setup_failed":
             bars[worker].update(1)
 
-    def notify(kind: str, worker: int, video_id: str | None, message: str) -> None:
+    def notify(
+        kind: str, worker: int, video_id: str | None, message: tuple[str, str] | None
+    ) -> None:
         record(kind, worker, video_id, message)
         if on_event is not None:
             on_event(kind, worker, video_id, message)
@@ -225,7 +260,7 @@ def _run_processes(
                 job,
                 ids,
                 sender,
-                logging.getLogger().level,
+                _console_level(),
                 len(devices),
             ),
             name=f"worker-{worker}-{device}",
@@ -248,7 +283,7 @@ def _run_processes(
                     "failed" if video_id else "setup_failed",
                     worker,
                     video_id,
-                    f"worker process died with exit code {processes[worker].exitcode}",
+                    (f"worker process died with exit code {processes[worker].exitcode}", ""),
                 )
                 del channels[worker]
                 continue

@@ -20,6 +20,8 @@ import yaml
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
+from rvos.checkpoints import load_weights
+
 from .model.lora import LoRALinear, merge_lora_
 from .model.position_encoding import PositionEmbeddingSineHW
 from .model.referdino import ReferDINO
@@ -54,7 +56,10 @@ TRAINING_ONLY_KEYS = frozenset(
         "use_transformer_ckpt",
     }
 )
-DOWNLOAD_HINT = "run ./download_ckpts.sh (see README) to fetch the released weights"
+DOWNLOAD_HINT = "run `bash download_ckpts.sh` (see README) to fetch the released weights"
+# What a BERT tokenizer + config folder needs (download_ckpts.sh bert also fetches the fast
+# tokenizer's files, which can be rebuilt from these).
+TEXT_ENCODER_FILES = ("config.json", "vocab.txt")
 # Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
 MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
@@ -187,8 +192,8 @@ def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -
     """Where to read the BERT tokenizer and config from.
 
     Order: an existing absolute path; ``base_dir / text_encoder_type``;
-    ``checkpoints/<text_encoder_type>`` under the working directory; otherwise the name itself (loaded from the
-    local Hugging Face cache only, never downloaded).
+    ``checkpoints/<text_encoder_type>`` under the working directory; otherwise the name itself
+    (loaded from the local Hugging Face cache only, never downloaded).
     """
     candidate = Path(text_encoder_type).expanduser()
     if candidate.is_absolute():
@@ -201,8 +206,45 @@ def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -
     return str(text_encoder_type)
 
 
+def text_encoder_problem(source: Path | str) -> str | None:
+    """Why a resolved text encoder (:func:`resolve_text_encoder`) cannot load, or ``None``.
+
+    A folder must hold :data:`TEXT_ENCODER_FILES` (an interrupted ``download_ckpts.sh bert`` can
+    leave it empty or partial); a bare name must be in the local Hugging Face cache.
+    """
+    if isinstance(source, Path):
+        missing = [name for name in TEXT_ENCODER_FILES if not (source / name).is_file()]
+        if missing:
+            return (
+                f"the BERT folder {source} is incomplete (missing {', '.join(missing)}): rerun "
+                "`bash download_ckpts.sh bert`"
+            )
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(source), "config.json")
+    except (ImportError, ValueError):
+        cached = None
+    if not isinstance(cached, str):
+        return (
+            f"BERT tokenizer/config {str(source)!r} not found (looked next to the model YAML, in "
+            f"{CHECKPOINT_DIR}/ and the local Hugging Face cache): run "
+            "`bash download_ckpts.sh bert`"
+        )
+    return None
+
+
 def load_text_encoder(source: Path | str) -> tuple[PreTrainedTokenizerBase, BertConfig]:
-    """Tokenizer and BERT config from a folder or a locally cached hub name (no download)."""
+    """Tokenizer and BERT config from a folder or a locally cached hub name (no download).
+
+    Raises:
+        FileNotFoundError: an incomplete folder or an unknown name, saying to rerun
+            ``download_ckpts.sh bert`` (:func:`text_encoder_problem`).
+    """
+    problem = text_encoder_problem(source)
+    if problem is not None:
+        raise FileNotFoundError(problem)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         bert_config = BertConfig.from_pretrained(source, local_files_only=True)
@@ -298,12 +340,8 @@ def build_referdino(
 def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``model_state_dict`` of a ReferDINO checkpoint (``weights_only`` load, on CPU)."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"ReferDINO checkpoint not found: {path}; {DOWNLOAD_HINT}")
-    try:  # memory-mapped: the tensors are only read once, when copied into the model
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files in the legacy (non-zip) serialisation cannot be mapped
-        content = torch.load(path, map_location="cpu", weights_only=True)
+    # memory-mapped: the tensors are only read once, when copied into the model
+    content = load_weights(path, what="ReferDINO checkpoint", hint=DOWNLOAD_HINT, mmap=True)
     if not isinstance(content, dict) or "model_state_dict" not in content:
         raise ValueError(f"{path}: expected a dict with 'model_state_dict'")
     return content["model_state_dict"]

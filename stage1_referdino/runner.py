@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,15 @@ from tqdm import tqdm
 
 from rvos import intermediates as im
 from rvos.legacy import LegacyVideo, write_legacy_npz
-from rvos.mevis import MevisSplit
 from rvos.options import CacheDevice
-from rvos.proposals import Stage1Records, proposals_from_outputs
+from rvos.proposals import (
+    THRESHOLD_OR_TOP1,
+    Stage1Records,
+    answer_logits,
+    apply_annotator_argmax,
+    proposals_from_outputs,
+)
+from rvos.splits import Split, Video
 from rvos.workers import VideoProcessor
 from stage1_referdino.build import load_referdino
 from stage1_referdino.model import ReferDINO
@@ -39,11 +45,14 @@ class Stage1Job:
 
     Attributes:
         data_root: the split.
-        records: where stage-1 records go (and, with ``stage1.legacy_dir``, come from).
+        layout: its layout (``data.layout``).
+        records: where stage-1 records go (and, with ``stage1.legacy_dir``, come from); they
+            also name the answer rule (``data.answer``).
         options: the ``stage1`` section.
     """
 
     data_root: Path
+    layout: str
     records: Stage1Records
     options: Stage1Options
 
@@ -117,6 +126,9 @@ def stage1_record(
     frame_names: list[str],
     legacy: LegacyVideo | None = None,
     progress: bool = False,
+    answer: str = THRESHOLD_OR_TOP1,
+    video: Video | None = None,
+    on_expression: Callable[[str], None] | None = None,
 ) -> im.Stage1Video:
     """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
 
@@ -127,12 +139,16 @@ def stage1_record(
             ``feature_cache_device``).
         legacy: if given, each expression's raw outputs are added to it (legacy export).
         progress: show a progress bar over the sentences.
+        answer: the stage-1 answer rule (:data:`rvos.proposals.ANSWER_RULES`).
+        video: the split's video; needed by a rule that merges annotators' objects.
+        on_expression: called with each ``exp_id`` once its record is made.
     Returns:
         per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
         ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
     """
     height, width = images[0].height, images[0].width
     record = im.Stage1Video(video_id, list(frame_names), height, width)
+    merge_logits: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         outputs = run_expressions(
             model,
@@ -153,13 +169,25 @@ def stage1_record(
                 (height, width),
                 top_k=options.top_k,
                 obj_threshold=options.obj_threshold,
+                answer=answer,
             )
+            logits = answer_logits(
+                raw.scores, raw.mask_logits, answer=answer, obj_threshold=options.obj_threshold
+            )
+            if logits is not None:
+                merge_logits[exp_id] = logits
             if legacy is not None:
                 legacy.expressions[exp_id] = {
                     "scores": raw.scores,
                     "boxes": raw.boxes,
                     "masks": raw.mask_logits,
                 }
+            if on_expression is not None:
+                on_expression(exp_id)
+    if merge_logits:
+        if video is None:
+            raise ValueError(f"answer rule {answer!r} needs the split's video to merge annotators")
+        apply_annotator_argmax(record, merge_logits, video)
     return record
 
 
@@ -169,7 +197,7 @@ def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
     With ``stage1.legacy_dir`` no model runs: each video's ReferDINO-Plus file is imported.
     """
     options, records = job.options, job.records
-    split = MevisSplit(job.data_root)
+    split = Split(job.data_root, job.layout)
     if records.legacy_dir is not None:
         return lambda video_id: records.import_legacy(split, video_id)
 
@@ -193,6 +221,8 @@ def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
                 video_id=video_id,
                 frame_names=list(entry.frame_names),
                 legacy=legacy,
+                answer=records.answer,
+                video=entry,
             )
 
         try:

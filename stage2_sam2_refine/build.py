@@ -21,6 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rvos.checkpoints import load_weights
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor
 
 logger = logging.getLogger(__name__)
@@ -126,9 +127,7 @@ def load_sam2_checkpoint(
             that do not match.
     """
     path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"SAM 2 checkpoint {path} not found; {CHECKPOINT_HINT}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_weights(path, what="SAM 2 checkpoint", hint=CHECKPOINT_HINT)
     if not isinstance(payload, Mapping) or not isinstance(payload.get("model"), Mapping):
         raise ValueError(f"{path}: not a SAM 2 checkpoint (expected a dict with a 'model' dict)")
     state_dict = dict(payload["model"])

@@ -9,7 +9,7 @@ directions), and writes the stage-2 record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from rvos import intermediates as im
 from rvos.masks import RunLengthMasks
-from rvos.mevis import MevisSplit
 from rvos.proposals import Stage1Records
+from rvos.splits import Split
 from rvos.workers import VideoProcessor
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.predictor import Frame
@@ -34,6 +34,7 @@ class Stage2Job:
 
     Attributes:
         data_root: the split.
+        layout: its layout (``data.layout``).
         work_dir: where stage-2 records go (``work_dir/stage2/<video>.npz``).
         fingerprint: the configuration fingerprint the records carry.
         stage1: where the stage-1 records come from.
@@ -41,6 +42,7 @@ class Stage2Job:
     """
 
     data_root: Path
+    layout: str
     work_dir: Path
     fingerprint: str
     stage1: Stage1Records
@@ -70,6 +72,7 @@ def stage2_record(
     frames: Sequence[Frame],
     *,
     progress: bool = False,
+    on_frame: Callable[[str, int, int], None] | None = None,
 ) -> im.Stage2Video:
     """Stage-2 record of one video: SAM 2 on every expression's kept queries.
 
@@ -78,9 +81,13 @@ def stage2_record(
         frames: its frames (JPEG paths or PIL RGB images), in the order of
             ``stage1.frame_names``.
         progress: show a progress bar over the expressions.
+        on_frame: called after each propagated frame with ``(exp_id, frames done, frames of
+            both passes)`` (:meth:`Refiner.refine_video`).
     """
     output = im.Stage2Video(stage1.video_id, stage1.frame_names, stage1.height, stage1.width)
-    results = refiner.refine_video(frames, stage1.expressions, video_id=stage1.video_id)
+    results = refiner.refine_video(
+        frames, stage1.expressions, video_id=stage1.video_id, on_frame=on_frame
+    )
     if progress:
         results = tqdm(
             results, total=len(stage1.expressions), desc="stage 2 (SAM 2)", unit="sentence"
@@ -93,7 +100,7 @@ def stage2_record(
 def build_video_processor(job: Stage2Job, device: str) -> VideoProcessor:
     """Worker entry point (see :mod:`rvos.workers`): SAM 2 loads once, then one call per video."""
     refiner = build_refiner(job.options, device=device)
-    split = MevisSplit(job.data_root)
+    split = Split(job.data_root, job.layout)
 
     def process(video_id: str) -> None:
         stage1 = job.stage1.load(split, video_id)

@@ -196,3 +196,27 @@ def test_wrong_frame_size_is_a_clear_error(split: Path, tmp_path: Path) -> None:
     pred = _write_folder(tmp_path / "pred", files)
     with pytest.raises(ValueError, match="vid_a/0, frame 2: prediction is 3x3"):
         evaluate_archive(pred, split, jobs=1, progress=False)
+
+
+def test_wrapper_folder_is_stepped_into_with_a_warning(split: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "wrapped.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in _perfect_files().items():
+            zf.writestr(f"Annotations/{name}", data)
+    proc = _run(archive, "--data-root", split)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrapper folder 'Annotations'" in proc.stderr
+    assert _table(proc.stdout) == {"J": "100.00", "F": "100.00", "J&F": "100.00"}
+    folder = _write_folder(tmp_path / "wrapped_dir" / "Annotations", _perfect_files()).parent
+    proc = _run(folder, "--data-root", split)
+    assert proc.returncode == 0 and _table(proc.stdout)["J&F"] == "100.00"
+
+
+def test_predictions_of_another_split_exit_non_zero(split: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("some_other_video/0/00000.png", _png(np.zeros((6, 8), bool)))
+    proc = _run(archive, "--data-root", split)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "no video of the split" in errors[0]

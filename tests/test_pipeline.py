@@ -2,10 +2,11 @@
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
-from referdino_plus.archives import archive_is_current
+from referdino_plus.archives import archive_is_current, archive_stamp, set_aside_stale_archives
 from referdino_plus.config import compose_config, load_config
 from referdino_plus.pipeline import (
     RunResult,
@@ -94,19 +95,39 @@ def test_config_composes_after_sam2_was_imported():
     assert "model" in sam2_cfg
 
 
-def test_archive_is_rewritten_only_when_a_record_is_newer(tmp_path):
+def _stamped_zip(path, stamp):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("v/0/00000.png", b"png")
+        if stamp is not None:
+            archive.comment = json.dumps(stamp).encode()
+
+
+def test_archive_is_rewritten_when_a_record_is_newer_or_another_config_made_it(tmp_path):
     records = [tmp_path / "a.npz", tmp_path / "b.npz"]
     for record in records:
         record.write_bytes(b"x")
     archive = tmp_path / "fused.zip"
-    assert not archive_is_current(archive, records)  # missing
-    archive.write_bytes(b"zip")
+    assert not archive_is_current(archive, records, "fp")  # missing
+    _stamped_zip(archive, archive_stamp(3, "fp"))
     os.utime(records[0], (1000, 1000))
     os.utime(records[1], (2000, 2000))
     os.utime(archive, (2000, 2000))
-    assert archive_is_current(archive, records)  # as new as the newest record
+    assert archive_is_current(archive, records, "fp")  # as new as the newest record
+    assert not archive_is_current(archive, records, "other")  # another configuration's
     os.utime(records[1], (2001, 2001))  # a record recomputed after the archive was written
-    assert not archive_is_current(archive, records)
+    assert not archive_is_current(archive, records, "fp")
+
+
+def test_archives_of_another_configuration_are_set_aside(tmp_path, caplog):
+    fingerprints = {1: "f1", 2: "f2", 3: "f3"}
+    _stamped_zip(tmp_path / "stage1.zip", archive_stamp(1, "f1"))  # this configuration's
+    _stamped_zip(tmp_path / "stage2.zip", archive_stamp(2, "old"))  # another one's
+    _stamped_zip(tmp_path / "fused.zip", None)  # unknown origin
+    moved = set_aside_stale_archives(tmp_path, fingerprints)
+    assert sorted(p.name for p in moved) == ["fused.zip", "stage2.zip"]
+    assert (tmp_path / "stage1.zip").is_file() and not (tmp_path / "fused.zip").exists()
+    assert (tmp_path / "stale" / "stage2.zip").is_file()
+    assert "another configuration" in caplog.text
 
 
 def test_report_never_mixes_decisions_of_another_configuration(tmp_path, make_split):

@@ -30,7 +30,7 @@ def test_single_worker_runs_in_process_and_reports_failures(tmp_path):
     summary = run_sharded(JOB, config, ["c", "a", "b"], ["cpu"], desc="test")
     assert sorted(summary.done) == ["a", "c"]
     assert [(f.video_id, f.device) for f in summary.failures] == [("b", "cpu")]
-    assert "cannot process b" in summary.failures[0].message
+    assert "cannot process b" in summary.failures[0].error
     pids = {p.read_text().split()[0] for p in tmp_path.iterdir()}
     assert pids == {str(os.getpid())}
 
@@ -71,7 +71,7 @@ def test_processes_keep_other_shards_and_report_a_dead_worker(tmp_path):
     assert len(summary.failures) == 1
     failure = summary.failures[0]
     assert failure.video_id == "b" and failure.worker == 0
-    assert "exit code 3" in failure.message
+    assert "exit code 3" in failure.error
     assert sorted(p.stem for p in tmp_path.iterdir()) == ["a", "c", "d"]
     markers = [p.read_text().split() for p in tmp_path.iterdir()]
     assert str(os.getpid()) not in {pid for pid, _ in markers}
@@ -82,4 +82,4 @@ def test_processes_keep_other_shards_and_report_a_dead_worker(tmp_path):
 def test_setup_failure_is_reported(tmp_path):
     summary = run_sharded("worker_jobs:build_broken_job", {}, ["a"], ["cpu"], desc="test")
     assert summary.done == [] and summary.failures[0].video_id is None
-    assert "download_ckpts.sh" in summary.failures[0].message
+    assert "download_ckpts.sh" in summary.failures[0].error
