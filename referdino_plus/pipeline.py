@@ -126,6 +126,11 @@ def stage_job(cfg: PipelineConfig, fingerprints: Fingerprints, stage: int) -> An
     raise ValueError(f"no stage {stage}")
 
 
+def stage_devices(stage: int, devices: Sequence[str]) -> list[str]:
+    """Where ``stage``'s workers run: the models on ``devices``, the fusion (stage 3) on the CPU."""
+    return ["cpu"] if stage == 3 else list(devices)
+
+
 def save_resolved_config(cfg: PipelineConfig, work_dir: Path) -> Path:
     """Save the resolved configuration to ``work_dir/config.yaml`` (and a timestamped copy)."""
     text = to_yaml(cfg)
@@ -248,12 +253,11 @@ def run_stages(
         if not todo:
             result.stage_summaries[stage] = RunSummary()
             continue
-        stage_devices = ["cpu"] if stage == 3 else list(devices)
         summary = run_sharded(
             STAGE_JOBS[stage],
             stage_job(cfg, fingerprints, stage),
             todo,
-            stage_devices,
+            stage_devices(stage, devices),
             desc=STAGE_NAMES[stage],
         )
         result.stage_summaries[stage] = summary
