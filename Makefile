@@ -17,6 +17,7 @@ PYTHON_VERSION ?= 3.12
 # PyTorch; the rest comes from $(WHEELHOUSE)).
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
+# setup installs the project with its `app` extra (gradio: run_pipeline.py app).
 .PHONY: setup test test-fast lint format bench wheelhouse gpu-check clean
 
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
@@ -26,7 +27,7 @@ define SETUP
 	$(PIP) install $(CFLAG) torch torchvision
 	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PIP) install $(CFLAG) --no-build-isolation sam2==1.1.0
 	$(PIP) install $(CFLAG) -r requirements.txt -r requirements-dev.txt
-	$(PIP) install $(CFLAG) --no-deps --no-build-isolation -e .
+	$(PIP) install $(CFLAG) --no-build-isolation -e ".[app]"
 endef
 
 setup:

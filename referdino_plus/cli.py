@@ -3,10 +3,13 @@
     run_pipeline.py [--gids 0 1 2 3] [--stages 1 2 3] [--cpu] [--name RUN] [--overwrite]
                     [key=value ...]
     run_pipeline.py demo --video PATH --text SENTENCE [--text ...] [options] [key=value ...]
+    run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
+    run_pipeline.py finish RECORD      (a launcher=slurm run submitted with launcher.wait=false)
 
 ``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
 ``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
-skips finished videos on a rerun.
+skips finished videos on a rerun. ``launcher=slurm`` runs the stages as a SLURM job array
+(:mod:`referdino_plus.slurm`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from referdino_plus.runtime import gpu_count, log_to_file, select_devices, setup_logging
+
+if TYPE_CHECKING:
+    from referdino_plus.config import PipelineConfig
+    from referdino_plus.pipeline import RunResult
+    from referdino_plus.slurm import SubmittedRun
 
 logger = logging.getLogger("referdino_plus")
 
@@ -26,6 +35,11 @@ ReferDINO-Plus: ReferDINO proposals -> SAM 2 refinement -> conditional fusion ->
 commands:
   (none)   run the pipeline's stages on a split (the options below)
   demo     your own video and sentences: run_pipeline.py demo --help
+  app      the demo in a browser page: run_pipeline.py app --help
+  finish   wait for the tasks of a launcher=slurm run and write its archives:
+           run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.wait=false prints it)
+
+launcher=slurm (key=value) submits the stages to a SLURM cluster: see README "Running on a cluster".
 """
 
 
@@ -87,7 +101,10 @@ def run_command(argv: Sequence[str]) -> int:
 
     try:
         cfg = load_config(args.overrides)
-        devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
+        if cfg.launcher.name == "slurm":
+            devices = cluster_devices(cfg, args)
+        else:
+            devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
     except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
@@ -114,7 +131,17 @@ def run_command(argv: Sequence[str]) -> int:
         OSError,
     )
     try:
-        result = pipeline.run(cfg, stages=args.stages, devices=devices, overwrite=args.overwrite)
+        if cfg.launcher.name == "slurm":
+            from referdino_plus.slurm import SubmittedRun, run_on_slurm
+
+            result = run_on_slurm(cfg, stages=args.stages, overwrite=args.overwrite)
+            if isinstance(result, SubmittedRun):
+                print_submission(result)
+                return 0
+        else:
+            result = pipeline.run(
+                cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
+            )
     except KeyboardInterrupt:
         logger.error("interrupted; finished videos are kept: rerun the same command to go on")
         return 130
@@ -122,14 +149,74 @@ def run_command(argv: Sequence[str]) -> int:
         logger.debug("the run stopped", exc_info=True)
         logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details)
         return 1
+    return report_result(result, cfg.work_dir, details)
+
+
+def report_result(result: RunResult, work_dir: str, details: str = "") -> int:
+    """Log the archives, print the score table; returns the exit status of the run."""
+    from referdino_plus import pipeline
+
     for name, path in result.archives.items():
         logger.info("archive %s: %s", name, path)
     if result.scores:
         print(pipeline.format_scores(result.scores))
     if not result.ok:
-        logger.error("the run did not complete: see %s/report.json%s", cfg.work_dir, details)
+        logger.error("the run did not complete: see %s/report.json%s", work_dir, details)
         return 1
     return 0
+
+
+def cluster_devices(cfg: PipelineConfig, args: argparse.Namespace) -> list[str]:
+    """What a ``launcher=slurm`` run runs on, for the log; its paths checked first.
+
+    Raises:
+        ValueError: ``--gids``/``--cpu`` (this machine's devices), or a path the nodes could
+            not reach (relative).
+    """
+    from referdino_plus.slurm import check_cluster_paths
+
+    if args.gids or args.cpu:
+        raise ValueError(
+            "--gids and --cpu choose this machine's devices; with launcher=slurm, "
+            "launcher.gpus_per_task sets each task's"
+        )
+    check_cluster_paths(cfg, args.stages)
+    return [f"SLURM ({cfg.launcher.tasks} tasks)"]
+
+
+def print_submission(run: SubmittedRun) -> None:
+    """What ``launcher.wait=false`` submitted, and the command that finishes the run."""
+    print(f"job array: {run.array_id} ({len(run.job_ids)} tasks), logs in {run.log_dir}")
+    print(f"finishing job: {run.finishing_job_id} (writes the archives once the array has ended)")
+    print(f"finish by hand: {run.finish_command()}")
+
+
+def finish_command(argv: Sequence[str]) -> int:
+    """``finish RECORD``: wait for a submitted SLURM run's tasks, then its archives and scores."""
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py finish",
+        description="Wait for the tasks of a launcher=slurm run, report the failed ones, and "
+        "write its archives, scores and report when all succeeded.",
+    )
+    parser.add_argument("record", help="the run's record: <launcher.log_dir>/<job>_run.json")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = parser.parse_args(argv)
+    setup_logging(args.quiet)
+    from referdino_plus.config import ConfigError, from_yaml
+    from referdino_plus.pipeline import PipelineError
+    from referdino_plus.slurm import SubmittedRun, collect
+    from rvos.mevis import DataError
+
+    try:
+        run = SubmittedRun.load(args.record)
+        work_dir = from_yaml(run.config).work_dir
+        result = collect(run)
+    except KeyboardInterrupt:
+        return 130
+    except (PipelineError, ConfigError, DataError, OSError) as err:
+        logger.error("%s", err)
+        return 1
+    return report_result(result, work_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,4 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from referdino_plus.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["app"]:
+        from referdino_plus.app import main as app_main
+
+        return app_main(argv[1:])
+    if argv[:1] == ["finish"]:
+        return finish_command(argv[1:])
     return run_command(argv)

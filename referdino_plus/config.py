@@ -28,7 +28,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rvos.options import OptionError, check_range, check_registered
+from rvos.options import Choice, OptionError, check_range, check_registered
 from stage1_referdino.options import Stage1Options
 from stage2_sam2_refine.options import Stage2Options
 from stage3_fusion.options import FusionOptions
@@ -135,6 +135,127 @@ class DemoOptions:
         check_range(self, "crf", 0, 51)
 
 
+class LauncherKind(Choice):
+    """Where a run's stages execute (the ``launcher`` config group)."""
+
+    local = "local"  # this machine: one worker per --gids GPU, or the CPU
+    slurm = "slurm"  # a SLURM job array submitted through submitit (referdino_plus.slurm)
+
+
+@dataclass
+class LauncherOptions:
+    """The ``launcher`` section (``configs/launcher/``): ``local`` (the default) or ``slurm``.
+
+    The cluster settings are ``launcher=slurm``'s; with ``launcher=local`` they are null.
+    """
+
+    SECTION = "launcher"
+    # Settings a SLURM run cannot do without (the others may be null: the cluster's default).
+    SLURM_REQUIRED = (
+        "tasks",
+        "gpus_per_task",
+        "cpus_per_task",
+        "timeout_min",
+        "max_requeues",
+        "sbatch_args",
+        "setup",
+        "log_dir",
+        "job_name",
+        "wait",
+        "poll_s",
+        "result_wait_s",
+    )
+    SLURM_OPTIONAL = ("partition", "account", "qos", "mem_gb")
+
+    name: LauncherKind
+    partition: str | None
+    account: str | None
+    qos: str | None
+    tasks: int | None
+    gpus_per_task: int | None
+    cpus_per_task: int | None
+    mem_gb: float | None
+    timeout_min: int | None
+    max_requeues: int | None
+    sbatch_args: dict[str, str] | None
+    setup: list[str] | None
+    log_dir: str | None
+    job_name: str | None
+    wait: bool | None
+    poll_s: float | None
+    result_wait_s: float | None
+
+    def __post_init__(self) -> None:
+        if self.name == LauncherKind.local:
+            for key in (*self.SLURM_REQUIRED, *self.SLURM_OPTIONAL):
+                if getattr(self, key) is not None:
+                    raise OptionError(
+                        f"launcher.{key}={getattr(self, key)!r}: a setting of launcher=slurm; "
+                        "add launcher=slurm to run on a cluster"
+                    )
+            return
+        for key in self.SLURM_REQUIRED:
+            if getattr(self, key) is None:
+                raise OptionError(
+                    f"launcher.{key}: needs a value with launcher=slurm "
+                    "(configs/launcher/slurm.yaml)"
+                )
+        check_range(self, "tasks", 1)
+        # One device per task (the in-process worker): more GPUs means more tasks.
+        check_range(self, "gpus_per_task", 0, 1)
+        check_range(self, "cpus_per_task", 1)
+        check_range(self, "mem_gb", 1e-3)
+        check_range(self, "timeout_min", 1)
+        check_range(self, "max_requeues", 0)
+        check_range(self, "poll_s", 1e-3)
+        check_range(self, "result_wait_s", 0)
+
+
+@dataclass
+class Sam2Choice:
+    """One SAM 2 size offered by the app's page (an entry of ``app.sam2_models``)."""
+
+    name: str
+    model: str
+    checkpoint: str
+
+
+@dataclass
+class AppOptions:
+    """The ``app`` section: the browser page of ``run_pipeline.py app`` and its limits."""
+
+    SECTION = "app"
+
+    host: str
+    port: int
+    results_dir: str
+    keep_results: int
+    cache_hours: float
+    max_upload_mb: int
+    max_clip_seconds: float
+    max_frames: int
+    default_max_frames: int
+    max_frame_step: int
+    max_sentences: int
+    queue_size: int
+    gallery_frames: int
+    sam2_models: list[Sam2Choice]
+    examples: list[str]
+
+    def __post_init__(self) -> None:
+        check_range(self, "port", 1, 65535)
+        check_range(self, "keep_results", 1)
+        check_range(self, "cache_hours", 1e-3)
+        check_range(self, "max_upload_mb", 1)
+        check_range(self, "max_clip_seconds", 1e-3)
+        check_range(self, "max_frames", 1)
+        check_range(self, "default_max_frames", 1, self.max_frames)
+        check_range(self, "max_frame_step", 1)
+        check_range(self, "max_sentences", 1)
+        check_range(self, "queue_size", 1)
+        check_range(self, "gallery_frames", 1)
+
+
 @dataclass
 class PipelineConfig:
     """Everything a run reads from ``configs/pipeline.yaml``: see that file for each value."""
@@ -152,6 +273,8 @@ class PipelineConfig:
     evaluation: EvaluationOptions
     visualize: VisualizeOptions
     demo: DemoOptions
+    app: AppOptions
+    launcher: LauncherOptions
 
 
 ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
@@ -176,12 +299,16 @@ def _one_line(err: BaseException) -> str:
 
 
 def _keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
-    """Dotted paths of every key of a composed config."""
+    """Dotted paths of every key of a composed config (a free-form dict setting is one key)."""
     for key in node:
         path = f"{prefix}{key}"
         yield path
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none():
+        if (
+            isinstance(child, DictConfig)
+            and not child._is_none()
+            and OmegaConf.get_type(child) is not dict
+        ):
             yield from _keys(child, f"{path}.")
 
 
@@ -253,6 +380,19 @@ def to_plain(section: Any) -> Any:
     """A typed section (or ``DictConfig``) as plain JSON-ready data (choices as strings)."""
     node = section if isinstance(section, DictConfig) else OmegaConf.structured(section)
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def from_yaml(text: str) -> PipelineConfig:
+    """A configuration saved by :func:`to_yaml`, checked against the schema again.
+
+    Raises:
+        ConfigError: the text does not fit the schema (e.g. saved by another version).
+    """
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.create(text))
+        return to_typed(node)
+    except (OmegaConfBaseException, OptionError) as err:
+        raise ConfigError(_one_line(err)) from None
 
 
 def to_yaml(cfg: DictConfig | PipelineConfig) -> str:

@@ -20,23 +20,31 @@ run in this process on one device, configured by ``configs/pipeline.yaml`` and t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions, load_config
 from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+from referdino_plus.segmenter import (
+    EXIT_USAGE,
+    DemoError,
+    ProgressCallback,
+    Segmentation,
+    Segmenter,
+    StageProgress,
+    TqdmProgress,
+    check_models,
+)
 from rvos.archive import encode_png
 from rvos.drawing import caption_band, color_of, hex_color, overlay_masks, pad_to_even
-from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
+from rvos.intermediates import Stage3Video
 from rvos.io import atomic_output, make_temp_dir
 from rvos.video import Clip, VideoError, h264_writer, load_clip, source_name
 from rvos.workers import bind_device
@@ -44,19 +52,12 @@ from rvos.workers import bind_device
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT_ROOT = Path("work") / "demo"
-# How PyTorch words out-of-memory errors (CUDA, CPU allocator).
-OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory")
-# Exit codes: bad arguments or configuration; unusable input, missing weights or a failed run.
-EXIT_USAGE, EXIT_FAILURE = 2, 1
-Model = TypeVar("Model")
-
-
-class DemoError(Exception):
-    """A problem the user can fix; the message is one line, ``exit_code`` the process status."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+# The step write_outputs reports progress for.
+WRITING = "writing outputs"
+OUT_OF_MEMORY_HINT = (
+    "use fewer frames (--frame-step N, --max-frames N), a smaller stage1.short_side, "
+    "stage2.offload_video_to_cpu=true, or --cpu"
+)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -135,99 +136,6 @@ def check_sentences(texts: Sequence[str]) -> list[str]:
     return sentences
 
 
-def check_models(cfg: PipelineConfig) -> None:
-    """Fail before any decoding when a model file is missing or unusable (as a pipeline run's
-    preflight does).
-
-    Raises:
-        DemoError: one line naming every problem (a missing checkpoint names
-            ``download_ckpts.sh``).
-    """
-    from referdino_plus.preflight import model_problems
-
-    problems = model_problems(cfg, stages=(1, 2))
-    if problems:
-        raise DemoError("; ".join(problems))
-
-
-# ----------------------------------------------------------------------------- the stages
-
-
-def build_model(step: str, factory: Callable[[], Model]) -> Model:
-    """``factory()``; a missing or mismatched file becomes a one-line error.
-
-    Raises:
-        DemoError: naming the stage and what is wrong (a missing checkpoint names
-            ``download_ckpts.sh``).
-    """
-    try:
-        return factory()
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise DemoError(f"{step}: cannot load the model: {' '.join(str(err).split())}") from None
-
-
-@contextlib.contextmanager
-def explain_out_of_memory(device: str) -> Iterator[None]:
-    """Turn an out-of-memory error into a :class:`DemoError` that says what to reduce."""
-    import torch
-
-    try:
-        yield
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-        message = str(err).lower()
-        if not isinstance(err, torch.cuda.OutOfMemoryError) and not any(
-            marker in message for marker in OUT_OF_MEMORY_MARKERS
-        ):
-            raise
-        raise DemoError(
-            f"out of memory on {device}: use fewer frames (--frame-step N, --max-frames N), a "
-            "smaller stage1.short_side, stage2.offload_video_to_cpu=true, or --cpu"
-        ) from None
-
-
-def segment(
-    clip: Clip, sentences: Sequence[str], cfg: PipelineConfig, device: str
-) -> tuple[Stage1Video, Stage2Video, Stage3Video]:
-    """Stages 1-3 on ``clip`` for each sentence (``exp_id`` = its index as a string), with the
-    same per-stage functions as a pipeline run.
-
-    Each model is loaded, used for all sentences, and released before the next one loads; SAM 2
-    reads the decoded frames from memory.
-
-    Returns:
-        ``(stage1, stage2, stage3)`` records (:mod:`rvos.intermediates` types).
-    Raises:
-        DemoError: a model that cannot be loaded, or out of memory.
-    """
-    import torch
-
-    from stage1_referdino.runner import build_stage1_model, stage1_record
-    from stage2_sam2_refine.refine import build_refiner
-    from stage2_sam2_refine.runner import stage2_record
-    from stage3_fusion.runner import fuse_video
-
-    expressions = {str(index): text for index, text in enumerate(sentences)}
-    model = build_model("stage 1 (ReferDINO)", lambda: build_stage1_model(cfg.stage1, device))
-    with explain_out_of_memory(device):
-        stage1 = stage1_record(
-            model,
-            clip.frames,
-            expressions,
-            cfg.stage1,
-            video_id=clip.name,
-            frame_names=list(clip.frame_names),
-            progress=True,
-        )
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    refiner = build_model("stage 2 (SAM 2)", lambda: build_refiner(cfg.stage2, device=device))
-    with explain_out_of_memory(device):
-        stage2 = stage2_record(refiner, stage1, clip.frames, progress=True)
-    del refiner
-    return stage1, stage2, fuse_video(stage2, cfg.stage3)
-
-
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -239,12 +147,14 @@ def write_outputs(
     *,
     visual: VisualizeOptions,
     crf: int,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """``overlay.mp4`` and ``masks/<index>/<frame>.png`` in one pass over the frames.
 
     Each frame gets its sentences' masks blended in their colours and outlined, above a band with
     the sentences; the picture is padded to even sides. The masks are written to a hidden folder
     first and replace ``masks/`` at the end, so an earlier run's PNGs never mix with these.
+    ``progress`` is told after each frame (step :data:`WRITING`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = [color_of(i) for i in range(len(sentences))]
@@ -258,9 +168,7 @@ def write_outputs(
             folder.mkdir()
         video_size = (height + height % 2, width + width % 2)
         with h264_writer(out_dir / "overlay.mp4", size=video_size, fps=clip.fps, crf=crf) as write:
-            for t in tqdm(
-                range(len(clip.frames)), desc="writing", unit="frame", dynamic_ncols=True
-            ):
+            for t in range(len(clip.frames)):
                 frame_masks = [m.decode([t])[0] for m in masks]  # S x [H, W] bool
                 for folder, mask in zip(folders, frame_masks, strict=True):
                     (folder / f"{clip.frame_names[t]}.png").write_bytes(encode_png(mask))
@@ -272,6 +180,8 @@ def write_outputs(
                     contour_width=visual.contour_width,
                 )
                 write(pad_to_even(np.concatenate([drawn, band])))
+                if progress is not None:
+                    progress(StageProgress(WRITING, t + 1, len(clip.frames), "frame"))
         shutil.rmtree(out_dir / "masks", ignore_errors=True)
         staging.rename(out_dir / "masks")
     finally:
@@ -281,13 +191,13 @@ def write_outputs(
 def summarize(
     clip: Clip,
     sentences: Sequence[str],
-    records: tuple[Stage1Video, Stage2Video, Stage3Video],
+    records: Segmentation,
     cfg: PipelineConfig,
     device: str,
     frame_step: int,
 ) -> dict[str, Any]:
     """The content of ``summary.json``: input, models, and per sentence its queries and fusion."""
-    stage1, stage2, stage3 = records
+    stage1, stage2, stage3 = records.stage1, records.stage2, records.stage3
     entries = []
     for index, text in enumerate(sentences):
         exp_id = str(index)
@@ -381,7 +291,9 @@ def run_demo(args: argparse.Namespace) -> Path:
         len(sentences),
         device,
     )
-    records = segment(clip, sentences, cfg, device)
+    with TqdmProgress() as bars:
+        segmenter = Segmenter(device, keep_models=False, out_of_memory_hint=OUT_OF_MEMORY_HINT)
+        records = segmenter.segment(clip, sentences, cfg, progress=bars)
     summary = summarize(clip, sentences, records, cfg, device, args.frame_step)
     for entry in summary["sentences"]:
         if not entry["kept_queries"]:
@@ -391,7 +303,16 @@ def run_demo(args: argparse.Namespace) -> Path:
                 entry["index"],
                 entry["text"],
             )
-    write_outputs(out_dir, clip, sentences, records[2], visual=cfg.visualize, crf=cfg.demo.crf)
+    with TqdmProgress() as bars:
+        write_outputs(
+            out_dir,
+            clip,
+            sentences,
+            records.stage3,
+            visual=cfg.visualize,
+            crf=cfg.demo.crf,
+            progress=bars,
+        )
     write_summary(out_dir / "summary.json", summary)
     return out_dir
 

@@ -28,7 +28,7 @@ from referdino_plus.archives import (
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from rvos import intermediates as im
 from rvos.archive import build_archive_writer, write_archive
-from rvos.evaluation import BenchmarkResult
+from rvos.evaluation import BenchmarkResult, evaluate
 from rvos.io import atomic_output
 from rvos.proposals import THRESHOLD_OR_TOP1, Stage1Records, check_answer_rule
 from rvos.splits import DataError, Split
@@ -126,6 +126,11 @@ def stage_job(cfg: PipelineConfig, fingerprints: Fingerprints, stage: int) -> An
     raise ValueError(f"no stage {stage}")
 
 
+def stage_devices(stage: int, devices: Sequence[str]) -> list[str]:
+    """Where ``stage``'s workers run: the models on ``devices``, the fusion (stage 3) on the CPU."""
+    return ["cpu"] if stage == 3 else list(devices)
+
+
 def save_resolved_config(cfg: PipelineConfig, work_dir: Path) -> Path:
     """Save the resolved configuration to ``work_dir/config.yaml`` (and a timestamped copy)."""
     text = to_yaml(cfg)
@@ -207,7 +212,7 @@ def run(
         if run_stages(
             cfg, fingerprints, split, result, stages=stages, devices=devices, overwrite=overwrite
         ):
-            write_outputs(cfg, fingerprints, split, result, evaluate=flight.evaluate)
+            write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
             status = "ok"
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user"
@@ -248,12 +253,11 @@ def run_stages(
         if not todo:
             result.stage_summaries[stage] = RunSummary()
             continue
-        stage_devices = ["cpu"] if stage == 3 else list(devices)
         summary = run_sharded(
             STAGE_JOBS[stage],
             stage_job(cfg, fingerprints, stage),
             todo,
-            stage_devices,
+            stage_devices(stage, devices),
             desc=STAGE_NAMES[stage],
         )
         result.stage_summaries[stage] = summary
@@ -286,12 +290,12 @@ def write_outputs(
     split: Split,
     result: RunResult,
     *,
-    evaluate: bool = True,
+    score: bool = True,
 ) -> None:
-    """After the stages: the archives (evaluated when ``evaluate``) and the pictures."""
+    """After the stages: the archives (scored when ``score``) and the pictures."""
     from referdino_plus.visualize import write_run_visualizations
 
-    write_archives(cfg, fingerprints, split, result, evaluate=evaluate)
+    write_archives(cfg, fingerprints, split, result, score=score)
     if cfg.visualize.enabled:
         write_run_visualizations(cfg, fingerprints, split, result.evaluations)
 
@@ -318,10 +322,10 @@ def write_archives(
     split: Split,
     result: RunResult,
     *,
-    evaluate: bool = True,
+    score: bool = True,
 ) -> None:
     """(Re)write every archive whose stage records are all finished and newer than it, in the
-    benchmark's member layout; score each with its metric when ``evaluate`` and the split has
+    benchmark's member layout; score each with its metric when ``score`` and the split has
     ground truth."""
     work_dir = Path(cfg.work_dir)
     submission_dir = Path(cfg.submission_dir)
@@ -349,13 +353,7 @@ def write_archives(
             )
         result.archives[name] = path
     metric = cfg.data.metric
-    if (
-        evaluate
-        and cfg.evaluation.enabled
-        and metric
-        and split.has_ground_truth
-        and result.archives
-    ):
+    if score and cfg.evaluation.enabled and metric and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
             scores = evaluate(metric, path, split, jobs=cfg.evaluation.jobs)
             result.scores[name] = scores.summary()

@@ -14,7 +14,8 @@ frame size; every archive has one PNG per frame listed in the split's metadata.
 
 PNGs are encoded in parallel per video (joblib) and streamed into a temporary zip that replaces
 the final name only once every video and expression of the split is in it, so a partial archive
-is never presented as complete.
+is never presented as complete. Entries carry a fixed timestamp, so the same masks always give
+the same bytes (archives from different runs, machines or clusters compare with ``cmp``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 # (video_id) -> (frame_names, {exp_id: [T, H, W] bool})
 VideoMasksLoader = Callable[[str], tuple[Sequence[str], dict[str, np.ndarray]]]
+# Timestamp of every entry (the earliest the zip format stores), instead of the time of writing.
+ENTRY_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+# Unix permissions of every entry (rw-------, as zipfile gives entries written from bytes).
+ENTRY_MODE = 0o600
 
 
 class IncompleteArchiveError(RuntimeError):
@@ -218,6 +223,14 @@ def encode_video_entries(
     return writer.video_entries(video_id, frame_names, ordered, compress_level)
 
 
+def archive_entry(name: str) -> zipfile.ZipInfo:
+    """The zip entry of ``name``: stored (PNGs are compressed already), fixed time and mode."""
+    entry = zipfile.ZipInfo(name, date_time=ENTRY_DATE_TIME)
+    entry.compress_type = zipfile.ZIP_STORED
+    entry.external_attr = ENTRY_MODE << 16
+    return entry
+
+
 def write_archive(
     path: Path,
     load: VideoMasksLoader,
@@ -254,7 +267,7 @@ def write_archive(
     with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
         for entries in tqdm(results, total=len(video_ids), desc=desc or path.name, leave=False):
             for name, data in entries:
-                archive.writestr(name, data)
+                archive.writestr(archive_entry(name), data)
             count += len(entries)
         if stamp is not None:
             archive.comment = json.dumps(dict(stamp), sort_keys=True).encode()

@@ -2,6 +2,7 @@
 
 - :func:`load_clip`: a video file (anything PyAV decodes; display rotation applied) or a folder of
   ``.jpg``/``.jpeg``/``.png`` frames in natural name order, optionally subsampled;
+- :func:`clip_duration`: how long a clip lasts, without decoding it;
 - :func:`h264_writer`: an H.264 ``yuv420p`` mp4, written atomically.
 
 Problems a user can fix raise :class:`VideoError` with a one-line message naming the file.
@@ -84,12 +85,48 @@ def load_clip(path: Path, *, frame_step: int, max_frames: int | None, folder_fps
     return decode_video(path, frame_step=frame_step, max_frames=max_frames, fallback_fps=folder_fps)
 
 
-def read_frame_folder(folder: Path, *, frame_step: int, max_frames: int | None, fps: float) -> Clip:
-    """The ``.jpg``/``.jpeg``/``.png`` images of ``folder`` in natural order, subsampled."""
-    files = sorted(
+def frame_files(folder: Path) -> list[Path]:
+    """The ``.jpg``/``.jpeg``/``.png`` images of ``folder`` in natural name order."""
+    return sorted(
         (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES),
         key=lambda p: natural_key(p.name),
     )
+
+
+def clip_duration(path: Path, *, folder_fps: float) -> float | None:
+    """Seconds a video file or frame folder lasts (a folder: its frames at ``folder_fps``),
+    read from the container without decoding; ``None`` when the file does not say.
+
+    Raises:
+        VideoError: missing path, or a file that cannot be opened as a video.
+    """
+    if not path.exists():
+        raise VideoError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return len(frame_files(path)) / folder_fps
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError) as err:
+        raise VideoError(f"{path}: not a readable video ({_ffmpeg_reason(err)})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: the file has no video stream")
+        stream = container.streams.video[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / av.time_base
+        rate = stream.average_rate or stream.guessed_rate
+        if stream.frames and rate:
+            return float(stream.frames / rate)
+    return None
+
+
+def read_frame_folder(folder: Path, *, frame_step: int, max_frames: int | None, fps: float) -> Clip:
+    """The ``.jpg``/``.jpeg``/``.png`` images of ``folder`` in natural order, subsampled."""
+    files = frame_files(folder)
     if not files:
         raise VideoError(f"{folder}: no {'/'.join(FRAME_SUFFIXES)} frames in this folder")
     files = files[::frame_step][:max_frames]

@@ -28,6 +28,9 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 VideoProcessor = Callable[[str], None]
+# ``(kind, worker, video_id, message)``: kind ``start``, ``done``, ``failed`` or ``setup_failed``;
+# message ``(one line, traceback)`` of a failure, else None.
+EventListener = Callable[[str, int, str | None, tuple[str, str] | None], None]
 
 
 def shard(video_ids: Sequence[str], num_shards: int) -> list[list[str]]:
@@ -172,10 +175,14 @@ def run_sharded(
     devices: Sequence[str],
     *,
     desc: str,
+    on_event: EventListener | None = None,
 ) -> RunSummary:
     """Process ``video_ids`` with the builder ``target`` of ``job`` on ``devices`` (one worker
     per device).
 
+    Args:
+        on_event: also told every worker event, in this process, as it happens (a ``start``
+            before the video is processed): e.g. to record which video a worker is on.
     Returns:
         which videos finished and which failed (with the worker, device and traceback).
     """
@@ -187,7 +194,7 @@ def run_sharded(
     ]
     current: dict[int, str | None] = {}
 
-    def on_event(
+    def record(
         kind: str, worker: int, video_id: str | None, message: tuple[str, str] | None
     ) -> None:
         if kind == "start":
@@ -211,11 +218,18 @@ def run_sharded(
         if kind != "setup_failed":
             bars[worker].update(1)
 
+    def notify(
+        kind: str, worker: int, video_id: str | None, message: tuple[str, str] | None
+    ) -> None:
+        record(kind, worker, video_id, message)
+        if on_event is not None:
+            on_event(kind, worker, video_id, message)
+
     try:
         if len(devices) == 1:
-            _run_shard(0, devices[0], target, job, shards[0], on_event)
+            _run_shard(0, devices[0], target, job, shards[0], notify)
         else:
-            _run_processes(target, job, shards, devices, on_event, current)
+            _run_processes(target, job, shards, devices, notify, current)
     finally:
         for bar in bars:
             bar.close()

@@ -138,6 +138,7 @@ def stage1_record(
     progress: bool = False,
     answer: str = THRESHOLD_OR_TOP1,
     video: Video | None = None,
+    on_expression: Callable[[str], None] | None = None,
 ) -> im.Stage1Video:
     """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
 
@@ -154,6 +155,7 @@ def stage1_record(
         progress: show a progress bar over the sentences.
         answer: the stage-1 answer rule (:data:`rvos.proposals.ANSWER_RULES`).
         video: the split's video; needed by a rule that merges annotators' objects.
+        on_expression: called with each ``exp_id`` once its record is made.
     Returns:
         per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
         ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
@@ -173,6 +175,11 @@ def stage1_record(
             answer=answer,
         )
 
+    def record_done(exp_id: str, proposals: im.ExpressionProposals) -> None:
+        record.expressions[exp_id] = proposals
+        if on_expression is not None:
+            on_expression(exp_id)
+
     with torch.inference_mode(), MaskWriter(background=model.device.type == "cuda") as writer:
         outputs = run_expressions(
             model,
@@ -187,7 +194,7 @@ def stage1_record(
             )
         for exp_id, raw in outputs:
             for done_id, proposals in writer.submit(exp_id, make_proposals, raw):
-                record.expressions[done_id] = proposals
+                record_done(done_id, proposals)
             logits = answer_logits(
                 raw.scores, raw.mask_logits, answer=answer, obj_threshold=options.obj_threshold
             )
@@ -196,7 +203,7 @@ def stage1_record(
             if legacy is not None:
                 legacy.expressions[exp_id] = raw.legacy_arrays()
         for done_id, proposals in writer.finish():
-            record.expressions[done_id] = proposals
+            record_done(done_id, proposals)
     if merge_logits:
         if video is None:
             raise ValueError(f"answer rule {answer!r} needs the split's video to merge annotators")

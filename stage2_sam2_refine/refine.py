@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,6 +43,10 @@ from stage2_sam2_refine.prompts import (
 logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {Autocast.float16: torch.float16, Autocast.bfloat16: torch.bfloat16}
+
+# Progress of one expression's propagation: called after each frame SAM 2 yields with
+# ``(frames done, frames of both passes)``; an expression without kept queries calls it never.
+FrameProgress = Callable[[int, int], None]
 
 
 class Proposals(Protocol):
@@ -154,6 +159,7 @@ class Refiner:
         boxes: np.ndarray,
         masks: np.ndarray | RunLengthMasks,
         exp_id: str = "",
+        on_frame: FrameProgress | None = None,
     ) -> RefineResult:
         """Refine one expression of an opened video.
 
@@ -163,6 +169,7 @@ class Refiner:
             boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)`` (read for box prompts).
             masks: ``[T, N, H, W]`` binary stage-1 masks at frame size (see :class:`Proposals`).
             exp_id: named in logs and errors.
+            on_frame: called after each propagated frame (see :data:`FrameProgress`).
         Returns:
             per kept query, SAM 2's masks on every frame.
         Raises:
@@ -197,12 +204,21 @@ class Refiner:
         with torch.inference_mode(), self._autocast():
             state = predictor.init_expression_state(session)
             self._add_prompts(state, queries, frames, boxes, masks, where=where)
+            # Both passes start from the prompted frames, known now.
+            total = sum(
+                len(predictor.propagation_order(state, reverse=reverse))
+                for reverse in (False, True)
+            )
+            done = 0
             for reverse in (False, True):
                 for frame_idx, _, mask_logits in predictor.propagate_in_video(
                     state, reverse=reverse
                 ):
                     out[frame_idx] = (mask_logits > 0).squeeze(1).cpu().numpy()
                     written[frame_idx] = True
+                    done += 1
+                    if on_frame is not None:
+                        on_frame(done, total)
         if not written.all():
             raise RuntimeError(f"{where}: propagation skipped frames {np.flatnonzero(~written)}")
         return RefineResult(masks=out, columns=queries, prompt_frames=frames)
@@ -251,6 +267,7 @@ class Refiner:
         expressions: Mapping[str, Proposals],
         *,
         video_id: str,
+        on_frame: Callable[[str, int, int], None] | None = None,
     ) -> Iterator[tuple[str, RefineResult]]:
         """Refine all expressions of a video, decoding it and encoding its frames once.
 
@@ -258,6 +275,9 @@ class Refiner:
         reopens it with frames, memories and features on the CPU, and carries on from the
         expression that failed; results already yielded stay valid.
 
+        Args:
+            on_frame: called after each propagated frame with ``(exp_id, frames done, frames
+                of both passes)`` (see :data:`FrameProgress`; a retried expression starts over).
         Yields:
             ``(exp_id, result)`` in the order of ``expressions``.
         """
@@ -275,6 +295,7 @@ class Refiner:
                         boxes=proposals.boxes,
                         masks=proposals.masks,
                         exp_id=exp_id,
+                        on_frame=None if on_frame is None else partial(on_frame, exp_id),
                     )
                     yield exp_id, result
                     done += 1

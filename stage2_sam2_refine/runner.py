@@ -9,7 +9,7 @@ directions), and writes the stage-2 record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,7 @@ def stage2_record(
     frames: Sequence[Frame],
     *,
     progress: bool = False,
+    on_frame: Callable[[str, int, int], None] | None = None,
 ) -> im.Stage2Video:
     """Stage-2 record of one video: SAM 2 on every expression's kept queries.
 
@@ -80,9 +81,13 @@ def stage2_record(
         frames: its frames (JPEG paths or PIL RGB images), in the order of
             ``stage1.frame_names``.
         progress: show a progress bar over the expressions.
+        on_frame: called after each propagated frame with ``(exp_id, frames done, frames of
+            both passes)`` (:meth:`Refiner.refine_video`).
     """
     output = im.Stage2Video(stage1.video_id, stage1.frame_names, stage1.height, stage1.width)
-    results = refiner.refine_video(frames, stage1.expressions, video_id=stage1.video_id)
+    results = refiner.refine_video(
+        frames, stage1.expressions, video_id=stage1.video_id, on_frame=on_frame
+    )
     if progress:
         results = tqdm(
             results, total=len(stage1.expressions), desc="stage 2 (SAM 2)", unit="sentence"

@@ -56,3 +56,16 @@ def test_frame_count_mismatch_is_refused(tmp_path):
     expected = {"vidA": {"0": ["00000", "00001", "00002"]}}
     with pytest.raises(IncompleteArchiveError, match="2 masks for 3 listed frames"):
         write_archive(tmp_path / "x.zip", functools.partial(fake_masks, counts), expected, jobs=1)
+
+
+def test_the_same_masks_give_the_same_bytes_whenever_written(tmp_path, monkeypatch):
+    """Archives of two runs (hours apart, on other machines) compare byte for byte."""
+    counts = {"vidA": 2}
+    expected = {"vidA": {e: ["00000", "00001"] for e in ("0", "1")}}
+    load = functools.partial(fake_masks, counts)
+    first, second = tmp_path / "first.zip", tmp_path / "second.zip"
+    monkeypatch.setattr(zipfile.time, "time", lambda: 1_700_000_000.0)
+    write_archive(first, load, expected, jobs=1)
+    monkeypatch.setattr(zipfile.time, "time", lambda: 1_800_000_000.0)
+    write_archive(second, load, expected, jobs=1)
+    assert first.read_bytes() == second.read_bytes()

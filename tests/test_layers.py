@@ -2,8 +2,10 @@
 
 import json
 import pkgutil
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,24 @@ def test_archive_workers_load_no_model_code():
     """The archive writer's processes import the mask loader by name: it must stay light."""
     loaded = imported_after("import referdino_plus.archives")
     assert not loaded & {*STAGES, "torch", "transformers", "sam2"}
+
+
+def test_only_the_app_page_imports_gradio():
+    """Gradio is an optional extra (``pip install .[app]``): one module of the app uses it."""
+    root = Path(rvos.__file__).resolve().parents[1]
+    users = sorted(
+        path.relative_to(root).as_posix()
+        for package in (*STAGES, "rvos", APP)
+        for path in (root / package).rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+gradio\b", path.read_text(), re.MULTILINE)
+    )
+    assert users == ["referdino_plus/app_page.py"]
+
+
+@pytest.mark.slow
+def test_command_line_and_app_jobs_load_no_gradio():
+    loaded = imported_after(
+        "import referdino_plus.cli, referdino_plus.pipeline, referdino_plus.demo, "
+        "referdino_plus.app"
+    )
+    assert "gradio" not in loaded

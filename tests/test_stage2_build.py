@@ -174,10 +174,12 @@ def test_prompt_masks_read_from_run_length_stack():
 class _OutOfMemoryOnce(Refiner):
     """Raises CUDA out-of-memory on expression "b" unless the video was reopened offloaded."""
 
-    def refine(self, session, *, scores, boxes, masks, exp_id=""):
+    def refine(self, session, *, scores, boxes, masks, exp_id="", on_frame=None):
         if exp_id == "b" and not session.offload_state_to_cpu:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return super().refine(session, scores=scores, boxes=boxes, masks=masks, exp_id=exp_id)
+        return super().refine(
+            session, scores=scores, boxes=boxes, masks=masks, exp_id=exp_id, on_frame=on_frame
+        )
 
 
 @pytest.mark.slow

@@ -129,3 +129,25 @@ def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, def
     assert np.array_equal(results[0].masks, results[1].masks)
     np.testing.assert_array_equal(results[0].columns, [0, 1, 5])
     np.testing.assert_array_equal(results[0].prompt_frames, [4, 4, 12])
+
+
+@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
+def test_frame_progress_counts_every_propagated_frame(ours, frame_dir, proposals, default_config):
+    """``on_frame`` counts up to the total of both passes, which it knows from the first frame."""
+    refiner = Refiner(ours, default_config.stage2)
+    calls: list[tuple[str, int, int]] = []
+    results = dict(
+        refiner.refine_video(
+            sorted(frame_dir.glob("*.jpg")),
+            proposals,
+            video_id="videoA",
+            on_frame=lambda exp_id, done, total: calls.append((exp_id, done, total)),
+        )
+    )
+    assert results["2"].num_objects == 0 and not [c for c in calls if c[0] == "2"]
+    for exp_id in ("0", "4"):
+        first = int(results[exp_id].prompt_frames.min())
+        # forward: first..T-1; reverse: first..0, or nothing when first is 0
+        total = NUM_FRAMES - first + (first + 1 if first else 0)
+        mine = [(done, of) for e, done, of in calls if e == exp_id]
+        assert mine == [(done, total) for done in range(1, total + 1)], exp_id

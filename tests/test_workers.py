@@ -35,11 +35,38 @@ def test_single_worker_runs_in_process_and_reports_failures(tmp_path):
     assert pids == {str(os.getpid())}
 
 
+def test_listener_hears_each_video_start_before_its_outcome(tmp_path):
+    events = []
+    config = {"out": str(tmp_path), "fail": ["b"]}
+
+    def listen(kind, worker, video_id, message):
+        # A start is told before the video is processed (its marker is not written yet).
+        events.append((kind, video_id, (tmp_path / f"{video_id}.cpu").exists()))
+
+    run_sharded(JOB, config, ["b", "a"], ["cpu"], desc="test", on_event=listen)
+    assert events == [
+        ("start", "a", False),
+        ("done", "a", True),
+        ("start", "b", False),
+        ("failed", "b", False),
+    ]
+
+
 @pytest.mark.slow
 def test_processes_keep_other_shards_and_report_a_dead_worker(tmp_path):
     # Two workers: shard 0 = [a, b], shard 1 = [c, d]; the worker of shard 0 dies on b.
     config = {"out": str(tmp_path), "die": ["b"]}
-    summary = run_sharded(JOB, config, ["a", "b", "c", "d"], ["cpu", "cpu"], desc="test")
+    events = []
+    summary = run_sharded(
+        JOB,
+        config,
+        ["a", "b", "c", "d"],
+        ["cpu", "cpu"],
+        desc="test",
+        on_event=lambda kind, worker, video_id, _: events.append((kind, worker, video_id)),
+    )
+    # The listener also hears the death, with the video the worker was on.
+    assert ("failed", 0, "b") in events and ("start", 0, "b") in events
     assert sorted(summary.done) == ["a", "c", "d"]
     assert len(summary.failures) == 1
     failure = summary.failures[0]
