@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import real_size  # noqa: E402
+from rvos.proposals import proposals_from_outputs  # noqa: E402
+from stage1_referdino import ReferDINO, load_referdino, preprocess  # noqa: E402
 from timing import (  # noqa: E402
     COMPARISON_HEADERS,
     ComponentTimer,
@@ -38,9 +40,6 @@ from timing import (  # noqa: E402
     format_table,
     synchronize,
 )
-
-from rvos.proposals import proposals_from_outputs  # noqa: E402
-from stage1_referdino import ReferDINO, load_referdino, preprocess  # noqa: E402
 
 logger = logging.getLogger("bench_stage1")
 

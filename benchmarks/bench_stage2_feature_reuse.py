@@ -32,6 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import real_size  # noqa: E402
 from bench_stage1_backbone_reuse import parse_size  # noqa: E402
+from referdino_plus.config import load_config  # noqa: E402
+from rvos.masks import RunLengthMasks  # noqa: E402
+from stage2_sam2_refine.options import PromptKind  # noqa: E402
+from stage2_sam2_refine.reference import build_reference_predictor, reference_refine  # noqa: E402
+from stage2_sam2_refine.refine import build_refiner  # noqa: E402
 from timing import (  # noqa: E402
     COMPARISON_HEADERS,
     ComponentTimer,
@@ -39,12 +44,6 @@ from timing import (  # noqa: E402
     format_seconds,
     format_table,
 )
-
-from referdino_plus.config import load_config  # noqa: E402
-from rvos.masks import RunLengthMasks  # noqa: E402
-from stage2_sam2_refine.options import PromptKind  # noqa: E402
-from stage2_sam2_refine.reference import build_reference_predictor, reference_refine  # noqa: E402
-from stage2_sam2_refine.refine import build_refiner  # noqa: E402
 
 logger = logging.getLogger("bench_stage2")
 

@@ -461,7 +461,6 @@ def prepare(
         tiny: the fixtures' tiny models instead of the real-size ones (see :func:`model_overrides`).
     """
     import real_size
-
     from referdino_plus.config import load_config
     from rvos.mevis import MevisSplit
 
@@ -624,15 +623,15 @@ def check_speed(setup: Setup, report: Report) -> None:
     """Stages 1-3 the pipeline's way (wall time, peak memory), then a synchronised pass per
     stage for the components' shares, then stage 1's post-processing at MeViS size."""
     import torch
-    from bench_stage1_backbone_reuse import POSTPROCESS, TRANSFORMER, time_postprocessing
-    from timing import ComponentTimer
 
+    from bench_stage1_backbone_reuse import POSTPROCESS, TRANSFORMER, time_postprocessing
     from rvos.proposals import proposals_from_outputs
     from stage1_referdino import preprocess
     from stage1_referdino.runner import stage1_record
     from stage2_sam2_refine import runner as stage2_runner
     from stage2_sam2_refine.runner import stage2_record
     from stage3_fusion.runner import fuse_video
+    from timing import ComponentTimer
 
     device, num_frames = setup.device, len(setup.images)
     num_expressions = len(setup.sentences)
@@ -780,8 +779,8 @@ def add_component_rows(report: Report, stage: str, timer, labels: Mapping[str, s
 def check_cpu_agreement(setup: Setup, report: Report) -> None:
     """float32 on the GPU (no TF32) against the CPU, on the first ``--short-frames`` frames."""
     import torch
-    from bench_stage2_feature_reuse import make_proposals
 
+    from bench_stage2_feature_reuse import make_proposals
     from stage1_referdino import preprocess
     from stage1_referdino.runner import build_stage1_model
     from stage2_sam2_refine.refine import build_refiner
@@ -971,9 +970,9 @@ def run_command(command: list[str], log: Path) -> int:
 
 def check_multi_gpu(setup: Setup, report: Report) -> None:
     """``--gids`` over every GPU against ``--gids 0``: the same stage-3 records."""
-    import real_size
     import torch
 
+    import real_size
     from rvos import intermediates as im
 
     count = torch.cuda.device_count() if setup.on_gpu else 0

@@ -63,6 +63,22 @@ WHEELS = (
     Wheel("portalocker", "portalocker", build=False),  # iopath's lock files
     Wheel("pycocotools", "pycocotools", build=False),  # mask run-lengths in the evaluator
     Wheel("av", "av", build=False),  # video files of the demo (bundles FFmpeg: most of the size)
+    Wheel("submitit", "submitit", build=False),  # launcher=slurm
+)
+
+# What the wheelhouse expects a PyTorch machine to have already (requirements.txt's other names).
+MACHINE_HAS = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "scipy",
+    "pillow",
+    "opencv-python-headless",
+    "joblib",
+    "tqdm",
+    "matplotlib",
 )
 
 

@@ -4,6 +4,7 @@ the wheelhouse, the check's comparisons and arguments (everything that runs with
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,6 @@ import timing  # noqa: E402
 import wheelhouse  # noqa: E402
 from bench_stage1_backbone_reuse import parse_size  # noqa: E402
 from bench_stage2_feature_reuse import make_proposals, parse_objects  # noqa: E402
-
 from stage2_sam2_refine.prompts import prompt_frames, select_queries  # noqa: E402
 
 # ----------------------------------------------------------------------------- timing
@@ -213,6 +213,18 @@ def test_wheelhouse_commands_build_pure_wheels_and_download_binaries(tmp_path) -
     assert "--only-binary=:all:" in download and "--no-deps" in download
     assert f"av=={pins['av']}" in download and "manylinux_2_17_x86_64" in download
     assert not any(arg.startswith(("torch", "numpy")) for cmd, _ in commands for arg in cmd)
+
+
+def test_wheelhouse_and_a_pytorch_machine_cover_every_runtime_requirement() -> None:
+    requirements = wheelhouse.PROJECT_ROOT / "requirements.txt"
+    names = set()
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(wheelhouse.normalize(re.split(r"[<>=!~ ]", line, maxsplit=1)[0]))
+    covered = {wheelhouse.normalize(w.distribution) for w in wheelhouse.WHEELS}
+    covered |= {wheelhouse.normalize(name) for name in wheelhouse.MACHINE_HAS}
+    assert names and names <= covered, sorted(names - covered)
 
 
 def test_wheelhouse_pins_and_wheel_names(tmp_path) -> None:
