@@ -53,7 +53,7 @@ format:
 	$(PY) -m ruff format .
 
 # Real-size models with random weights (ReferDINO mevis_swinb, SAM 2.1 Hiera-L), clips sized for
-# a CPU: about 10 minutes on 2 cores. Other sizes: the scripts' --help.
+# a CPU: about 6 minutes on 2 idle cores (README "Speed"). Other sizes: the scripts' --help.
 bench: $(PY)
 	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage1_backbone_reuse.py --frames 3 --expressions 6
 	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_l --frames 3 --objects 1,1,1,1,1,1
