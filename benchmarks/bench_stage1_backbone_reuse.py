@@ -29,7 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import clips  # noqa: E402
 import real_size  # noqa: E402
+from referdino_plus.config import load_config  # noqa: E402
 from rvos.proposals import proposals_from_outputs  # noqa: E402
 from stage1_referdino import ReferDINO, load_referdino, preprocess  # noqa: E402
 from timing import (  # noqa: E402
@@ -44,17 +46,6 @@ from timing import (  # noqa: E402
 logger = logging.getLogger("bench_stage1")
 
 TINY = real_size.FIXTURES / "referdino_tiny"
-# Sentences cycled to make up the requested number of expressions.
-SENTENCES = [
-    "the child sitting on the bed",
-    "a kid moving to the left. then jumping?",
-    "the white cup on the table",
-    "the person who walks away first",
-    "the small dog running towards the door",
-    "the boy that stopped and turned around",
-    "the woman standing still behind the chair",
-    "the red ball on the floor",
-]
 # Components, as the table names them.
 BACKBONE, TRANSFORMER, POSTPROCESS = "backbone", "transformer", "postprocess"
 COMPONENT_LABELS = [
@@ -62,22 +53,8 @@ COMPONENT_LABELS = [
     (TRANSFORMER, "text encoder, transformer and heads"),
     (POSTPROCESS, "mask post-processing (upsample, threshold, RLE)"),
 ]
-# The pipeline's defaults for the record (configs/pipeline.yaml: stage1.top_k, obj_threshold).
-TOP_K = None
-OBJ_THRESHOLD = 0.2
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> ``(height, width)``."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}"
-        ) from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
-    return height, width
+# The record is made with the pipeline's own stage-1 settings (configs/pipeline.yaml).
+RECORD_OPTIONS = load_config([]).stage1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--frames", type=int, default=3, help="frames of the clip")
     parser.add_argument("--expressions", type=int, default=6, help="expressions of the clip")
-    parser.add_argument("--frame-size", type=parse_size, default=(720, 1280), help="WxH")
+    parser.add_argument("--frame-size", type=clips.parse_size, default=(720, 1280), help="WxH")
     parser.add_argument("--short-side", type=int, default=360, help="network input, shorter side")
     parser.add_argument("--post-frames", type=int, default=80, help="post-processing part: frames")
     parser.add_argument("--post-queries", type=int, default=15, help="... and queries (0: skip)")
@@ -114,8 +91,8 @@ def make_record(out: dict[str, torch.Tensor], frame_size: tuple[int, int]):
         out["pred_boxes"].cpu().numpy(),
         out["pred_masks"],
         frame_size,
-        top_k=TOP_K,
-        obj_threshold=OBJ_THRESHOLD,
+        top_k=RECORD_OPTIONS.top_k,
+        obj_threshold=RECORD_OPTIONS.obj_threshold,
     )
 
 
@@ -194,8 +171,8 @@ def time_postprocessing(
             boxes[:2],
             logits[:2],
             frame_size,
-            top_k=TOP_K,
-            obj_threshold=OBJ_THRESHOLD,
+            top_k=RECORD_OPTIONS.top_k,
+            obj_threshold=RECORD_OPTIONS.obj_threshold,
             on_device=on_device,
         )
     for way, on_device in (("host", False), ("device", True)):
@@ -206,8 +183,8 @@ def time_postprocessing(
             boxes,
             logits,
             frame_size,
-            top_k=TOP_K,
-            obj_threshold=OBJ_THRESHOLD,
+            top_k=RECORD_OPTIONS.top_k,
+            obj_threshold=RECORD_OPTIONS.obj_threshold,
             on_device=on_device,
         )
         synchronize(device)
@@ -225,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         model = build_model(args.model, Path(tmp), args.device)
         build_seconds = time.perf_counter() - start
     height, width = args.frame_size
-    frames, _ = real_size.synthetic_clip(args.frames, height, width)
+    frames, _ = clips.synthetic_clip(args.frames, height, width)
     video = preprocess(frames, short_side=args.short_side)
-    expressions = [SENTENCES[i % len(SENTENCES)] for i in range(args.expressions)]
+    expressions = [clips.SENTENCES[i % len(clips.SENTENCES)] for i in range(args.expressions)]
     name = "mevis_swinb (Swin-B, BERT-base, 900 queries)" if args.model == "real" else "tiny"
     logger.info(
         "stage 1: ReferDINO %s, random weights (written and loaded in %s); %d frames of %dx%d "

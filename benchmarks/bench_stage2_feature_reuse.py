@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import clips  # noqa: E402
 import real_size  # noqa: E402
-from bench_stage1_backbone_reuse import parse_size  # noqa: E402
 from referdino_plus.config import load_config  # noqa: E402
 from rvos.masks import RunLengthMasks  # noqa: E402
 from stage2_sam2_refine.options import PromptKind  # noqa: E402
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a SAM 2.1 model (random weights) or the fixture's tiny one",
     )
     parser.add_argument("--frames", type=int, default=3, help="frames of the clip")
-    parser.add_argument("--frame-size", type=parse_size, default=(720, 1280), help="WxH")
+    parser.add_argument("--frame-size", type=clips.parse_size, default=(720, 1280), help="WxH")
     parser.add_argument(
         "--objects", type=parse_objects, default=[1, 1, 1, 1], help="kept queries per expression"
     )
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = args.frame_size
-    frames, masks = real_size.synthetic_clip(
+    frames, masks = clips.synthetic_clip(
         args.frames, height, width, num_objects=max(3, max(args.objects))
     )
     proposals = make_proposals(masks, args.objects, args.queries)

@@ -52,6 +52,7 @@ PROJECT_ROOT = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 sys.path.insert(0, str(PROJECT_ROOT))
 
+import clips  # noqa: E402
 import wheelhouse  # noqa: E402  (standard library only: runs before anything is installed)
 
 logger = logging.getLogger("gpu_check")
@@ -86,30 +87,6 @@ MIN_CAP_GAP_BYTES = 256 * 2**20
 # The masks of a fallback (and of the --gids runs) equal the normal run's: per-mask IoU bar.
 SAME_MASKS_MIN_IOU = 0.999
 
-SENTENCES = [
-    "the child sitting on the bed",
-    "a kid moving to the left. then jumping?",
-    "the white cup on the table",
-    "the person who walks away first",
-    "the small dog running towards the door",
-    "the boy that stopped and turned around",
-    "the woman standing still behind the chair",
-    "the red ball on the floor",
-]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> ``(height, width)``."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected WIDTHxHEIGHT, e.g. 1280x720, got {text!r}"
-        ) from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
-    return height, width
-
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -125,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--frames", type=positive_int, default=NUM_FRAMES, help="clip frames")
     parser.add_argument("--expressions", type=positive_int, default=NUM_EXPRESSIONS)
-    parser.add_argument("--frame-size", type=parse_size, default=FRAME_SIZE, help="WxH")
+    parser.add_argument("--frame-size", type=clips.parse_size, default=FRAME_SIZE, help="WxH")
     parser.add_argument("--short-frames", type=positive_int, default=SHORT_FRAMES)
     parser.add_argument("--autocast-frames", type=positive_int, default=AUTOCAST_FRAMES)
     parser.add_argument(
@@ -159,8 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.short_frames > args.frames or args.autocast_frames > args.frames:
         build_parser().error("--short-frames and --autocast-frames must not exceed --frames")
-    if args.expressions > len(SENTENCES) * 4:
-        build_parser().error(f"--expressions: at most {len(SENTENCES) * 4}")
+    if args.expressions > len(clips.SENTENCES) * 4:
+        build_parser().error(f"--expressions: at most {len(clips.SENTENCES) * 4}")
     return args
 
 
@@ -417,12 +394,14 @@ def write_split(root: Path, videos: Mapping[str, tuple[list, Mapping[str, str]]]
 
 
 def sentences_for(count: int) -> dict[str, str]:
-    """``count`` expressions ``"0"``, ``"1"``, ... cycling :data:`SENTENCES` (numbered after the
+    """``count`` expressions ``"0"``, ``"1"``, ... cycling :data:`clips.SENTENCES` (numbered after the
     first round)."""
     out = {}
     for index in range(count):
-        text = SENTENCES[index % len(SENTENCES)]
-        out[str(index)] = text if index < len(SENTENCES) else f"{text} {index // len(SENTENCES)}"
+        text = clips.SENTENCES[index % len(clips.SENTENCES)]
+        out[str(index)] = (
+            text if index < len(clips.SENTENCES) else f"{text} {index // len(clips.SENTENCES)}"
+        )
     return out
 
 
@@ -460,12 +439,11 @@ def prepare(
         device: where the models run.
         tiny: the fixtures' tiny models instead of the real-size ones (see :func:`model_overrides`).
     """
-    import real_size
     from referdino_plus.config import load_config
     from rvos.mevis import MevisSplit
 
     height, width = args.frame_size
-    frames, object_masks = real_size.synthetic_clip(args.frames, height, width)
+    frames, object_masks = clips.synthetic_clip(args.frames, height, width)
     sentences = sentences_for(args.expressions)
     video_id = f"clip{height}p"
     split_root = write_split(work / "split", {video_id: (frames, sentences)})
@@ -972,7 +950,6 @@ def check_multi_gpu(setup: Setup, report: Report) -> None:
     """``--gids`` over every GPU against ``--gids 0``: the same stage-3 records."""
     import torch
 
-    import real_size
     from rvos import intermediates as im
 
     count = torch.cuda.device_count() if setup.on_gpu else 0
@@ -983,7 +960,7 @@ def check_multi_gpu(setup: Setup, report: Report) -> None:
     height, width = setup.images[0].height, setup.images[0].width
     videos = {}
     for index in range(count):
-        frames, _ = real_size.synthetic_clip(MULTI_GPU_FRAMES, height, width, seed=index + 1)
+        frames, _ = clips.synthetic_clip(MULTI_GPU_FRAMES, height, width, seed=index + 1)
         videos[f"video{index}"] = (frames, sentences_for(2))
     root = write_split(setup.work / "multi_split", videos)
     records = {}
@@ -1060,9 +1037,9 @@ def check_demo(setup: Setup, report: Report) -> None:
         "--video",
         str(setup.frame_paths[0].parent),
         "--text",
-        SENTENCES[0],
+        clips.SENTENCES[0],
         "--text",
-        SENTENCES[1],
+        clips.SENTENCES[1],
         "--gid",
         str(last),
         "--max-frames",

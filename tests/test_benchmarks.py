@@ -18,11 +18,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import clips  # noqa: E402
 import gpu_check  # noqa: E402
 import real_size  # noqa: E402
 import timing  # noqa: E402
 import wheelhouse  # noqa: E402
-from bench_stage1_backbone_reuse import parse_size  # noqa: E402
 from bench_stage2_feature_reuse import make_proposals, parse_objects  # noqa: E402
 from stage2_sam2_refine.prompts import prompt_frames, select_queries  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_the_real_architecture_matches_the_released_manifest(fixtures_dir) -> No
 
 
 def test_synthetic_clip() -> None:
-    frames, masks = real_size.synthetic_clip(4, 36, 64, num_objects=2)
+    frames, masks = clips.synthetic_clip(4, 36, 64, num_objects=2)
     assert len(frames) == 4 and frames[0].size == (64, 36) and frames[0].mode == "RGB"
     assert masks.shape == (4, 2, 36, 64) and masks.dtype == bool
     assert masks.any(axis=(2, 3)).all()  # every object visible on every frame
@@ -171,17 +171,17 @@ def test_random_real_size_models_load_strictly(tmp_path) -> None:
 
 
 def test_benchmark_arguments() -> None:
-    assert parse_size("1280x720") == (720, 1280)
+    assert clips.parse_size("1280x720") == (720, 1280)
     assert parse_objects("1,2,0") == [1, 2, 0]
     for bad in ("1280", "x720", "0x5"):
         with pytest.raises(Exception, match="WIDTHxHEIGHT|positive"):
-            parse_size(bad)
+            clips.parse_size(bad)
     with pytest.raises(Exception, match="expected"):
         parse_objects("1,a")
 
 
 def test_stage2_benchmark_proposals_keep_the_asked_objects() -> None:
-    _, masks = real_size.synthetic_clip(5, 20, 30, num_objects=3)
+    _, masks = clips.synthetic_clip(5, 20, 30, num_objects=3)
     proposals = make_proposals(masks, [1, 2, 0], num_queries=4)
     for (exp_id, p), objects in zip(proposals.items(), [1, 2, 0], strict=True):
         queries = select_queries(p.scores, 0.275)
@@ -380,7 +380,7 @@ def test_gpu_check_report_table_and_failures() -> None:
 def test_gpu_check_split_and_sentences(tmp_path) -> None:
     from rvos.mevis import MevisSplit
 
-    frames, _ = real_size.synthetic_clip(3, 16, 24)
+    frames, _ = clips.synthetic_clip(3, 16, 24)
     sentences = gpu_check.sentences_for(10)
     assert len(set(sentences.values())) == 10
     root = gpu_check.write_split(tmp_path, {"clip": (frames, sentences)})
