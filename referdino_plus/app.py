@@ -32,7 +32,13 @@ import numpy as np
 
 from referdino_plus.config import ConfigError, PipelineConfig, load_config
 from referdino_plus.demo import summarize, write_outputs, write_summary
-from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+from referdino_plus.runtime import (
+    add_single_device_arguments,
+    first_stray_override,
+    gpu_count,
+    select_devices,
+    setup_logging,
+)
 from referdino_plus.segmenter import (
     EXIT_USAGE,
     DemoError,
@@ -407,14 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    device = parser.add_mutually_exclusive_group()
-    device.add_argument("--cpu", action="store_true", help="run on the CPU")
-    device.add_argument("--gid", type=int, metavar="N", help="run on GPU N (default: GPU 0)")
     parser.add_argument("--port", type=int, metavar="P", help="port to serve on (app.port)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
-    )
+    add_single_device_arguments(parser)
     return parser
 
 
@@ -425,9 +425,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         DemoError: a positional argument that is not ``key=value``.
     """
     args = build_parser().parse_intermixed_args(list(argv))
-    stray = [a for a in args.overrides if "=" not in a]
-    if stray:
-        raise DemoError(f"unexpected argument {stray[0]!r}: overrides are key=value", EXIT_USAGE)
+    stray = first_stray_override(args.overrides)
+    if stray is not None:
+        raise DemoError(f"unexpected argument {stray!r}: overrides are key=value", EXIT_USAGE)
     if args.port is not None:
         args.overrides.append(f"app.port={args.port}")
     return args

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions, load_config
-from referdino_plus.runtime import gpu_count, select_devices, setup_logging
+from referdino_plus.runtime import (
+    add_single_device_arguments,
+    first_stray_override,
+    gpu_count,
+    select_devices,
+    setup_logging,
+)
 from referdino_plus.segmenter import (
     EXIT_USAGE,
     DemoError,
@@ -91,13 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-frames", type=int, metavar="N", help="stop after N kept frames (default: all)"
     )
-    device = parser.add_mutually_exclusive_group()
-    device.add_argument("--cpu", action="store_true", help="run on the CPU")
-    device.add_argument("--gid", type=int, metavar="N", help="run on GPU N (default: GPU 0)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
-    )
+    add_single_device_arguments(parser)
     return parser
 
 
@@ -109,10 +109,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             ``--frame-step``/``--max-frames``.
     """
     args = build_parser().parse_intermixed_args(list(argv))
-    stray = [a for a in args.overrides if "=" not in a]
-    if stray:
+    stray = first_stray_override(args.overrides)
+    if stray is not None:
         raise DemoError(
-            f"unexpected argument {stray[0]!r}: overrides are key=value, sentences go after --text",
+            f"unexpected argument {stray!r}: overrides are key=value, sentences go after --text",
             EXIT_USAGE,
         )
     if args.frame_step < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -61,6 +62,22 @@ def log_to_file(work_dir: str | Path) -> Path | None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     return path
+
+
+def add_single_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--cpu`` | ``--gid N``, ``-q`` and the ``key=value`` overrides (demo and app)."""
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--cpu", action="store_true", help="run on the CPU")
+    device.add_argument("--gid", type=int, metavar="N", help="run on GPU N (default: GPU 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
+    )
+
+
+def first_stray_override(overrides: Sequence[str]) -> str | None:
+    """The first positional argument that is not ``key=value``, or ``None``."""
+    return next((a for a in overrides if "=" not in a), None)
 
 
 def gpu_count() -> int:
