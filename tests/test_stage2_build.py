@@ -4,7 +4,9 @@ frames decoded as SAM 2 decodes them, and clear errors."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +23,7 @@ from stage2_sam2_refine.build import (
     build_sam2_predictor,
     class_path,
     compose_sam2_config,
+    explain_missing_extension,
     load_sam2_checkpoint,
     resolve_sam2_config,
 )
@@ -91,6 +94,33 @@ def test_checkpoint_loads_strictly(tiny: Path, tmp_path: Path):
     torch.save(state, tmp_path / "flat.pt")
     with pytest.raises(ValueError, match="not a SAM 2 checkpoint"):
         load_sam2_checkpoint(predictor, tmp_path / "flat.pt")
+
+
+def test_a_missing_sam2_extension_is_said_once_in_one_line(caplog, monkeypatch):
+    """Without sam2._C, hole filling is skipped: one line of ours (a warning on a GPU) replaces
+    sam2's multi-line warning; with the extension or without hole filling, nothing is said."""
+    sam2_warning = "cannot import name '_C' from 'sam2' (/site-packages/sam2/__init__.py)\n\nSkip"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    for device, level in (("cpu", logging.INFO), ("cuda:0", logging.WARNING)):
+        caplog.clear()
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+            warnings.simplefilter("always")
+            assert explain_missing_extension(8, torch.device(device))
+            warnings.warn(sam2_warning, UserWarning, stacklevel=1)
+            warnings.warn("another warning", UserWarning, stacklevel=1)
+        assert [str(w.message) for w in caught] == ["another warning"]
+        (record,) = [r for r in caplog.records if "hole" in r.getMessage()]
+        assert record.levelno == level and "up to 8 px" in record.getMessage()
+        assert ("SAM2_BUILD_CUDA=1" in record.getMessage()) == (device != "cpu")
+
+    caplog.clear()
+    assert not explain_missing_extension(0, torch.device("cuda:0"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not explain_missing_extension(8, torch.device("cuda:0"))
+        warnings.warn(sam2_warning, UserWarning, stacklevel=1)
+    assert len(caught) == 1 and not caplog.records
 
 
 def test_frames_are_decoded_as_sam2_decodes_them(fixtures_dir: Path):
