@@ -265,7 +265,9 @@ def write_archive(
     )
     count = 0
     with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for entries in tqdm(results, total=len(video_ids), desc=desc or path.name, leave=False):
+        for entries in tqdm(
+            results, total=len(video_ids), desc=desc or path.name, unit="video", leave=False
+        ):
             for name, data in entries:
                 archive.writestr(archive_entry(name), data)
             count += len(entries)

@@ -189,7 +189,14 @@ def run_sharded(
     shards = shard(video_ids, len(devices))
     summary = RunSummary()
     bars = [
-        tqdm(total=len(ids), desc=f"{desc} [{dev}]", position=i, leave=True, dynamic_ncols=True)
+        tqdm(
+            total=len(ids),
+            desc=f"{desc} [{dev}]",
+            unit="video",
+            position=i,
+            leave=True,
+            dynamic_ncols=True,
+        )
         for i, (ids, dev) in enumerate(zip(shards, devices, strict=True))
     ]
     current: dict[int, str | None] = {}
