@@ -18,7 +18,7 @@ PYTHON_VERSION ?= 3.12
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 # setup installs the project with its `app` extra (gradio: run_pipeline.py app).
-.PHONY: setup test test-fast lint format bench wheelhouse gpu-check clean
+.PHONY: setup test test-fast lint format bench wheelhouse gpu-check screenshot clean
 
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
 define SETUP
@@ -43,6 +43,10 @@ test: lint
 # Unit tests only (no model runs, no end-to-end command lines): seconds.
 test-fast: $(PY)
 	$(PY) -m pytest -q -m "not slow"
+
+# docs/app.png, the README's picture of the browser app (needs Debian's chromium).
+screenshot: $(PY)
+	UPDATE_SCREENSHOT=1 $(PY) -m pytest -q tests/test_app_browser.py -k uploaded_clip
 
 lint: $(PY)
 	$(PY) -m ruff check .
