@@ -8,6 +8,8 @@ CONSTRAINTS ?= constraints.txt
 CFLAG       := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 # The pip CI uses (a newer one works too: make setup PIP_VERSION=...).
 PIP_VERSION ?= 26.3
+# The project is built with setuptools without build isolation: 77 or newer reads its SPDX license.
+SETUPTOOLS_VERSION ?= 84.2.1
 # sam2's optional CUDA extension only fills small mask holes; 0 keeps the build portable.
 SAM2_BUILD_CUDA ?= 0
 # make wheelhouse: wheels for an offline GPU machine's Python (see benchmarks/wheelhouse.py).
@@ -23,7 +25,7 @@ GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
 define SETUP
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade "pip==$(PIP_VERSION)"
+	$(PIP) install --upgrade "pip==$(PIP_VERSION)" "setuptools==$(SETUPTOOLS_VERSION)"
 	$(PIP) install $(CFLAG) torch torchvision
 	SAM2_BUILD_CUDA=$(SAM2_BUILD_CUDA) $(PIP) install $(CFLAG) --no-build-isolation sam2==1.1.0
 	$(PIP) install $(CFLAG) -r requirements.txt -r requirements-dev.txt
