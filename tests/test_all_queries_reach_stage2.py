@@ -59,7 +59,6 @@ def test_burst_query_ranks_outside_the_top_10_but_passes_the_refine_rule():
     assert BURST in select_queries(scores, 0.275).tolist()  # the original's rule, all queries
 
 
-@pytest.mark.filterwarnings("ignore:cannot import name '_C':UserWarning")
 def test_default_config_prompts_and_fuses_the_burst_query(
     tmp_path, make_split, default_config, tiny_stage2
 ):

@@ -32,7 +32,6 @@ from stage2_sam2_refine.samurai import (
 )
 
 # SAM 2 warns on every frame that its optional CUDA extension (hole filling) is missing.
-NO_EXTENSION_WARNING = "ignore:cannot import name '_C':UserWarning"
 PROMPT_FRAME = 10  # the frame both objects are prompted on (forward 10..39, reverse 10..0)
 DEFAULTS = load_config().stage2.samurai  # configs/pipeline.yaml
 
@@ -282,7 +281,6 @@ def _propagate(model, state, *, reverse: bool, **kwargs) -> dict[int, torch.Tens
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_samurai_two_objects_forward_then_reverse(samurai_model, session):
     state = _prompt_two_blobs(samurai_model, session)
     forward = _propagate(samurai_model, state, reverse=False)
@@ -318,7 +316,6 @@ def test_samurai_two_objects_forward_then_reverse(samurai_model, session):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_neutral_samurai_matches_sam2_forward(fixtures_dir, session):
     """With a zero motion weight, SAM 2's presence threshold and every past frame admitted,
     forward tracking is SAM 2's, bit for bit (the reimplemented SAM head and memory hook)."""
@@ -344,7 +341,6 @@ def test_neutral_samurai_matches_sam2_forward(fixtures_dir, session):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_prompted_frames_use_samurai_presence_threshold(fixtures_dir, session, monkeypatch):
     """As published, ``min_obj_score_logits`` (-1) decides presence on prompted frames too: an
     object the decoder scores -0.5 keeps its mask under SAMURAI; SAM 2 (threshold 0) blanks it."""

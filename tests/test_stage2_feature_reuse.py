@@ -31,7 +31,6 @@ pytestmark = pytest.mark.slow  # loads the fixture models
 NUM_FRAMES = 16  # the first frames of videoA, to keep the stock runs short
 EXPRESSIONS = ("0", "4", "2")  # 2 objects; 3 objects (two prompted on one frame); none kept
 WEIGHTS = "weights_propagating.pt"
-NO_EXTENSION_WARNING = "ignore:cannot import name '_C':UserWarning"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,6 @@ def encoder_calls(ours, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield calls
 
 
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 @pytest.mark.parametrize("prompt", ["mask", "box", "point"])
 def test_shared_features_give_identical_masks(
     prompt, stock, ours, frame_dir, proposals, encoder_calls, default_config
@@ -114,7 +112,6 @@ def test_shared_features_give_identical_masks(
     assert len(encoder_calls) == NUM_FRAMES and sorted(session.features) == list(range(NUM_FRAMES))
 
 
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, default_config):
     frames = sorted(frame_dir.glob("*.jpg"))
     props = proposals["4"]
@@ -131,7 +128,6 @@ def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, def
     np.testing.assert_array_equal(results[0].prompt_frames, [4, 4, 12])
 
 
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_frame_progress_counts_every_propagated_frame(ours, frame_dir, proposals, default_config):
     """``on_frame`` counts up to the total of both passes, which it knows from the first frame."""
     refiner = Refiner(ours, default_config.stage2)

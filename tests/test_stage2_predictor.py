@@ -20,7 +20,6 @@ from stage2_sam2_refine.predictor import (
 )
 from stage2_sam2_refine.samurai import SAMURAI_SAM2_SIGNATURES
 
-NO_EXTENSION_WARNING = "ignore:cannot import name '_C':UserWarning"
 NUM_FRAMES = 24  # the first frames of videoA
 PROMPT_FRAME = 10  # both objects are prompted here first
 
@@ -99,7 +98,6 @@ def test_other_sam2_version_warns_on_build_but_builds(fixtures_dir, monkeypatch,
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
     """With ``clear_non_cond_mem_around_input``, a new prompt drops the prompted object's tracked
     outputs within ``memory_temporal_stride_for_eval * num_maskmem`` frames, and no other's."""
@@ -131,7 +129,6 @@ def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings(NO_EXTENSION_WARNING)
 def test_propagation_order_counts_the_frames_of_a_pass(fixtures_dir: Path):
     model = _build(fixtures_dir)
     session = _open(model, fixtures_dir)
