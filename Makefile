@@ -20,7 +20,7 @@ PYTHON_VERSION ?= 3.12
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 # setup installs the project with its `app` extra (gradio: run_pipeline.py app).
-.PHONY: setup test test-fast lint format bench wheelhouse gpu-check screenshot clean
+.PHONY: setup try test test-fast lint format bench wheelhouse gpu-check screenshot clean
 
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
 define SETUP
@@ -38,6 +38,20 @@ setup:
 # A fresh clone: `make test` (or lint, bench) sets up .venv first.
 $(PY):
 	$(SETUP)
+
+# make try: the demo, offline, on the tiny random-weight models in tests/fixtures/ (their masks are
+# meaningless: this shows the commands and the output format, nothing about accuracy).
+TINY        := tests/fixtures
+TINY_MODELS := stage1.model=$(TINY)/referdino_tiny/model.yaml \
+               stage1.checkpoint=$(TINY)/referdino_tiny/referdino_checkpoint.pth stage1.short_side=64 \
+               stage2.model=$(TINY)/sam2_tiny/tiny_sam2.1.yaml \
+               stage2.checkpoint=$(TINY)/sam2_tiny/weights_propagating.pt
+TRY_OUT     ?= work/try
+
+try: $(PY)
+	$(PY) run_pipeline.py demo --cpu --video $(TINY)/referdino_tiny/frames --max-frames 12 \
+	    --text "the person sitting on the bed" --text "the pillow on the left" \
+	    --out $(TRY_OUT) $(TINY_MODELS)
 
 test: lint
 	$(PY) -m pytest -q

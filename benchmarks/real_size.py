@@ -5,7 +5,7 @@ uses for the released weights:
 
 - ReferDINO ``mevis_swinb`` (Swin-B, BERT-base, 900 queries): a ``{"model_state_dict": ...}``
   checkpoint whose keys, shapes and dtypes are those of the released file (the manifest in
-  ``../shared/fixtures`` when present, else the architecture's own state dict, which
+  ``tests/fixtures`` when present, else the architecture's own state dict, which
   ``tests/test_stage1_checkpoints.py`` proves equal to it), and a BERT-base tokenizer folder
   (``config.json`` + a generated ``vocab.txt`` of the same size as bert-base-uncased's), loaded
   with :func:`stage1_referdino.load_referdino`, strictly;
@@ -33,7 +33,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 # Keys, shapes and dtypes of the released ReferDINO checkpoints, made with the original code.
 MANIFESTS = FIXTURES / "referdino_checkpoint_manifests.json"
 
@@ -135,7 +135,7 @@ def write_text_encoder(folder: Path) -> Path:
 
 def read_manifest(model: str = REFERDINO_MODEL, path: Path = MANIFESTS) -> dict[str, list] | None:
     """``key -> [shape, dtype]`` of the released checkpoint of ``model``, or ``None`` when the
-    fixtures are not next to the project (e.g. on a GPU machine)."""
+    fixtures are not there (an installed copy without its tests)."""
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as f:

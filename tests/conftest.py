@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``../shared/fixtures`` next to the project: outputs of the original code (see its README)."""
+    """``tests/fixtures``: outputs of the original code and the tiny models (see its README)."""
     if not FIXTURES.is_dir():
         raise FileNotFoundError(f"reference fixtures not found at {FIXTURES}")
     return FIXTURES

@@ -175,3 +175,35 @@ def test_sentences_and_arguments():
     with pytest.raises(DemoError, match="key=value"):
         parse_args(["--video", "v.mp4", "--text", "a", "stray"])
     assert sorted(["f10", "f2", "F1"], key=natural_key) == ["F1", "f2", "f10"]
+
+
+@pytest.mark.slow
+def test_make_try_runs_offline_on_the_bundled_models(tmp_path):
+    """The README's first command: the demo on tests/fixtures' tiny models, with no network and
+    nothing outside the repository (a hub lookup or a download would fail here)."""
+    import os
+    import sys
+
+    project = Path(__file__).resolve().parents[1]
+    out = tmp_path / "try"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    subprocess.run(
+        ["make", "-s", "try", f"PY={sys.executable}", f"TRY_OUT={out}"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["sentences"]) == 2
+    frames, _, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == 12
+    for sentence in summary["sentences"]:
+        assert len(list((out / sentence["masks"]).glob("*.png"))) == 12
