@@ -79,7 +79,7 @@ def test_video_demo_writes_overlay_masks_and_summary(demo_overrides, run_demo, t
     assert len(said) == 1 and "%|" not in said[0], proc.stderr
     assert "cannot import name '_C'" not in proc.stderr
     frames, codec, pix_fmt = read_video(out / "overlay.mp4")
-    band = caption_band(sentences, [color_of(i) for i in range(2)], WIDTH)
+    band = caption_band(sentences, [color_of(i) for i in range(2)], WIDTH, max_lines=3)
     height = HEIGHT + band.shape[0]
     assert (codec, pix_fmt) == ("h264", "yuv420p")
     assert len(frames) == 8

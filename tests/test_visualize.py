@@ -59,11 +59,13 @@ def test_overlay_blends_inside_draws_outline_and_keeps_outside():
 
 
 def test_caption_band_wraps_long_sentences_to_the_width():
-    short = caption_band(["a dog"], [RED], 200)
-    long = caption_band(["the dog that runs to the left and then jumps " * 3], [RED], 200)
+    short = caption_band(["a dog"], [RED], 200, max_lines=3)
+    long = caption_band(
+        ["the dog that runs to the left and then jumps " * 3], [RED], 200, max_lines=3
+    )
     assert short.dtype == np.uint8 and short.shape[1:] == (200, 3)
     assert long.shape[1] == 200 and long.shape[0] > short.shape[0]
-    two = caption_band(["a dog", "a cat"], [RED, BLUE], 200)
+    two = caption_band(["a dog", "a cat"], [RED, BLUE], 200, max_lines=3)
     assert two.shape[0] > short.shape[0]
     # The caption is drawn in its colour.
     assert (np.abs(two.astype(int) - BLUE).sum(axis=-1) == 0).any()
@@ -83,6 +85,8 @@ def test_mask_strip_has_the_layout_size_and_colours_each_row(tmp_path):
         frames,
         rows,
         title="vid/0: the square",
+        note="",
+        max_title_lines=3,
         frame_names=["00000", "00001", "00002", "00003"],
         row_labels=LABELS,
         row_colors=COLORS,
