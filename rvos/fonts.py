@@ -38,7 +38,7 @@ import importlib.resources
 import logging
 import math
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,7 +375,6 @@ class FontStack:
             if unicodedata.category(char) == "Cc":
                 char = " "
             current = pieces[-1][0] if pieces else None
-            category = unicodedata.category(char)
             if current is not None and _joins_previous(char):
                 if current.covers(char):
                     pieces[-1] = (current, pieces[-1][1] + char)
