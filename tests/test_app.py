@@ -69,6 +69,24 @@ def test_arguments():
         parse_args(["stray"])
 
 
+def test_help_is_written_for_users():
+    """``run_pipeline.py app --help`` says what the page does and how to reach it, without the
+    module's notes for developers (reStructuredText roles, module names)."""
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), "app", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for developer_words in ("``", ":class:", ":func:", ":mod:", "referdino_plus.", "This module"):
+        assert developer_words not in text
+    for said in ("browser", "sentence", "--port", "--cpu", "masks.zip", "app.results_dir"):
+        assert said in text
+
+
 def test_limits_give_one_line_messages(tmp_path, clip):
     app = make_app(
         tmp_path, ["app.max_clip_seconds=0.5", "app.max_frames=10", "app.default_max_frames=10"]
