@@ -194,6 +194,8 @@ def build_page(app: App) -> gr.Blocks:
                     NO_DECISIONS,
                     label="Fusion decision per sentence",
                     show_label=True,
+                    container=True,
+                    padding=True,
                     elem_id="decisions",
                 )
                 gallery = gr.Gallery(

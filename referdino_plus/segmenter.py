@@ -92,10 +92,12 @@ class TqdmProgress:
             self._bar = tqdm(
                 total=progress.total, desc=progress.step, unit=progress.unit, dynamic_ncols=True
             )
-        self._bar.update(math.floor(progress.done) - self._bar.n)
         if progress.detail:
-            # shown now: within a unit the count does not move, so the bar would not redraw
-            self._bar.set_postfix_str(progress.detail, refresh=True)
+            self._bar.set_postfix_str(progress.detail, refresh=False)
+        whole = math.floor(progress.done)
+        if whole != self._bar.n:
+            self._bar.update(whole - self._bar.n)
+        self._bar.refresh()  # the postfix moves on within a unit too (one report per frame)
 
     def close(self) -> None:
         if self._bar is not None:
