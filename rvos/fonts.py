@@ -349,28 +349,38 @@ class FontStack:
             return face, REPLACEMENT
         return self.faces[0], ASCII_REPLACEMENT
 
-    def _stays_in_run(self, current: Face, text: str, position: int) -> bool:
-        """Whether the space, punctuation or digit at ``position`` stays in the run before it:
-        when ``current`` (not an emoji face) has it and also draws the next character of a
-        script, so that a right-to-left run keeps its inner spaces but not a trailing one."""
-        char = text[position]
-        if current.emoji or unicodedata.category(char) not in NEUTRAL_CATEGORIES:
-            return False
-        if not current.covers(char):
-            return False
-        for after, following in enumerate(text[position + 1 :], start=position + 1):
-            category = unicodedata.category(following)
-            if category in NEUTRAL_CATEGORIES or _joins_previous(following) or category == "Cc":
-                continue
-            emoji = text[after + 1 : after + 2] == EMOJI_PRESENTATION
-            return self._face_for(following, emoji) is current
-        return False
+    def _next_script_faces(self, text: str) -> list[Face | None]:
+        """Per position, the face of the next character after it that belongs to a script
+        (not a space, punctuation, digit, mark or joiner); ``None`` where there is none."""
+        faces: list[Face | None] = [None] * len(text)
+        following: Face | None = None
+        for position in range(len(text) - 1, -1, -1):
+            faces[position] = following
+            char = text[position]
+            category = unicodedata.category(char)
+            if not (category in NEUTRAL_CATEGORIES or category == "Cc" or _joins_previous(char)):
+                emoji = text[position + 1 : position + 2] == EMOJI_PRESENTATION
+                following = self._face_for(char, emoji)
+        return faces
+
+    @staticmethod
+    def _stays_in_run(current: Face, char: str, next_face: Face | None) -> bool:
+        """Whether a space, punctuation or digit stays in the run before it: when ``current``
+        (not an emoji face) has it and also draws the next character of a script, so that a
+        right-to-left run keeps its inner spaces but not a trailing one."""
+        return (
+            not current.emoji
+            and unicodedata.category(char) in NEUTRAL_CATEGORIES
+            and current.covers(char)
+            and next_face is current
+        )
 
     def runs(self, text: str) -> list[Run]:
         """``text`` as runs of characters, each with the face that draws it (characters no face
         has are replaced by U+FFFD; control characters by spaces; invisible joiners no face has
         are left out)."""
         pieces: list[tuple[Face, str]] = []
+        next_faces = self._next_script_faces(text)
         for position, char in enumerate(text):
             if unicodedata.category(char) == "Cc":
                 char = " "
@@ -381,7 +391,7 @@ class FontStack:
                     continue
                 if _is_invisible(char):
                     continue  # a selector or joiner the run's face does without
-            if current is not None and self._stays_in_run(current, text, position):
+            if current is not None and self._stays_in_run(current, char, next_faces[position]):
                 pieces[-1] = (current, pieces[-1][1] + char)
                 continue
             emoji = text[position + 1 : position + 2] == EMOJI_PRESENTATION
@@ -473,9 +483,18 @@ def _split_word(word: str, font: FontStack, max_width: int) -> list[str]:
 def _with_ellipsis(text: str, font: FontStack, max_width: int) -> str:
     """``text`` shortened (by clusters) until it fits ``max_width`` px with an ellipsis after."""
     parts = clusters(text)
-    while parts and font.length("".join(parts).rstrip() + ELLIPSIS) > max_width:
-        parts.pop()
-    return "".join(parts).rstrip() + ELLIPSIS
+
+    def shortened(count: int) -> str:
+        return "".join(parts[:count]).rstrip() + ELLIPSIS
+
+    low, high = 0, len(parts)  # the most clusters that fit: at least low, fewer than high + 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if font.length(shortened(middle)) <= max_width:
+            low = middle
+        else:
+            high = middle - 1
+    return shortened(low)
 
 
 def fit_text(text: str, font: FontStack, max_width: int) -> str:
