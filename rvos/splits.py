@@ -229,7 +229,7 @@ def _read_videos_field(path: Path, title: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     videos = meta.get("videos") if isinstance(meta, dict) else None
     if not isinstance(videos, dict):
-        raise DataError(f"{path}: no 'videos' object ({{\"videos\": {{video_id: ...}}}})")
+        raise DataError(f"{path}: no 'videos' object at its top level")
     return videos
 
 
