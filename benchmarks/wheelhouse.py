@@ -79,7 +79,13 @@ MACHINE_HAS = (
     "joblib",
     "tqdm",
     "matplotlib",
+    "fonttools",  # matplotlib's dependency
 )
+
+# requirements.txt's names the wheelhouse leaves out: the fonts of the pictures' text (23 MB of
+# Noto; without them captions are drawn with the system's DejaVu Sans or Pillow's own font, see
+# rvos/fonts.py).
+LEFT_OUT = ("manimgx-fonts", "manimgx-fonts-cjk")
 
 
 def normalize(name: str) -> str:

@@ -65,6 +65,21 @@ CONFIGURED_SAM2 = "configured"
 GENERATED_EXAMPLE = "moving shapes (generated)"
 # A job folder's name: its number, zero-padded (sorts by age).
 JOB_NAME = re.compile(r"^job-(\d{6})$")
+# run_pipeline.py app --help
+DESCRIPTION = """\
+The demo in a browser page: upload a clip (or pick an example), type one sentence per line, and
+Run. The page shows the overlay video, the fusion decision of each sentence, a few mask frames,
+and masks.zip to download (the same outputs as run_pipeline.py demo).
+
+The models load once, when the server starts, on one device (GPU 0, --gid N or --cpu) and stay
+loaded; jobs run one at a time, the others wait in a queue. The server listens on app.host at
+--port (or app.port) and logs the address to open. The page has no login: put it behind your
+own access control before app.host=0.0.0.0 lets other machines in. The limits (upload size,
+clip length, frames, sentences) and the folder of each job's files (app.results_dir) are the
+app section of configs/pipeline.yaml, changed with key=value.
+
+Needs Gradio: make setup installs it (elsewhere: pip install '.[app]').
+"""
 
 
 # ----------------------------------------------------------------------------- examples
@@ -410,7 +425,7 @@ class App:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pipeline.py app",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--port", type=int, metavar="P", help="port to serve on (app.port)")

@@ -33,6 +33,25 @@ INTRO = (
     "decides. Upload a clip (or pick an example), write one sentence per line naming what to "
     "segment, and Run."
 )
+# The decision table: a plain HTML table laid out by the browser. Every column but the
+# sentence and the output is one line as wide as its content (never "queri es" or "#ff464 6");
+# those two wrap between words only (a word longer than the column still breaks rather than
+# spill over).
+WRAPPING_COLUMNS = frozenset({"sentence", "output"})
+PAGE_CSS = """
+#decisions table { width: 100%; border-collapse: collapse; }
+#decisions th, #decisions td {
+  padding: 6px 8px; text-align: left; vertical-align: top; white-space: nowrap;
+  border-bottom: 1px solid var(--border-color-primary);
+}
+#decisions th { font-weight: 600; }
+#decisions .wraps { white-space: normal; word-break: normal; overflow-wrap: break-word; }
+#decisions .swatch {
+  display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.35em;
+  vertical-align: -0.05em; border-radius: 2px;
+}
+"""
+NO_DECISIONS = "<p>The fusion decision of each sentence shows here after a job.</p>"
 # Jobs that use the device share this queue (one at a time).
 DEVICE_QUEUE = "device"
 SECONDS_PER_HOUR = 3600
@@ -52,6 +71,29 @@ def gradio_progress(progress: gr.Progress) -> Any:
         progress(update.fraction, desc=description)
 
     return report
+
+
+def decision_table(summary: dict[str, Any]) -> str:
+    """The page's table of :func:`~referdino_plus.app.decision_rows` as HTML (text escaped; the
+    sentence's direction is the browser's to find: ``dir="auto"``)."""
+
+    def cell(header: str, value: Any, tag: str) -> str:
+        attributes = ' class="wraps"' if header in WRAPPING_COLUMNS else ""
+        if header == "sentence" and tag == "td":
+            attributes += ' dir="auto"'
+        text = html.escape(str(value))
+        if header == "colour" and tag == "td":
+            text = f'<span class="swatch" style="background:{text}"></span>{text}'
+        return f"<{tag}{attributes}>{text}</{tag}>"
+
+    head = "".join(cell(header, header, "th") for header in DECISION_HEADERS)
+    body = "".join(
+        "<tr>"
+        + "".join(cell(h, v, "td") for h, v in zip(DECISION_HEADERS, row, strict=True))
+        + "</tr>"
+        for row in decision_rows(summary)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def build_page(app: App) -> gr.Blocks:
@@ -78,7 +120,7 @@ def build_page(app: App) -> gr.Blocks:
         prompt: str,
         tracker: str,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a bar
-    ) -> tuple[str, list[list[Any]], list[tuple[str, str]], str]:
+    ) -> tuple[str, str, list[tuple[str, str]], str]:
         try:
             source = example or video
             if not source:
@@ -102,7 +144,7 @@ def build_page(app: App) -> gr.Blocks:
                 "the job failed unexpectedly; the server's log has the details"
             ) from None
         gallery = [(str(path), caption) for path, caption in result.gallery]
-        return str(result.overlay), decision_rows(result.summary), gallery, str(result.masks_zip)
+        return str(result.overlay), decision_table(result.summary), gallery, str(result.masks_zip)
 
     cache_seconds = round(limits.cache_hours * SECONDS_PER_HOUR)
     with gr.Blocks(
@@ -148,12 +190,12 @@ def build_page(app: App) -> gr.Blocks:
                 run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column():
                 overlay = gr.Video(label="Overlay", interactive=False, elem_id="overlay")
-                decisions = gr.Dataframe(
-                    headers=DECISION_HEADERS,
+                decisions = gr.HTML(
+                    NO_DECISIONS,
                     label="Fusion decision per sentence",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["6%", "34%", "12%", "12%", "13%", "11%", "12%"],
+                    show_label=True,
+                    container=True,
+                    padding=True,
                     elem_id="decisions",
                 )
                 gallery = gr.Gallery(
@@ -195,6 +237,7 @@ def launch(page: gr.Blocks, app: App) -> None:
         max_file_size=f"{limits.max_upload_mb}mb",
         allowed_paths=sorted(served),
         ssr_mode=False,
+        css=PAGE_CSS,
         show_error=False,
         quiet=True,
     )

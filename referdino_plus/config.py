@@ -113,12 +113,14 @@ class VisualizeOptions:
     tile_height: int
     alpha: float
     contour_width: int
+    caption_max_lines: int
 
     def __post_init__(self) -> None:
         check_range(self, "num_frames", 1)
         check_range(self, "tile_height", 1)
         check_range(self, "alpha", 0.0, 1.0)
         check_range(self, "contour_width", 0)
+        check_range(self, "caption_max_lines", 1)
 
 
 @dataclass

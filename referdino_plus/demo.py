@@ -158,7 +158,7 @@ def write_outputs(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = [color_of(i) for i in range(len(sentences))]
-    band = caption_band(sentences, colors, clip.size[1])
+    band = caption_band(sentences, colors, clip.size[1], max_lines=visual.caption_max_lines)
     masks = [fused.expressions[str(i)].masks for i in range(len(sentences))]
     height, width = clip.size[0] + band.shape[0], clip.size[1]
     staging = make_temp_dir(out_dir, ".masks.")

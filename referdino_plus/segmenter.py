@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -74,7 +75,11 @@ ProgressCallback = Callable[[StageProgress], None]
 
 
 class TqdmProgress:
-    """A :data:`ProgressCallback` drawing one tqdm bar per step (use as a context manager)."""
+    """A :data:`ProgressCallback` drawing one tqdm bar per step (use as a context manager).
+
+    The bar counts whole units (``1/2 sentence``); where the unit under way is, is its postfix
+    (``sentence 2/2, frame 14/40``).
+    """
 
     def __init__(self) -> None:
         self._bar: tqdm | None = None
@@ -87,9 +92,12 @@ class TqdmProgress:
             self._bar = tqdm(
                 total=progress.total, desc=progress.step, unit=progress.unit, dynamic_ncols=True
             )
-        self._bar.update(progress.done - self._bar.n)
         if progress.detail:
             self._bar.set_postfix_str(progress.detail, refresh=False)
+        whole = math.floor(progress.done)
+        if whole != self._bar.n:
+            self._bar.update(whole - self._bar.n)
+        self._bar.refresh()  # the postfix moves on within a unit too (one report per frame)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -272,7 +280,7 @@ class Segmenter:
         Raises:
             DemoError: a model that cannot be loaded, or out of memory.
         """
-        from stage1_referdino.runner import stage1_record
+        from stage1_referdino.runner import stage1_record, warn_dropped_tokens
         from stage2_sam2_refine.runner import stage2_record
         from stage3_fusion.runner import fuse_video
 
@@ -283,6 +291,7 @@ class Segmenter:
         with self._lock, self._current_device():
             report(StageProgress(STAGE1, 0, count, "sentence", "loading the model"))
             model = self.stage1_model(cfg)
+            warn_dropped_tokens(model, expressions, lambda exp_id: f"sentence {int(exp_id) + 1}")
             report(
                 StageProgress(STAGE1, 0, count, "sentence", f"encoding {len(clip.frames)} frames")
             )

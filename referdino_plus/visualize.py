@@ -1,8 +1,9 @@
 """Pictures of a finished run (``visualize.enabled=true`` or ``run_pipeline.py --visualize``).
 
 Into ``work_dir/visualize/``: per expression, a strip of its stage-1, SAM 2 and fused masks on a
-few evenly spaced frames, captioned with the expression and its fusion decision; with ground truth,
-``jf_per_video.png``, the J&F of each video in each archive.
+few evenly spaced frames, captioned with the expression (at most ``visualize.caption_max_lines``
+lines) and its fusion decision; with ground truth, ``jf_per_video.png``, the J&F of each video in
+each archive.
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def per_video_jf(per_expression: Mapping[tuple[str, str], Any]) -> dict[str, flo
     return {video_id: float(np.mean(values)) for video_id, values in sums.items()}
 
 
-def _expression_title(text: str, decision: Mapping[str, Any] | None) -> str:
-    """Caption of a strip: the expression and the fusion decision that made the fused row."""
+def _fusion_note(decision: Mapping[str, Any] | None) -> str:
+    """The line under a strip's title: the fusion decision that made the fused row."""
     if decision is None:
-        return f'"{text}"'
+        return ""
     rule = "SAM 2 ∪ stage 1 (multi-object)" if decision.get("multi_object") else "SAM 2"
     smaller, both = decision.get("frames_sam2_smaller", 0), decision.get("frames_both_nonempty", 0)
-    return f'"{text}"  fused = {rule}; SAM 2 box smaller on {smaller}/{both} frames'
+    return f"fused = {rule}; SAM 2 box smaller on {smaller}/{both} frames"
 
 
 def write_video_strips(
@@ -104,8 +105,9 @@ def write_video_strips(
         strip = mask_strip(
             frames,
             [masks[stage][exp_id][picked] for stage in STRIP_STAGES],
-            title=f"{video_id}/{exp_id}: "
-            + _expression_title(video.expressions[exp_id].text, decisions.get(exp_id)),
+            title=f'{video_id}/{exp_id}: "{video.expressions[exp_id].text}"',
+            note=_fusion_note(decisions.get(exp_id)),
+            max_title_lines=options.caption_max_lines,
             frame_names=[frame_names[i] for i in picked],
             row_labels=[label for label, _ in STRIP_ROWS],
             row_colors=[color for _, color in STRIP_ROWS],

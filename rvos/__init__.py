@@ -14,6 +14,7 @@
 - :mod:`rvos.davis`: Ref-DAVIS17's indexed masks and the DAVIS 2017 unsupervised evaluation.
 - :mod:`rvos.video`: reading clips and writing H.264 videos.
 - :mod:`rvos.drawing`: overlays, captions, strips and plots of masks.
+- :mod:`rvos.fonts`: text in pictures in any script (per-character font fallback, emoji).
 - :mod:`rvos.workers`: sharding videos over GPU workers.
 - :mod:`rvos.options`: the vocabulary of the stages' typed options.
 - :mod:`rvos.io`: atomic writes and safe file names.

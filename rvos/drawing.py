@@ -1,9 +1,12 @@
 """Drawing primitives for masks: coloured overlays with captions, strips, a J&F bar plot.
 
 - :func:`overlay_masks`, :func:`caption_band`: frames with masks blended in their colours and
-  outlined, and a band of coloured captions to go below them;
+  outlined, and a band of coloured captions to go below them, each wrapped to the width and cut
+  to a number of lines;
 - :func:`mask_strip`: rows of masks (one source each) over a few frames, with a title;
 - :func:`jf_bar_plot`: J&F per video and archive (matplotlib, Agg backend).
+
+Text is drawn by :mod:`rvos.fonts` (any script, emoji; fonts found once per process).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from rvos.fonts import FontStack, fit_text, font_stack, wrap_text
 from rvos.io import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -100,42 +104,18 @@ def overlay_masks(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def caption_font(frame_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's default font at a size that suits ``frame_width``."""
-    size = int(np.clip(round(frame_width * CAPTION_FONT_FRACTION), MIN_FONT_SIZE, MAX_FONT_SIZE))
-    return ImageFont.load_default(size)
+def caption_font(frame_width: int) -> FontStack:
+    """The caption fonts at a size that suits ``frame_width``."""
+    return font_stack(
+        int(np.clip(round(frame_width * CAPTION_FONT_FRACTION), MIN_FONT_SIZE, MAX_FONT_SIZE))
+    )
 
 
-def strip_font(tile_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's default font at a size that suits strips of ``tile_height`` px tiles."""
-    size = int(np.clip(round(tile_height * STRIP_FONT_FRACTION), MIN_FONT_SIZE, MAX_FONT_SIZE))
-    return ImageFont.load_default(size)
-
-
-def fit_text(text: str, font: ImageFont.ImageFont, max_width: int) -> str:
-    """``text``, cut with an ellipsis if it is wider than ``max_width`` px."""
-    if font.getlength(text) <= max_width:
-        return text
-    while text and font.getlength(text + "…") > max_width:
-        text = text[:-1]
-    return text + "…"
-
-
-def _font_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
-    left, top, right, bottom = font.getbbox("Ag")
-    return int(bottom) + 2
-
-
-def wrap_text(text: str, font: ImageFont.ImageFont, max_width: int) -> list[str]:
-    """Split ``text`` into lines no wider than ``max_width`` px (a too-long word gets a line)."""
-    lines: list[str] = []
-    for word in text.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and font.getlength(candidate) <= max_width:
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    return lines or [""]
+def strip_font(tile_height: int) -> FontStack:
+    """The strip fonts at a size that suits strips of ``tile_height`` px tiles."""
+    return font_stack(
+        int(np.clip(round(tile_height * STRIP_FONT_FRACTION), MIN_FONT_SIZE, MAX_FONT_SIZE))
+    )
 
 
 def caption_band(
@@ -143,24 +123,32 @@ def caption_band(
     colors: Sequence[Color],
     width: int,
     *,
-    font: ImageFont.ImageFont | None = None,
+    max_lines: int,
+    font: FontStack | None = None,
 ) -> np.ndarray:
-    """A dark band with one coloured, wrapped caption per sentence, to go below a frame.
+    """A dark band with one coloured caption per sentence, to go below a frame.
+
+    Each caption is wrapped to the band's width and cut to ``max_lines`` lines (the last ending
+    with an ellipsis when text is left out), so that a long sentence cannot make the band taller
+    than ``len(captions) * max_lines`` lines.
 
     Args:
         captions: the sentences.
         colors: their RGB colours.
         width: the band's width (the frame's).
+        max_lines: most lines per caption.
         font: default: :func:`caption_font` for ``width``.
     Returns:
         ``[B, width, 3] uint8`` with ``B`` what the wrapped lines need.
     """
     font = font or caption_font(width)
-    line_height = _font_height(font)
+    line_height = font.line_height
     pad = max(2, line_height // 4)
     swatch = line_height - 2 * max(1, line_height // 5)
     indent = pad + swatch + pad
-    wrapped = [wrap_text(c, font, max(1, width - indent - pad)) for c in captions]
+    wrapped = [
+        wrap_text(c, font, max(1, width - indent - pad), max_lines=max_lines) for c in captions
+    ]
     height = pad + sum(len(lines) for lines in wrapped) * line_height + pad
     band = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(band)
@@ -169,7 +157,7 @@ def caption_band(
         top = y + (line_height - swatch) // 2
         draw.rectangle([pad, top, pad + swatch - 1, top + swatch - 1], fill=color)
         for line in lines:
-            draw.text((indent, y), line, fill=color, font=font)
+            font.draw(band, (indent, y), line, color)
             y += line_height
     return np.asarray(band)
 
@@ -223,15 +211,15 @@ def strip_layout(
     frame_size: tuple[int, int],
     tile_height: int,
     title_lines: int,
-    font: ImageFont.ImageFont,
+    font: FontStack,
     labels: Sequence[str],
 ) -> StripLayout:
     """Layout of a ``rows x cols`` strip of frames of ``frame_size = (H, W)`` scaled to
     ``tile_height``, with ``title_lines`` lines of title and the row ``labels`` on the left."""
     height, width = frame_size
     tile_width = max(1, round(width * tile_height / height))
-    line_height = _font_height(font)
-    label_width = int(max(font.getlength(label) for label in labels)) + line_height
+    line_height = font.line_height
+    label_width = int(max(font.length(label) for label in labels)) + line_height
     return StripLayout(
         rows=rows,
         cols=cols,
@@ -258,6 +246,8 @@ def mask_strip(
     rows: Sequence[np.ndarray],
     *,
     title: str,
+    note: str,
+    max_title_lines: int,
     frame_names: Sequence[str],
     row_labels: Sequence[str],
     row_colors: Sequence[Color],
@@ -270,7 +260,9 @@ def mask_strip(
     Args:
         frames: ``N`` frames, each ``[H, W, 3] uint8``.
         rows: one ``[N, H, W] bool`` stack per row (e.g. stage 1, SAM 2, fused).
-        title: the caption (e.g. the expression), wrapped to the strip's width.
+        title: the caption (e.g. the expression), wrapped to the strip's width and cut to
+            ``max_title_lines`` lines (the last ending with an ellipsis when text is left out).
+        note: a line under the title (e.g. the fusion decision; empty: none), cut to the width.
         frame_names: ``N`` column headers.
         row_labels, row_colors: per row, its label and mask colour.
         tile_height: height in px of each frame tile.
@@ -293,7 +285,10 @@ def mask_strip(
         font=font,
         labels=row_labels,
     )
-    title_lines = wrap_text(title, font, max(1, probe.size[0] - 2 * probe.gap))
+    text_width = max(1, probe.size[0] - 2 * probe.gap)
+    title_lines = wrap_text(title, font, text_width, max_lines=max_title_lines)
+    if note:
+        title_lines.append(fit_text(note, font, text_width))
     layout = strip_layout(
         rows=len(rows),
         cols=len(frames),
@@ -304,23 +299,20 @@ def mask_strip(
         labels=row_labels,
     )
     canvas = Image.new("RGB", layout.size, BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    line_height = _font_height(font)
+    line_height = font.line_height
     for index, line in enumerate(title_lines):
-        draw.text((layout.gap, index * line_height), line, fill=TEXT_COLOR, font=font)
+        font.draw(canvas, (layout.gap, index * line_height), line, TEXT_COLOR)
     for col, name in enumerate(frame_names):
         x, _ = layout.tile_origin(0, col)
         header = fit_text(str(name), font, layout.tile_width)
-        draw.text((x, layout.title_height), header, fill=TEXT_COLOR, font=font)
+        font.draw(canvas, (x, layout.title_height), header, TEXT_COLOR)
     tile_size = (layout.tile_width, layout.tile_height)
     tiles = [
         np.asarray(Image.fromarray(np.asarray(f)).resize(tile_size, RESIZE_FRAME)) for f in frames
     ]
     for row, (stack, label, color) in enumerate(zip(rows, row_labels, row_colors, strict=True)):
         _, y = layout.tile_origin(row, 0)
-        draw.text(
-            (layout.gap, y + (layout.tile_height - line_height) // 2), label, fill=color, font=font
-        )
+        font.draw(canvas, (layout.gap, y + (layout.tile_height - line_height) // 2), label, color)
         for col, (tile, mask) in enumerate(zip(tiles, stack, strict=True)):
             small = np.asarray(
                 Image.fromarray(np.asarray(mask, dtype=bool)).resize(tile_size, RESIZE_MASK)

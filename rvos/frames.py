@@ -76,14 +76,22 @@ def check_frames(
         threads: decoding threads (``None``: one per core, at least 4).
         progress: show a progress bar over the frames to decode.
     Returns:
-        one message per video with missing, unreadable or odd-sized frames (empty: all good).
+        one message per video whose frame folder is missing, or with missing, unreadable or
+        odd-sized frames (empty: all good).
     """
     known = _read_cache(cache)
     todo: list[Path] = []
     stamps: dict[Path, list[int] | None] = {}
     sizes: dict[Path, tuple[int, int] | None] = {}
     errors: dict[Path, str] = {}
-    for paths in videos.values():
+    folders_missing = {
+        video_id: paths[0].parent
+        for video_id, paths in videos.items()
+        if paths and not paths[0].parent.is_dir()
+    }
+    for video_id, paths in videos.items():
+        if video_id in folders_missing:
+            continue
         for path in paths:
             stamps[path] = stamp = _stamp(path)
             entry = known.get(str(path))
@@ -107,7 +115,7 @@ def check_frames(
     problems = [
         problem
         for video_id, paths in videos.items()
-        if (problem := _video_problem(video_id, paths, sizes, errors))
+        if (problem := _video_problem(video_id, paths, sizes, errors, folders_missing))
     ]
     if cache is not None:
         _write_cache(cache, known, ((p, stamps[p], sizes[p]) for p in sizes))
@@ -119,8 +127,14 @@ def _video_problem(
     paths: Sequence[Path],
     sizes: Mapping[Path, tuple[int, int] | None],
     errors: Mapping[Path, str],
+    folders_missing: Mapping[str, Path],
 ) -> str | None:
-    """One line naming the video's bad frames, or ``None``."""
+    """One line naming the video's missing frame folder or bad frames, or ``None``."""
+    if video_id in folders_missing:
+        return (
+            f"video {video_id!r}: frame folder {folders_missing[video_id]} not found "
+            f"({len(paths)} frame(s) listed)"
+        )
     bad = [f"{p.name} {errors[p]}" for p in paths if p in errors]
     if bad:
         more = f" and {len(bad) - _NAMED} more" if len(bad) > _NAMED else ""

@@ -229,7 +229,7 @@ def _read_videos_field(path: Path, title: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     videos = meta.get("videos") if isinstance(meta, dict) else None
     if not isinstance(videos, dict):
-        raise DataError(f"{path}: no 'videos'")
+        raise DataError(f"{path}: no 'videos' object at its top level")
     return videos
 
 
@@ -278,9 +278,14 @@ class Split:
                 len(entries),
                 excluded_path,
             )
+            if entries and not kept:
+                raise DataError(
+                    f"{meta_path}: every video is listed in {excluded_path}: the split has no "
+                    "video to run on"
+                )
             entries = kept
         if not entries:
-            raise DataError(f"{meta_path}: no 'videos'")
+            raise DataError(f"{meta_path}: the split has no videos (its 'videos' object is empty)")
         videos = {str(vid): _parse_video(str(vid), entry) for vid, entry in sorted(entries.items())}
         if self.layout.annotators is not None:
             videos = {
@@ -302,6 +307,21 @@ class Split:
         folder = self.frame_dir(video_id)
         return [folder / f"{name}{FRAME_SUFFIX}" for name in self.videos[video_id].frame_names]
 
+    def _frame_folder(self, video_id: str) -> Path:
+        """The video's frame folder.
+
+        Raises:
+            DataError: it does not exist (named once, not frame by frame).
+        """
+        folder = self.frame_dir(video_id)
+        if not folder.is_dir():
+            count = len(self.videos[video_id].frame_names)
+            raise DataError(
+                f"video {video_id!r}: frame folder {folder} not found ({count} frame(s) listed "
+                f"in {Path(self.layout.meta_file).name})"
+            )
+        return folder
+
     def check_frames(self, video_id: str) -> tuple[int, int]:
         """Check that every listed frame exists and has the same size; return ``(H, W)``.
 
@@ -309,9 +329,7 @@ class Split:
         Raises:
             DataError: naming the video and the missing/unreadable/odd-sized frames.
         """
-        folder = self.frame_dir(video_id)
-        if not folder.is_dir():
-            raise DataError(f"video {video_id!r}: frame folder {folder} not found")
+        folder = self._frame_folder(video_id)
         paths = self.frame_paths(video_id)
         missing = [p.name for p in paths if not p.is_file()]
         meta_name = Path(self.layout.meta_file).name
@@ -346,7 +364,12 @@ class Split:
         return distinct.pop()
 
     def load_frames(self, video_id: str) -> list[Image.Image]:
-        """Decode all frames of a video as RGB PIL images, in order."""
+        """Decode all frames of a video as RGB PIL images, in order.
+
+        Raises:
+            DataError: the frame folder is missing, or a frame is missing or unreadable.
+        """
+        self._frame_folder(video_id)
         images = []
         for path in self.frame_paths(video_id):
             try:

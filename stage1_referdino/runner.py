@@ -34,6 +34,7 @@ from rvos.splits import Split, Video
 from rvos.workers import VideoProcessor
 from stage1_referdino.build import load_referdino
 from stage1_referdino.model import ReferDINO
+from stage1_referdino.model.text_encoder import token_count
 from stage1_referdino.options import Stage1Options
 from stage1_referdino.transforms import preprocess
 
@@ -113,6 +114,36 @@ def run_expressions(
                 mask_logits=out["pred_masks"],
             ),
         )
+
+
+def warn_dropped_tokens(
+    model: ReferDINO, sentences: Mapping[str, str], describe: Callable[[str], str]
+) -> dict[str, int]:
+    """Warn about each sentence longer than the text encoder reads (``max_text_len`` tokens,
+    256 in ReferDINO): the tokens past it are dropped, as in ReferDINO, so the model never sees
+    the end of the sentence.
+
+    Args:
+        model: its ``tokenizer`` and ``max_text_len`` are used.
+        sentences: ``exp_id -> sentence``.
+        describe: how a warning names an expression (``exp_id -> "video 'v', expression '0'"``).
+    Returns:
+        ``{exp_id: tokens dropped}`` of the sentences that are cut.
+    """
+    dropped = {}
+    for exp_id, sentence in sentences.items():
+        count = token_count(model.tokenizer, sentence)
+        if count > model.max_text_len:
+            dropped[exp_id] = count - model.max_text_len
+            logger.warning(
+                "%s: the sentence has %d tokens and ReferDINO's text encoder reads the first %d "
+                "(max_text_len): its last %d token(s) are dropped",
+                describe(exp_id),
+                count,
+                model.max_text_len,
+                dropped[exp_id],
+            )
+    return dropped
 
 
 def build_stage1_model(options: Stage1Options, device: str) -> ReferDINO:
@@ -280,6 +311,9 @@ def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
             size = (images[0].height, images[0].width)
             legacy = LegacyVideo(video_id, str(split.frame_dir(video_id)), size)
         sentences = {exp_id: e.text for exp_id, e in entry.expressions.items()}
+        warn_dropped_tokens(
+            model, sentences, lambda exp_id: f"video {video_id!r}, expression {exp_id!r}"
+        )
 
         def run(run_options: Stage1Options) -> im.Stage1Video:
             return stage1_record(

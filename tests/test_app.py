@@ -69,6 +69,43 @@ def test_arguments():
         parse_args(["stray"])
 
 
+def test_help_is_written_for_users():
+    """``run_pipeline.py app --help`` says what the page does and how to reach it, without the
+    module's notes for developers (reStructuredText roles, module names)."""
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), "app", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for developer_words in ("``", ":class:", ":func:", ":mod:", "referdino_plus.", "This module"):
+        assert developer_words not in text
+    for said in ("browser", "sentence", "--port", "--cpu", "masks.zip", "app.results_dir"):
+        assert said in text
+
+
+def test_the_decision_table_escapes_the_sentences():
+    page = pytest.importorskip("referdino_plus.app_page")  # needs Gradio
+    entry = {
+        "index": 0,
+        "text": "the <b>cat</b> & مرحبا",
+        "color": "#ff4646",
+        "fused_output": "SAM 2",
+        "frames_sam2_smaller": 1,
+        "frames_both_nonempty": 4,
+        "kept_queries": [3, 7],
+        "frames_with_mask": 4,
+    }
+    table = page.decision_table({"frames": 6, "sentences": [entry]})
+    assert "<b>" not in table and "the &lt;b&gt;cat&lt;/b&gt; &amp; مرحبا" in table
+    assert '<td class="wraps" dir="auto">' in table and "background:#ff4646" in table
+    for cell in ("<td>1</td>", "<td>1/4</td>", "<td>3, 7</td>", "<td>4/6</td>"):
+        assert cell in table
+
+
 def test_limits_give_one_line_messages(tmp_path, clip):
     app = make_app(
         tmp_path, ["app.max_clip_seconds=0.5", "app.max_frames=10", "app.default_max_frames=10"]

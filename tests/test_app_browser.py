@@ -174,6 +174,40 @@ def wait_for_overlay(tab) -> None:
     )
 
 
+# The decision table's cells as laid out: every word on one line, no text wider than its cell,
+# and one line per cell outside the columns that wrap (sentence, output).
+MEASURE_TABLE = """() => {
+  const headers = [...document.querySelectorAll('#decisions thead th')].map(h => h.textContent);
+  const cells = [...document.querySelectorAll('#decisions th, #decisions td, #decisions [role=gridcell]')]
+    .filter(cell => cell.getBoundingClientRect().height > 0);
+  const problems = [];
+  const lines = range => new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+  for (const cell of cells) {
+    const text = cell.textContent.trim();
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    const whole = document.createRange();
+    let first = null, last = null;
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      first = first || node; last = node;
+      for (const word of node.data.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        if (lines(range) > 1) problems.push(`"${word[0]}" breaks over ${lines(range)} lines`);
+      }
+    }
+    if (cell.scrollWidth > cell.clientWidth + 1) problems.push(`"${text}" is wider than its cell`);
+    const column = headers[cell.cellIndex];
+    if (first && column !== undefined && !['sentence', 'output'].includes(column)) {
+      whole.setStart(first, 0);
+      whole.setEnd(last, last.data.length);
+      if (lines(whole) > 1) problems.push(`"${text}" (${column}) wraps`);
+    }
+  }
+  return {cells: cells.length, problems};
+}"""
+
+
 def save_screenshot(tab, tmp_path: Path) -> Path:
     """The whole page, scaled to :data:`SCREENSHOT_WIDTH` and 256 colours, in ``tmp_path`` (and
     as :data:`SCREENSHOT` with ``UPDATE_SCREENSHOT=1``)."""
@@ -196,6 +230,9 @@ def test_page_segments_an_uploaded_clip(page, tmp_path):
 
     table = tab.locator("#decisions").inner_text()
     assert all(sentence in table for sentence in SENTENCES), table
+    layout = tab.evaluate(MEASURE_TABLE)
+    assert layout["cells"] >= 7 * (len(SENTENCES) + 1), layout
+    assert layout["problems"] == [], layout["problems"]
     with tab.expect_download() as download:
         tab.locator("#masks-zip a[download]").click()
     archive_path = tmp_path / "masks.zip"

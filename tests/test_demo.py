@@ -1,6 +1,7 @@
 """``run_pipeline.py demo``: a video or a frame folder and sentences -> overlay, masks, summary."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from referdino_plus.demo import DemoError, check_sentences, parse_args
-from rvos.drawing import caption_band, color_of
+from rvos.drawing import caption_band, caption_font, color_of
 from rvos.video import VideoError, decode_video, natural_key, read_frame_folder
 
 HEIGHT, WIDTH = 64, 96
@@ -67,7 +68,8 @@ def check_masks(folder: Path, names: list[str], size=(WIDTH, HEIGHT)) -> None:
 def test_video_demo_writes_overlay_masks_and_summary(demo_overrides, run_demo, tmp_path):
     clip = write_clip(tmp_path / "clip.mp4")
     out = tmp_path / "out"
-    sentences = ["a square", "the background"]
+    # the second: 406 words, more than the text encoder reads and than a caption shows
+    sentences = ["a square", "der Hintergrund läuft — " + " ".join(["the background"] * 203)]
     proc = run_demo(
         "--video", clip, "--text", sentences[0], "--text", sentences[1], "--cpu", "--out", out,
         *demo_overrides,
@@ -79,8 +81,11 @@ def test_video_demo_writes_overlay_masks_and_summary(demo_overrides, run_demo, t
     assert len(said) == 1 and "%|" not in said[0], proc.stderr
     assert "cannot import name '_C'" not in proc.stderr
     frames, codec, pix_fmt = read_video(out / "overlay.mp4")
-    band = caption_band(sentences, [color_of(i) for i in range(2)], WIDTH)
+    band = caption_band(sentences, [color_of(i) for i in range(2)], WIDTH, max_lines=3)
     height = HEIGHT + band.shape[0]
+    assert band.shape[0] <= 2 * 3 * caption_font(WIDTH).line_height  # capped, not 406 words tall
+    dropped = [line for line in lines if "tokens" in line and "dropped" in line]
+    assert len(dropped) == 1 and "sentence 2: " in dropped[0], proc.stderr
     assert (codec, pix_fmt) == ("h264", "yuv420p")
     assert len(frames) == 8
     assert frames[0].shape == (height + height % 2, WIDTH, 3)
@@ -88,7 +93,7 @@ def test_video_demo_writes_overlay_masks_and_summary(demo_overrides, run_demo, t
     for index in range(2):
         check_masks(out / "masks" / str(index), names)
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["text"] for s in summary["sentences"]] == sentences
+    assert [s["text"] for s in summary["sentences"]] == sentences  # whole
     assert summary["frames"] == 8 and summary["frame_size"] == [HEIGHT, WIDTH]
     for entry in summary["sentences"]:
         assert {"kept_queries", "fused_output", "multi_object"} <= set(entry)
@@ -148,6 +153,24 @@ def test_bad_input_exits_with_one_line(demo_overrides, run_demo, tmp_path, case,
 # -- in-process units -------------------------------------------------------------------------
 
 
+def test_progress_bars_count_whole_units_with_the_frame_as_postfix(capsys):
+    """Stage 2 reports fractions of a sentence (one per propagated frame): the bar counts whole
+    sentences and says which frame in its postfix, never ``0.08333333333333333/2``."""
+    from referdino_plus.segmenter import STAGE2, StageProgress, TqdmProgress
+
+    with TqdmProgress() as bars:
+        for done in range(1, 13):
+            detail = f"sentence 1/2, frame {done}/12"
+            bars(StageProgress(STAGE2, done / 12, 2, "sentence", detail))
+        bars(StageProgress(STAGE2, 1 + 1 / 12, 2, "sentence", "sentence 2/2, frame 1/12"))
+    shown = capsys.readouterr().err.replace("\r", "\n")
+    assert "0/2" in shown and "1/2" in shown, shown
+    assert not re.search(r"\d\.\d+/2", shown), shown
+    for frame in range(1, 13):
+        assert f"sentence 1/2, frame {frame}/12" in shown
+    assert "sentence 2/2, frame 1/12" in shown
+
+
 def test_decode_video_frame_step_and_max_frames(tmp_path):
     clip = decode_video(
         write_clip(tmp_path / "clip.mp4", num_frames=7), frame_step=3, max_frames=None,
@@ -193,14 +216,18 @@ def test_make_try_runs_offline_on_the_bundled_models(tmp_path):
         "HTTP_PROXY": "http://127.0.0.1:9",
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
-    subprocess.run(
+    proc = subprocess.run(
         ["make", "-s", "try", f"PY={sys.executable}", f"TRY_OUT={out}"],
         cwd=project,
         env=env,
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    # the progress bars count whole sentences and frames
+    assert "stage 2 (SAM 2)" in proc.stderr
+    assert not re.search(r"\d\.\d+/\d", proc.stderr), proc.stderr
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["sentences"]) == 2
     frames, _, _ = read_video(out / "overlay.mp4")

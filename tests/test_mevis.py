@@ -80,3 +80,34 @@ def test_ground_truth_is_the_union_of_annotations():
     gt = load_gt_masks(mask_dict, ["1", "2"], 2, 4, 5)
     np.testing.assert_array_equal(gt[0], (first | second).astype(bool))
     np.testing.assert_array_equal(gt[1], second.astype(bool))
+
+
+def test_a_split_without_videos_says_so_naming_the_file(tmp_path):
+    meta = tmp_path / "meta_expressions.json"
+    meta.write_text(json.dumps({"videos": {}}))
+    with pytest.raises(DataError) as caught:
+        MevisSplit(tmp_path)
+    assert str(caught.value) == f"{meta}: the split has no videos (its 'videos' object is empty)"
+    meta.write_text(json.dumps({"video": {}}))
+    with pytest.raises(DataError, match=r"meta_expressions.json: no 'videos' object"):
+        MevisSplit(tmp_path)
+
+
+def test_a_missing_frame_folder_is_named_once(tmp_path, make_split):
+    import shutil
+
+    from rvos.frames import check_frames
+
+    frames = [f"{t:05d}" for t in range(40)]
+    root = make_split(tmp_path, {"v": {"frames": frames, "expressions": {"0": "x"}}, **VIDEOS})
+    shutil.rmtree(root / "JPEGImages" / "v")
+    split = MevisSplit(root)
+    folder = root / "JPEGImages" / "v"
+    expected = f"video 'v': frame folder {folder} not found (40 frame(s) listed"
+    for read in (split.validate, lambda: split.load_frames("v")):
+        with pytest.raises(DataError) as caught:
+            read()
+        assert str(caught.value).startswith(expected) and "00000" not in str(caught.value)
+    videos = {video_id: split.frame_paths(video_id) for video_id in split.video_ids}
+    (problem,) = check_frames(videos, progress=False)
+    assert problem == f"video 'v': frame folder {folder} not found (40 frame(s) listed)"

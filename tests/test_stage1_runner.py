@@ -1,5 +1,7 @@
 """The stage-1 runner's bookkeeping around the model (the model itself: test_stage1_*)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -36,7 +38,9 @@ def test_out_of_memory_retries_with_features_in_host_memory(
             raise torch.OutOfMemoryError("CUDA out of memory")
         return make_stage1()
 
-    monkeypatch.setattr(runner, "build_stage1_model", lambda options, device: None)
+    # the model's tokenizer counts each sentence's tokens (one short sentence here)
+    model = SimpleNamespace(tokenizer=lambda text: {"input_ids": [101, 0, 102]}, max_text_len=256)
+    monkeypatch.setattr(runner, "build_stage1_model", lambda options, device: model)
     monkeypatch.setattr(runner, "stage1_record", fake_record)
     runner.build_video_processor(job, "cpu")("v")
     assert attempts == ["auto", "cpu"]

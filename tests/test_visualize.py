@@ -17,6 +17,7 @@ from referdino_plus.visualize import (
 from rvos import intermediates as im
 from rvos.drawing import (
     caption_band,
+    caption_font,
     evenly_spaced,
     jf_bar_plot,
     jf_plot_size,
@@ -59,11 +60,13 @@ def test_overlay_blends_inside_draws_outline_and_keeps_outside():
 
 
 def test_caption_band_wraps_long_sentences_to_the_width():
-    short = caption_band(["a dog"], [RED], 200)
-    long = caption_band(["the dog that runs to the left and then jumps " * 3], [RED], 200)
+    short = caption_band(["a dog"], [RED], 200, max_lines=3)
+    long = caption_band(
+        ["the dog that runs to the left and then jumps " * 3], [RED], 200, max_lines=3
+    )
     assert short.dtype == np.uint8 and short.shape[1:] == (200, 3)
     assert long.shape[1] == 200 and long.shape[0] > short.shape[0]
-    two = caption_band(["a dog", "a cat"], [RED, BLUE], 200)
+    two = caption_band(["a dog", "a cat"], [RED, BLUE], 200, max_lines=3)
     assert two.shape[0] > short.shape[0]
     # The caption is drawn in its colour.
     assert (np.abs(two.astype(int) - BLUE).sum(axis=-1) == 0).any()
@@ -83,6 +86,8 @@ def test_mask_strip_has_the_layout_size_and_colours_each_row(tmp_path):
         frames,
         rows,
         title="vid/0: the square",
+        note="",
+        max_title_lines=3,
         frame_names=["00000", "00001", "00002", "00003"],
         row_labels=LABELS,
         row_colors=COLORS,
@@ -233,3 +238,154 @@ def test_run_visualizations_from_records(tmp_path, make_split):
     assert write_run_visualizations(cfg, fingerprints, split, None) == []
     stale = {**fingerprints, 3: "other"}
     assert write_run_visualizations(cfg, stale, split, None) == []
+
+
+# ----------------------------------------------------------------------------- text in pictures
+
+WHITE = (255, 255, 255)
+# One or a few characters of each script a sentence may be typed in (a space between them).
+SCRIPTS = {
+    "Latin with diacritics": "ä é ñ ø ß ç ł ő ů",
+    "punctuation": "— – … « » „ “ ” ‘ ’",
+    "Greek": "Ω α β γ έ",
+    "Cyrillic": "Ж я й Ї",
+    "Chinese": "猫 狗 鸟",
+    "Japanese": "あ ア",
+    "Korean": "한 글",
+    "Arabic": "مرحبا",
+    "Hebrew": "שלום",
+    "Devanagari": "क ख",
+    "Thai": "ไทย",
+    "symbols": "☂ ♞",
+    "emoji": "😀 🐕 ❤️ 👨‍👩‍👧 🇩🇪",
+}
+
+
+def glyph_band(text: str) -> np.ndarray:
+    return caption_band([text], [WHITE], 320, max_lines=1)
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_captions_draw_every_script_instead_of_boxes(script):
+    """A character a font lacks is drawn as that font's box (.notdef), the same picture as a
+    code point that no font has; each of these must look different from it."""
+    box = glyph_band("\U0010ffff")
+    for piece in SCRIPTS[script].split():
+        assert not np.array_equal(glyph_band(piece), box), f"{piece!r} ({script}) is a box"
+
+
+def test_a_character_no_font_has_is_a_visible_replacement():
+    from rvos.fonts import REPLACEMENT, font_stack
+
+    assert np.array_equal(glyph_band("\U0010ffff"), glyph_band(REPLACEMENT))
+    assert glyph_band(REPLACEMENT).max() > 0  # drawn, not blank
+    runs = font_stack(16).runs("a\U0010ffffb")
+    assert "".join(run.text for run in runs) == f"a{REPLACEMENT}b"
+
+
+def test_emoji_sequences_and_marks_stay_in_one_run_and_one_cluster():
+    from rvos.fonts import clusters, font_stack
+
+    family, flag, keycap = "👨‍👩‍👧", "🇩🇪", "1️⃣"
+    assert clusters(f"a{family}{flag}{keycap}é") == ["a", family, flag, keycap, "é"]
+    stack = font_stack(16)
+    for sequence in (family, flag):
+        (run,) = stack.runs(sequence)
+        assert run.face.emoji
+    (run,) = stack.runs("e\u0301")  # e + combining acute: one run, one face
+    assert run.text == "e\u0301"
+
+
+def test_colour_emoji_are_drawn_in_colour():
+    """With Debian's fonts-noto-color-emoji (.ci/run installs it): a white caption of an emoji
+    has coloured pixels. Without it, emoji are monochrome (Noto Emoji): skipped, failed in CI."""
+    import os
+
+    from rvos.fonts import installed_faces
+
+    if not any(face.strike for face in installed_faces()):
+        message = "no colour emoji font (apt-get install fonts-noto-color-emoji)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    band = glyph_band("🐕 🍎").astype(int)
+    spread = band.max(axis=-1) - band.min(axis=-1)  # 0 for white text on black
+    assert spread.max() > 100
+
+
+def test_arabic_is_joined_with_raqm():
+    """Pillow's raqm layout (FriBiDi: Debian's libfribidi0, which .ci/run installs) shapes Arabic:
+    a letter between two others takes its narrow joined form."""
+    import os
+
+    from rvos.fonts import font_stack, has_raqm
+
+    if not has_raqm():
+        message = "Pillow's raqm layout is unavailable (apt-get install libfribidi0)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    stack = font_stack(32)
+    (run,) = stack.runs("بببب")
+    assert run.face.source.name == "Noto Sans Arabic"
+    assert stack.length("بببب") < 0.8 * 4 * stack.length("ب")
+
+
+def test_a_400_word_caption_is_wrapped_and_capped():
+    from rvos.fonts import ELLIPSIS, wrap_text
+
+    sentence = " ".join(["the dog that runs to the left"] * 58)  # 406 words
+    font = caption_font(320)
+    band = caption_band([sentence, "a cat"], [RED, BLUE], 320, max_lines=3)
+    pad = max(2, font.line_height // 4)
+    assert band.shape == (2 * pad + (3 + 1) * font.line_height, 320, 3)
+    lines = wrap_text(sentence, font, 280, max_lines=3)
+    assert len(lines) == 3 and lines[-1].endswith(ELLIPSIS)
+    assert all(font.length(line) <= 280 for line in lines)
+    assert wrap_text("a cat", font, 280, max_lines=3) == ["a cat"]
+    # no cap: as many lines as the text needs
+    assert len(wrap_text(sentence, font, 280, max_lines=None)) > 10
+
+
+def test_text_without_spaces_wraps_between_characters():
+    from rvos.fonts import wrap_text
+
+    font = caption_font(320)
+    chinese = "一个人坐在床上看着窗外的小鸟飞来飞去然后又回到了房间里面坐下来休息"
+    lines = wrap_text(chinese, font, 150, max_lines=None)
+    assert len(lines) > 1 and "".join(lines) == chinese
+    assert all(font.length(line) <= 150 for line in lines)
+    url = "https://example.org/" + "x" * 200
+    assert all(font.length(line) <= 150 for line in wrap_text(url, font, 150, max_lines=None))
+
+
+def test_strip_titles_are_capped_and_keep_the_note():
+    frames = [np.full((24, 32, 3), 90, dtype=np.uint8) for _ in range(2)]
+    masks = square_masks(2, 24, 32)
+
+    def strip(title: str) -> Image.Image:
+        return mask_strip(
+            frames,
+            [masks, masks, masks],
+            title=title,
+            note="fused = SAM 2; SAM 2 box smaller on 0/2 frames",
+            max_title_lines=2,
+            frame_names=["00000", "00001"],
+            row_labels=LABELS,
+            row_colors=COLORS,
+            tile_height=48,
+            alpha=0.5,
+            contour_width=2,
+        )
+
+    short, long = strip("vid/0: a dog"), strip("vid/0: " + "a dog running left " * 100)
+    line_height = strip_font(48).line_height
+    assert long.size[0] == short.size[0]
+    assert long.size[1] == short.size[1] + line_height  # 2 title lines + the note
+
+
+def test_caption_max_lines_is_an_option():
+    assert compose_config(["visualize.caption_max_lines=5"]).visualize.caption_max_lines == 5
+    assert load_config([]).visualize.caption_max_lines >= 1
+    with pytest.raises(ConfigError, match="visualize.caption_max_lines"):
+        compose_config(["visualize.caption_max_lines=0"])

@@ -68,6 +68,17 @@ def sub_sentence_masks(
     return mask, position_ids
 
 
+def as_caption(expression: str) -> str:
+    """The text BERT reads: the expression as written, "." appended when it does not end so."""
+    return expression if expression.endswith(".") else expression + "."
+
+
+def token_count(tokenizer: PreTrainedTokenizerBase, expression: str) -> int:
+    """Tokens of ``expression`` as :func:`tokenize` encodes it, before any are dropped
+    (``[CLS]`` and ``[SEP]`` included)."""
+    return len(tokenizer(as_caption(expression))["input_ids"])
+
+
 def tokenize(
     tokenizer: PreTrainedTokenizerBase,
     expression: str,
@@ -76,11 +87,9 @@ def tokenize(
 ) -> TokenizedText:
     """Tokenize one expression, ending it with "." if it does not already.
 
-    Tokens beyond ``max_text_len`` are dropped.
+    Tokens beyond ``max_text_len`` are dropped (:func:`token_count` tells how many there are).
     """
-    if not expression.endswith("."):
-        expression = expression + "."
-    encoded = tokenizer([expression], padding="longest", return_tensors="pt")
+    encoded = tokenizer([as_caption(expression)], padding="longest", return_tensors="pt")
     input_ids = encoded["input_ids"].to(device)
     delimiter_ids = tokenizer.convert_tokens_to_ids(list(SUB_SENTENCE_DELIMITERS))
     mask, position_ids = sub_sentence_masks(input_ids, delimiter_ids)
