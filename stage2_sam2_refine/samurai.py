@@ -28,7 +28,8 @@ Unlike the published code (one filter on the model object, shared by every objec
 and direction), the motion state here belongs to one object and one propagation direction of one
 inference state: key ``(obj_id, reverse)`` in :class:`SamuraiState`, stored in the inference
 state, cleared by ``reset_state`` and at the start of every ``propagate_in_video`` pass, and
-passed as an argument to the step that uses it.
+handed to SAM 2's step on that object and frame only for the length of that step
+(:class:`SamuraiStep`).
 
 Differences from the published code, all deliberate:
 
