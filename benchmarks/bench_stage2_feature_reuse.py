@@ -36,7 +36,8 @@ from referdino_plus.config import load_config  # noqa: E402
 from rvos.masks import RunLengthMasks  # noqa: E402
 from stage2_sam2_refine.options import PromptKind  # noqa: E402
 from stage2_sam2_refine.reference import build_reference_predictor, reference_refine  # noqa: E402
-from stage2_sam2_refine.refine import build_refiner  # noqa: E402
+from stage2_sam2_refine.refine import Refiner  # noqa: E402
+from stage2_sam2_refine.tracker import build_tracker  # noqa: E402
 from timing import (  # noqa: E402
     COMPARISON_HEADERS,
     ComponentTimer,
@@ -153,7 +154,7 @@ def compare_ways(reference, refiner, frame_dir: Path, proposals: dict, options):
     identical, objects = True, 0
     with (
         per_expression.patch(reference, {"init_state": FRAMES, **PREDICTOR_COMPONENTS}),
-        shared.patch(refiner.predictor, {"open_video": FRAMES, **PREDICTOR_COMPONENTS}),
+        shared.patch(refiner.tracker.predictor, {"open_video": FRAMES, **PREDICTOR_COMPONENTS}),
     ):
         with shared.measure(OTHER):
             session = refiner.open_video(frame_paths, video_id="bench")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             prompt=PromptKind(args.prompt),
         )
         reference = build_reference_predictor(model, checkpoint, device=args.device)
-        refiner = build_refiner(options, device=args.device)
+        refiner = Refiner(build_tracker(options, device=args.device), options)
         build_seconds = time.perf_counter() - start
 
         # First-call costs (kernel selection, allocations) are paid before timing; the two
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             "%d frames of %dx%d; %d expressions keeping %s queries of %d; %s prompts; "
             "device %s, %d torch threads, 1-minute load average %.2f",
             args.model,
-            refiner.predictor.image_size,
+            refiner.tracker.predictor.image_size,
             format_seconds(build_seconds),
             args.frames,
             width,

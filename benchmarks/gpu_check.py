@@ -364,13 +364,16 @@ class Setup:
         return self.models["stage1"]
 
     def refiner(self, **changes):
-        """SAM 2 on the GPU, loaded once; a :class:`Refiner` with ``changes`` to the options."""
-        from stage2_sam2_refine.refine import Refiner, build_refiner
+        """The tracker (``stage2.tracker``, SAM 2 or SAMURAI) on the GPU, loaded once; a
+        :class:`Refiner` with ``changes`` to the ``stage2`` options, its tracker sharing the
+        loaded SAM 2 (a ``Sam2Tracker`` is the predictor and the options it reads)."""
+        from stage2_sam2_refine.refine import Refiner
+        from stage2_sam2_refine.tracker import build_tracker
 
         if "stage2" not in self.models:
-            self.models["stage2"] = build_refiner(self.cfg.stage2, device=self.device)
-        base = self.models["stage2"]
-        return Refiner(base.predictor, dataclasses.replace(self.cfg.stage2, **changes))
+            self.models["stage2"] = build_tracker(self.cfg.stage2, device=self.device)
+        options = dataclasses.replace(self.cfg.stage2, **changes)
+        return Refiner(dataclasses.replace(self.models["stage2"], options=options), options)
 
 
 def write_split(root: Path, videos: Mapping[str, tuple[list, Mapping[str, str]]]) -> Path:
@@ -695,7 +698,7 @@ def check_speed(setup: Setup, report: Report) -> None:
         "_get_orig_video_res_output": "post",
     }
     with (
-        timer.patch(refiner.predictor, components),
+        timer.patch(refiner.tracker.predictor, components),
         attribute(
             stage2_runner,
             "refinement_record",
@@ -761,7 +764,8 @@ def check_cpu_agreement(setup: Setup, report: Report) -> None:
     from bench_stage2_feature_reuse import make_proposals
     from stage1_referdino import preprocess
     from stage1_referdino.runner import build_stage1_model
-    from stage2_sam2_refine.refine import build_refiner
+    from stage2_sam2_refine.refine import Refiner
+    from stage2_sam2_refine.tracker import build_tracker
 
     frames = setup.images[: setup.short_frames]
     video = preprocess(frames, short_side=setup.cfg.stage1.short_side)
@@ -780,9 +784,10 @@ def check_cpu_agreement(setup: Setup, report: Report) -> None:
     masks = setup.object_masks[: len(frames)]
     proposals = make_proposals(masks, [1, 2], num_queries=4)
     options = {"autocast": None}
-    cpu_refiner = build_refiner(dataclasses.replace(setup.cfg.stage2, **options), device="cpu")
+    cpu_options = dataclasses.replace(setup.cfg.stage2, **options)
+    cpu_refiner = Refiner(build_tracker(cpu_options, device="cpu"), cpu_options)
     gpu_refiner = setup.refiner(**options)
-    with attribute(gpu_refiner.predictor, "maskmem_dtype", torch.float32), strict_float32():
+    with attribute(gpu_refiner.tracker.predictor, "maskmem_dtype", torch.float32), strict_float32():
         gpu = dict(gpu_refiner.refine_video(frames, proposals, video_id="short"))
     cpu = dict(cpu_refiner.refine_video(frames, proposals, video_id="short"))
     del cpu_refiner
@@ -807,7 +812,7 @@ def check_autocast(setup: Setup, report: Report) -> None:
     with (
         strict_float32(),
         attribute(model, "autocast_dtype", None),
-        attribute(reference_refiner.predictor, "maskmem_dtype", torch.float32),
+        attribute(reference_refiner.tracker.predictor, "maskmem_dtype", torch.float32),
     ):
         reference = run_stages(setup, reference_refiner, num_frames=num_frames)
     ref_answers, ref_unions = union_masks(*reference[:2])

@@ -61,16 +61,9 @@ def model_problems(cfg: PipelineConfig, stages: Sequence[int]) -> list[str]:
     if 1 in stages and not cfg.stage1.legacy_dir:
         problems += _stage1_problems(cfg)
     if 2 in stages:
-        from stage2_sam2_refine.build import resolve_sam2_config
+        from stage2_sam2_refine.tracker import model_problems as tracker_problems
 
-        try:
-            resolve_sam2_config(cfg.stage2.model)
-        except FileNotFoundError as err:
-            problems.append(f"stage2.model={cfg.stage2.model}: {err}")
-        problem = checkpoint_problem(
-            cfg.stage2.checkpoint, key="stage2.checkpoint", hint=DOWNLOAD_HINT
-        )
-        problems += [problem] if problem else []
+        problems += tracker_problems(cfg.stage2, hint=DOWNLOAD_HINT)
     if cfg.stage1.legacy_dir and (1 in stages or 2 in stages):
         folder = Path(cfg.stage1.legacy_dir)
         if not folder.is_dir():

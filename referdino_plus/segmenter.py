@@ -1,10 +1,10 @@
 """The three stages on a decoded clip, on one device: what ``demo`` and ``app`` both run.
 
-:class:`Segmenter` holds the models (ReferDINO, SAM 2) on its device, loads each on first use and
-either keeps it for the next clip (the app) or releases it as soon as its stage is done (the
-command-line demo, which runs once). Each stage reports its progress to a callback
-(:class:`StageProgress`): stage 1 after each sentence, stage 2 after each frame SAM 2 propagates,
-stage 3 once. :class:`TqdmProgress` shows those as progress bars on a terminal.
+:class:`Segmenter` holds the models (ReferDINO, the tracker) on its device, loads each on first
+use and either keeps it for the next clip (the app) or releases it as soon as its stage is done
+(the command-line demo, which runs once). Each stage reports its progress to a callback
+(:class:`StageProgress`): stage 1 after each sentence, stage 2 after each frame the tracker
+propagates, stage 3 once. :class:`TqdmProgress` shows those as progress bars on a terminal.
 
 Problems a user can fix (a missing checkpoint, out of memory) raise :class:`DemoError` with a
 one-line message.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -172,18 +173,22 @@ def stage1_model_key(cfg: PipelineConfig) -> Hashable:
     return (options.model, options.checkpoint, options.text_encoder, str(options.autocast))
 
 
-def sam2_model_key(cfg: PipelineConfig) -> Hashable:
-    """What decides which SAM 2 predictor :func:`build_refiner` builds (the other ``stage2``
-    options only change how the refiner uses it)."""
-    options = cfg.stage2
-    samurai = tuple(sorted(to_plain(options.samurai).items()))
-    return (options.model, options.checkpoint, str(options.tracker), samurai)
+def tracker_key(cfg: PipelineConfig) -> Hashable:
+    """What decides the tracker ``build_tracker`` builds: every ``stage2`` option but the
+    refiner's own (which only change how the refiner uses the tracker)."""
+    from stage2_sam2_refine.refine import Refiner
+
+    options = to_plain(cfg.stage2)
+    return json.dumps(
+        {key: value for key, value in options.items() if key not in Refiner.OPTION_FIELDS},
+        sort_keys=True,
+    )
 
 
 class Segmenter:
     """Stages 1-3 on a clip for each of its sentences, with the pipeline's per-stage functions.
 
-    Holds at most one ReferDINO and one SAM 2 on ``device``: a model is built on first use and
+    Holds at most one ReferDINO and one tracker on ``device``: a model is built on first use and
     rebuilt only when a configuration asks for another one (another checkpoint, SAM 2 size or
     tracker). One clip is segmented at a time (a lock guards the models).
 
@@ -239,15 +244,14 @@ class Segmenter:
 
     def refiner(self, cfg: PipelineConfig) -> Any:
         """A :class:`~stage2_sam2_refine.refine.Refiner` with ``cfg.stage2``'s options around
-        the SAM 2 predictor it configures, built once."""
-        from stage2_sam2_refine.refine import Refiner, build_refiner
+        the tracker they configure, built once."""
+        from stage2_sam2_refine.refine import Refiner
+        from stage2_sam2_refine.tracker import build_tracker
 
-        built = self._model(
-            STAGE2,
-            sam2_model_key(cfg),
-            lambda: build_refiner(cfg.stage2, device=self.device),
+        tracker = self._model(
+            STAGE2, tracker_key(cfg), lambda: build_tracker(cfg.stage2, device=self.device)
         )
-        return Refiner(built.predictor, cfg.stage2)
+        return Refiner(tracker, cfg.stage2)
 
     def load(self, cfg: PipelineConfig) -> None:
         """Build both models now (the app does, before its first job).
@@ -271,7 +275,7 @@ class Segmenter:
         """Stages 1-3 on ``clip`` for each sentence (``exp_id`` = its index as a string).
 
         Args:
-            clip: the decoded frames (SAM 2 reads them from memory).
+            clip: the decoded frames (the tracker reads them from memory).
             sentences: as written (ReferDINO tokenizes the raw text).
             cfg: ``stage1``/``stage2`` choose the models and their options, ``stage3`` the
                 fusion rule.

@@ -1,10 +1,10 @@
-"""Stage 2 of ReferDINO-Plus: refine stage-1 proposals with SAM 2 (the ``sam2`` package).
+"""Stage 2 of ReferDINO-Plus: refine stage-1 proposals with a video tracker (SAM 2, SAMURAI).
 
-Typical use, one model per worker, one session per video, one call per expression
+Typical use, one tracker per worker, one session per video, one call per expression
 (``options``: the ``stage2`` section of the pipeline configuration, e.g.
-``referdino_plus.config.load_config().stage2``)::
+``referdino_plus.config.load_config().stage2``; ``options.tracker`` names the tracker)::
 
-    refiner = build_refiner(options, device="cuda")
+    refiner = Refiner(build_tracker(options, device="cuda"), options)
     for exp_id, result in refiner.refine_video(frames, proposals, video_id=video_id):
         ...  # result.masks: [T, K, H, W] bool, result.columns, result.prompt_frames
 """
@@ -38,7 +38,16 @@ _EXPORTS = {
     "Proposals": "stage2_sam2_refine.refine",
     "Refiner": "stage2_sam2_refine.refine",
     "RefineResult": "stage2_sam2_refine.refine",
-    "build_refiner": "stage2_sam2_refine.refine",
+    "Sam2Session": "stage2_sam2_refine.sam2_tracker",
+    "Sam2Tracker": "stage2_sam2_refine.sam2_tracker",
+    "SamuraiVideoPredictor": "stage2_sam2_refine.samurai",
+    "TRACKERS": "stage2_sam2_refine.tracker",
+    "ObjectPrompt": "stage2_sam2_refine.tracker",
+    "TrackedFrame": "stage2_sam2_refine.tracker",
+    "TrackingSession": "stage2_sam2_refine.tracker",
+    "VideoTracker": "stage2_sam2_refine.tracker",
+    "build_tracker": "stage2_sam2_refine.tracker",
+    "propagation_order": "stage2_sam2_refine.tracker",
 }
 __all__ = sorted(_EXPORTS)
 

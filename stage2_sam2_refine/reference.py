@@ -36,7 +36,8 @@ from stage2_sam2_refine.prompts import (
     sample_points_from_mask,
     select_queries,
 )
-from stage2_sam2_refine.refine import AUTOCAST_DTYPES, RefineResult
+from stage2_sam2_refine.refine import RefineResult
+from stage2_sam2_refine.sam2_tracker import AUTOCAST_DTYPES
 
 
 class Float32MemoryPredictor(SAM2VideoPredictor):

@@ -1,50 +1,54 @@
-"""Stage 2: refine each expression's stage-1 proposals with SAM 2.
+"""Stage 2: refine each expression's stage-1 proposals with a video tracker.
 
 Per expression, as ReferDINO-Plus's ``refine_from_refdino.py``:
 
 1. keep the queries whose mean score over the frames where it exceeds ``score_threshold`` also
    exceeds it (:func:`~stage2_sam2_refine.prompts.select_queries`);
-2. prompt SAM 2 with each kept query (one object per query, object ids ``0..K-1`` in query
+2. prompt the tracker with each kept query (one object per query, object ids ``0..K-1`` in query
    order) on the frame where it scores highest, with its stage-1 mask (or its box, or points
    sampled from its mask);
-3. propagate forward from the earliest prompted frame to the end, then in reverse from that frame
-   to the start. The reverse pass rewrites the earliest prompted frame, so every frame's masks
-   come from exactly one pass: frames ``0..f0`` from the reverse pass, ``f0+1..T-1`` from the
-   forward pass (``f0 = 0``: the reverse pass does nothing and frame 0 comes from the forward pass).
+3. track forward from the earliest prompted frame to the end, then in reverse from that frame
+   to the start (:func:`~stage2_sam2_refine.tracker.propagation_order`). The reverse pass
+   rewrites the earliest prompted frame, so every frame's masks come from exactly one pass:
+   frames ``0..f0`` from the reverse pass, ``f0+1..T-1`` from the forward pass (``f0 = 0``: no
+   reverse pass).
 
-A video's frames are decoded once and each frame's image features are encoded once for all of its
-expressions and both directions (:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`).
+This module is written once against the tracker interface (:mod:`stage2_sam2_refine.tracker`):
+the tracker (SAM 2, SAMURAI, ...) is whatever ``stage2.tracker`` names, built with
+:func:`~stage2_sam2_refine.tracker.build_tracker`; it opens a video once for all of its
+expressions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from rvos.masks import RunLengthMasks
-from rvos.options import Autocast, CacheDevice
-from stage2_sam2_refine.build import build_sam2_predictor
-from stage2_sam2_refine.options import PromptKind, Stage2Options, Tracker
-from stage2_sam2_refine.predictor import Frame, SharedFeatureVideoPredictor, VideoSession
+from stage2_sam2_refine.options import PromptKind, Stage2Options
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
     prompt_frames,
     sample_points_from_mask,
     select_queries,
 )
+from stage2_sam2_refine.tracker import (
+    Frame,
+    ObjectPrompt,
+    TrackingSession,
+    VideoTracker,
+    propagation_order,
+)
 
 logger = logging.getLogger(__name__)
 
-AUTOCAST_DTYPES = {Autocast.float16: torch.float16, Autocast.bfloat16: torch.bfloat16}
-
-# Progress of one expression's propagation: called after each frame SAM 2 yields with
+# Progress of one expression's tracking: called after each frame the tracker yields with
 # ``(frames done, frames of both passes)``; an expression without kept queries calls it never.
 FrameProgress = Callable[[int, int], None]
 
@@ -66,12 +70,12 @@ class Proposals(Protocol):
 
 @dataclass(frozen=True)
 class RefineResult:
-    """SAM 2's masks for one expression.
+    """The tracker's masks for one expression.
 
     Attributes:
         masks: ``[T, K, H, W] bool`` one mask stack per kept query (``K = 0``: none kept).
         columns: ``[K] int64`` the kept queries as columns of the stage-1 proposals (``scores[:, c]``),
-            ascending; SAM 2 object ``k`` is column ``columns[k]``.
+            ascending; tracked object ``k`` is column ``columns[k]``.
         prompt_frames: ``[K] int64`` the frame where each object was prompted.
     """
 
@@ -106,54 +110,44 @@ def _mask_at(masks: np.ndarray | RunLengthMasks, frame_idx: int, query: int) -> 
 
 
 class Refiner:
-    """Stage-2 refinement with one SAM 2 model (build it once per worker: :func:`build_refiner`).
+    """Stage-2 refinement with one tracker (build the tracker once per worker:
+    ``Refiner(build_tracker(options, device=...), options)``).
 
     Args:
-        predictor: a built :class:`SharedFeatureVideoPredictor` (or subclass) in eval mode.
-        options: the ``stage2`` options (prompting, precision, memory; the model fields are
-            :func:`build_refiner`'s).
+        tracker: a loaded :class:`~stage2_sam2_refine.tracker.VideoTracker`.
+        options: the ``stage2`` options; the refiner reads :attr:`OPTION_FIELDS` (which queries,
+            how they prompt, what to do on out-of-memory), the tracker the others.
     """
 
-    def __init__(self, predictor: SharedFeatureVideoPredictor, options: Stage2Options) -> None:
-        self.predictor = predictor
+    # the `stage2` options this class reads; every other one configures the tracker
+    OPTION_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"score_threshold", "prompt", "num_points", "point_seed", "retry_offloaded_on_oom"}
+    )
+
+    def __init__(self, tracker: VideoTracker, options: Stage2Options) -> None:
+        self.tracker = tracker
         self.options = options
 
     @property
     def device(self) -> torch.device:
-        return self.predictor.device
+        return self.tracker.device
 
     def open_video(
-        self,
-        frames: Sequence[Frame],
-        *,
-        video_id: str,
-        offload: bool = False,
-    ) -> VideoSession:
-        """Decode a video once for all of its expressions.
+        self, frames: Sequence[Frame], *, video_id: str, offload: bool = False
+    ) -> TrackingSession:
+        """Open a video once for all of its expressions.
 
         Args:
-            frames: the video's frames in order: JPEG paths (e.g. ``MevisSplit.frame_paths``) or
-                decoded PIL RGB images (the same tensors for the same pixels).
+            frames: the video's frames in order: image paths (e.g. ``Split.frame_paths``) or
+                decoded PIL RGB images (the same masks for the same pixels).
             video_id: named in logs and errors.
-            offload: offload frames, memories and features to the CPU regardless of the config.
+            offload: keep frames, features and memories in host memory, whatever the options say.
         """
-        options = self.options
-        return self.predictor.open_video(
-            frames,
-            video_id=video_id,
-            offload_video_to_cpu=offload or options.offload_video_to_cpu,
-            offload_state_to_cpu=offload or options.offload_state_to_cpu,
-            feature_cache_device=CacheDevice.cpu if offload else options.feature_cache_device,
-        )
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda" or self.options.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.options.autocast])
+        return self.tracker.open_video(frames, video_id=video_id, offload=offload)
 
     def refine(
         self,
-        session: VideoSession,
+        session: TrackingSession,
         *,
         scores: np.ndarray,
         boxes: np.ndarray,
@@ -169,9 +163,9 @@ class Refiner:
             boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)`` (read for box prompts).
             masks: ``[T, N, H, W]`` binary stage-1 masks at frame size (see :class:`Proposals`).
             exp_id: named in logs and errors.
-            on_frame: called after each propagated frame (see :data:`FrameProgress`).
+            on_frame: called after each tracked frame (see :data:`FrameProgress`).
         Returns:
-            per kept query, SAM 2's masks on every frame.
+            per kept query, the tracker's masks on every frame.
         Raises:
             ValueError: shapes that disagree with each other or with the video.
         """
@@ -198,59 +192,47 @@ class Refiner:
         frames = prompt_frames(scores, queries)
         logger.debug("%s: queries %s prompted on frames %s", where, queries, frames)
 
-        predictor = self.predictor
+        prompts = self._prompts(queries, frames, boxes, masks, size=(height, width), where=where)
+        total = len(propagation_order(num_frames, frames))
         out = np.zeros((num_frames, len(queries), height, width), dtype=bool)
         written = np.zeros(num_frames, dtype=bool)
-        with torch.inference_mode(), self._autocast():
-            state = predictor.init_expression_state(session)
-            self._add_prompts(state, queries, frames, boxes, masks, where=where)
-            # Both passes start from the prompted frames, known now.
-            total = sum(
-                len(predictor.propagation_order(state, reverse=reverse))
-                for reverse in (False, True)
-            )
-            done = 0
-            for reverse in (False, True):
-                for frame_idx, _, mask_logits in predictor.propagate_in_video(
-                    state, reverse=reverse
-                ):
-                    out[frame_idx] = (mask_logits > 0).squeeze(1).cpu().numpy()
-                    written[frame_idx] = True
-                    done += 1
-                    if on_frame is not None:
-                        on_frame(done, total)
+        for done, tracked in enumerate(session.track(prompts), start=1):
+            out[tracked.frame_idx] = tracked.masks  # the reverse pass's f0 comes last and counts
+            written[tracked.frame_idx] = True
+            if on_frame is not None:
+                on_frame(done, total)
         if not written.all():
-            raise RuntimeError(f"{where}: propagation skipped frames {np.flatnonzero(~written)}")
+            raise RuntimeError(f"{where}: tracking skipped frames {np.flatnonzero(~written)}")
         return RefineResult(masks=out, columns=queries, prompt_frames=frames)
 
-    def _add_prompts(
+    def _prompts(
         self,
-        state: dict[str, Any],
         queries: np.ndarray,
         frames: np.ndarray,
         boxes: np.ndarray,
         masks: np.ndarray | RunLengthMasks,
         *,
+        size: tuple[int, int],
         where: str,
-    ) -> None:
-        """Prompt object ``k`` (query ``queries[k]``) on frame ``frames[k]``."""
-        predictor, options = self.predictor, self.options
-        height, width = state["video_height"], state["video_width"]
-        rng = np.random.default_rng(options.point_seed)
+    ) -> list[ObjectPrompt]:
+        """Object ``k`` (query ``queries[k]``) prompted on frame ``frames[k]``, as
+        ``options.prompt`` says; a point prompt on an empty mask falls back to that mask."""
+        options = self.options
+        height, width = size
+        rng = np.random.default_rng(options.point_seed)  # every expression starts from the seed
+        prompts = []
         for obj_id, (query, frame_idx) in enumerate(zip(queries, frames, strict=True)):
             query, frame_idx = int(query), int(frame_idx)
             if options.prompt == PromptKind.box:
                 box = boxes_to_pixel_xyxy(np.asarray(boxes[frame_idx, query]), height, width)
-                predictor.add_new_points_or_box(state, frame_idx=frame_idx, obj_id=obj_id, box=box)
+                prompts.append(ObjectPrompt(obj_id, frame_idx, box=box))
                 continue
             mask = _mask_at(masks, frame_idx, query)
             if options.prompt == PromptKind.point:
                 points = sample_points_from_mask(mask, options.num_points, rng)
                 if len(points):
                     labels = np.ones(len(points), dtype=np.int32)
-                    predictor.add_new_points_or_box(
-                        state, frame_idx=frame_idx, obj_id=obj_id, points=points, labels=labels
-                    )
+                    prompts.append(ObjectPrompt(obj_id, frame_idx, points=points, labels=labels))
                     continue
                 logger.warning(
                     "%s: query %d has an empty mask on frame %d; prompting it with that (empty) "
@@ -259,7 +241,8 @@ class Refiner:
                     query,
                     frame_idx,
                 )
-            predictor.add_new_mask(state, frame_idx=frame_idx, obj_id=obj_id, mask=mask)
+            prompts.append(ObjectPrompt(obj_id, frame_idx, mask=mask))
+        return prompts
 
     def refine_video(
         self,
@@ -269,15 +252,15 @@ class Refiner:
         video_id: str,
         on_frame: Callable[[str, int, int], None] | None = None,
     ) -> Iterator[tuple[str, RefineResult]]:
-        """Refine all expressions of a video, decoding it and encoding its frames once.
+        """Refine all expressions of a video, opening it once.
 
         On CUDA out-of-memory (and ``retry_offloaded_on_oom``), logs a warning naming the video,
-        reopens it with frames, memories and features on the CPU, and carries on from the
+        reopens it with frames, features and memories in host memory, and carries on from the
         expression that failed; results already yielded stay valid.
 
         Args:
-            on_frame: called after each propagated frame with ``(exp_id, frames done, frames
-                of both passes)`` (see :data:`FrameProgress`; a retried expression starts over).
+            on_frame: called after each tracked frame with ``(exp_id, frames done, frames of
+                both passes)`` (see :data:`FrameProgress`; a retried expression starts over).
         Yields:
             ``(exp_id, result)`` in the order of ``expressions``.
         """
@@ -308,34 +291,8 @@ class Refiner:
             torch.cuda.empty_cache()
             logger.warning(
                 "video %s: CUDA out of memory at expression %s; retrying the video with frames, "
-                "tracking state and image features offloaded to the CPU",
+                "image features and tracking memories offloaded to the CPU",
                 video_id,
                 items[done][0] if done < len(items) else "(opening)",
             )
             offload = True
-
-
-def build_refiner(options: Stage2Options, *, device: str | torch.device = "cpu") -> Refiner:
-    """SAM 2 as ``options`` configure it (model, checkpoint, tracker), and its refiner.
-
-    Args:
-        options: the ``stage2`` options; ``model`` is ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML
-            path, ``checkpoint`` its weights (missing: ``FileNotFoundError`` naming
-            ``download_ckpts.sh``).
-        device: where SAM 2 runs.
-    """
-    predictor_cls: type[SharedFeatureVideoPredictor] = SharedFeatureVideoPredictor
-    overrides = None
-    if options.tracker == Tracker.samurai:
-        from stage2_sam2_refine.samurai import SamuraiVideoPredictor, samurai_model_overrides
-
-        predictor_cls = SamuraiVideoPredictor
-        overrides = samurai_model_overrides(options.samurai)
-    predictor = build_sam2_predictor(
-        options.model,
-        options.checkpoint,
-        device=device,
-        predictor_cls=predictor_cls,
-        overrides=overrides,
-    )
-    return Refiner(predictor, options)

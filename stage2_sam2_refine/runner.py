@@ -1,4 +1,4 @@
-"""Stage 2 per video: refine every expression's kept queries with SAM 2.
+"""Stage 2 per video: refine every expression's kept queries with the tracker.
 
 Reads the video's stage-1 record (:meth:`rvos.proposals.Stage1Records.load`: with
 ``stage1.legacy_dir``, the ReferDINO-Plus ``<video>.npz`` converted into one), opens the video
@@ -22,8 +22,8 @@ from rvos.proposals import Stage1Records
 from rvos.splits import Split
 from rvos.workers import VideoProcessor
 from stage2_sam2_refine.options import Stage2Options
-from stage2_sam2_refine.predictor import Frame
-from stage2_sam2_refine.refine import Refiner, RefineResult, build_refiner
+from stage2_sam2_refine.refine import Refiner, RefineResult
+from stage2_sam2_refine.tracker import Frame, build_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ class Stage2Job:
 
 
 def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
-    """Stage-2 record of one expression: SAM 2 masks plus the kept queries' stage-1 union."""
+    """Stage-2 record of one expression: the tracker's masks plus the kept queries' stage-1
+    union."""
     kept = np.asarray(result.columns, dtype=np.int64)
     num_frames = proposals.scores.shape[0]
     height, width = proposals.masks.frame_size
@@ -74,7 +75,7 @@ def stage2_record(
     progress: bool = False,
     on_frame: Callable[[str, int, int], None] | None = None,
 ) -> im.Stage2Video:
-    """Stage-2 record of one video: SAM 2 on every expression's kept queries.
+    """Stage-2 record of one video: the tracker on every expression's kept queries.
 
     Args:
         stage1: the video's stage-1 record.
@@ -98,8 +99,9 @@ def stage2_record(
 
 
 def build_video_processor(job: Stage2Job, device: str) -> VideoProcessor:
-    """Worker entry point (see :mod:`rvos.workers`): SAM 2 loads once, then one call per video."""
-    refiner = build_refiner(job.options, device=device)
+    """Worker entry point (see :mod:`rvos.workers`): the tracker loads once, then one call per
+    video."""
+    refiner = Refiner(build_tracker(job.options, device=device), job.options)
     split = Split(job.data_root, job.layout)
 
     def process(video_id: str) -> None:

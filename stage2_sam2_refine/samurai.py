@@ -13,21 +13,23 @@ in SAM 2's video tracking, without retraining:
    holds the most recent past frames whose predicted IoU, object score and motion score pass
    thresholds; the frame just before the current one is always kept.
 
-How it plugs into SAM 2: :class:`SamuraiVideoPredictor` overrides the tracker hook of
-:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`, and SAM 2's SAM head
-(``_forward_sam_heads``) for SAMURAI's presence threshold. A prompted frame goes through SAM 2's
-own ``track_step``. A tracked (prompt-free) frame goes through SAMURAI's own step,
-:meth:`~SamuraiVideoPredictor._samurai_track_step`: SAM 2's memory attention over the frames
-:meth:`~SamuraiVideoPredictor._samurai_memory_frames` selects, SAM 2's prompt encoder and mask
-decoder with the motion-aware choice (:meth:`~SamuraiVideoPredictor._samurai_decode`), then SAM 2's
-``_encode_memory_in_output``. Every frame keeps the kept mask's scores (:data:`IOU_SCORE_KEY`,
-:data:`KF_SCORE_KEY`) for the memory selection of later frames.
+How it plugs into SAM 2: :class:`SamuraiVideoPredictor` is a
+:class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor`, so SAM 2's own ``track_step``
+runs on every frame; SAMURAI replaces the two SAM 2 methods that make its decisions:
+``_prepare_memory_conditioned_features`` on tracked (prompt-free) frames (SAM 2's memory attention
+over the frames :meth:`~SamuraiVideoPredictor._samurai_memory_frames` selects) and
+``_forward_sam_heads`` (SAM 2's prompt encoder and mask decoder with SAMURAI's presence threshold
+and, on tracked frames, the motion-aware choice: :meth:`~SamuraiVideoPredictor._samurai_decode`).
+A wrapper around ``_run_single_frame_inference`` hands them the object's motion state for the
+direction of the pass, and keeps the kept mask's scores with every frame's output
+(:data:`IOU_SCORE_KEY`, :data:`KF_SCORE_KEY`) for the memory selection of later frames.
 
 Unlike the published code (one filter on the model object, shared by every object, expression
 and direction), the motion state here belongs to one object and one propagation direction of one
 inference state: key ``(obj_id, reverse)`` in :class:`SamuraiState`, stored in the inference
 state, cleared by ``reset_state`` and at the start of every ``propagate_in_video`` pass, and
-passed as an argument to the step that uses it.
+handed to SAM 2's step on that object and frame only for the length of that step
+(:class:`SamuraiStep`).
 
 Differences from the published code, all deliberate:
 
@@ -43,18 +45,18 @@ Differences from the published code, all deliberate:
   there are more prompted frames than ``max_cond_frames_in_attn``);
 - ``memory_temporal_stride_for_eval`` is ignored, as in SAMURAI mode of the published code.
 
-Selecting it: ``build_sam2_predictor(model, checkpoint, predictor_cls=SamuraiVideoPredictor,
-overrides=samurai_model_overrides(options))`` (:mod:`stage2_sam2_refine.build`), ``options`` the
-``stage2.samurai`` section of ``configs/pipeline.yaml``, where each value's source is given.
+Selecting it: ``stage2.tracker=samurai`` (:func:`build`: SAM 2's tracker with
+:class:`SamuraiVideoPredictor`), with the ``stage2.samurai`` section of ``configs/pipeline.yaml``,
+where each value's source is given.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -63,62 +65,16 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
 from stage2_sam2_refine.kalman import KalmanBoxFilter
-from stage2_sam2_refine.options import SamuraiOptions
-from stage2_sam2_refine.predictor import (
-    SAM2_PREDICTOR,
-    SAM2_SIGNATURES,
-    ObjectFrame,
-    SharedFeatureVideoPredictor,
-)
+from stage2_sam2_refine.options import SamuraiOptions, Stage2Options
+from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor
+from stage2_sam2_refine.sam2_tracker import Sam2Tracker, build_sam2_tracker
+from stage2_sam2_refine.sam2_tracker import model_problems as sam2_model_problems
 
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "samurai"  # where the SamuraiState lives in a SAM 2 inference state
 IOU_SCORE_KEY = "best_iou_score"  # per-frame output: predicted IoU of the kept mask, [1] float32
 KF_SCORE_KEY = "kf_score"  # per-frame output: IoU with the Kalman box, [1] float32, NaN if unused
-
-# sam2 members SamuraiVideoPredictor overrides or calls: its base class's plus the ones below, as
-# "module:qualified.name" -> `str(inspect.signature(member))` in sam2 1.1.0.
-SAMURAI_SAM2_SIGNATURES: dict[str, str | None] = {
-    **SAM2_SIGNATURES,
-    # overridden (extended: the motion states are reset with the tracking results)
-    f"{SAM2_PREDICTOR}._reset_tracking_results": "(self, inference_state)",
-    f"{SAM2_PREDICTOR}.remove_object": (
-        "(self, inference_state, obj_id, strict=False, need_output=True)"
-    ),
-    # overridden: SAMURAI's presence threshold on every frame (prompted ones included)
-    f"{SAM2_PREDICTOR}._forward_sam_heads": (
-        "(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None, "
-        "multimask_output=False)"
-    ),
-    # called by SAMURAI's own track step
-    f"{SAM2_PREDICTOR}._use_multimask": "(self, is_init_cond_frame, point_inputs)",
-    f"{SAM2_PREDICTOR}._encode_memory_in_output": (
-        "(self, current_vision_feats, feat_sizes, point_inputs, run_mem_encoder, high_res_masks, "
-        "object_score_logits, current_out)"
-    ),
-    "sam2.modeling.sam2_utils:select_closest_cond_frames": (
-        "(frame_idx, cond_frame_outputs, max_cond_frame_num)"
-    ),
-    "sam2.modeling.sam2_utils:get_1d_sine_pe": "(pos_inds, dim, temperature=10000)",
-    "sam2.modeling.memory_attention:MemoryAttention.forward": (
-        "(self, curr: torch.Tensor, memory: torch.Tensor, curr_pos: Optional[torch.Tensor] = None, "
-        "memory_pos: Optional[torch.Tensor] = None, num_obj_ptr_tokens: int = 0)"
-    ),
-    "sam2.modeling.sam.prompt_encoder:PromptEncoder.forward": (
-        "(self, points: Optional[Tuple[torch.Tensor, torch.Tensor]], "
-        "boxes: Optional[torch.Tensor], masks: Optional[torch.Tensor]) "
-        "-> Tuple[torch.Tensor, torch.Tensor]"
-    ),
-    "sam2.modeling.sam.prompt_encoder:PromptEncoder.get_dense_pe": "(self) -> torch.Tensor",
-    "sam2.modeling.sam.mask_decoder:MaskDecoder.forward": (
-        "(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, "
-        "sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor, "
-        "multimask_output: bool, repeat_image: bool, "
-        "high_res_features: Optional[List[torch.Tensor]] = None) "
-        "-> Tuple[torch.Tensor, torch.Tensor]"
-    ),
-}
 
 # --------------------------------------------------------------------------------------------------
 # Pure parts: boxes, candidate choice, memory selection
@@ -388,6 +344,45 @@ def samurai_model_overrides(config: SamuraiOptions) -> dict[str, Any]:
     }
 
 
+def build(options: Stage2Options, *, device: str | torch.device = "cpu") -> Sam2Tracker:
+    """``stage2.tracker=samurai``: SAM 2 with :class:`SamuraiVideoPredictor` and the
+    ``stage2.samurai`` hyper-parameters."""
+    return build_sam2_tracker(
+        options,
+        device=device,
+        predictor_cls=SamuraiVideoPredictor,
+        overrides=samurai_model_overrides(options.samurai),
+    )
+
+
+def model_problems(options: Stage2Options, *, hint: str) -> list[str]:
+    """SAMURAI runs SAM 2's model and checkpoint: the problems
+    :func:`stage2_sam2_refine.sam2_tracker.model_problems` finds."""
+    return sam2_model_problems(options, hint=hint)
+
+
+@dataclass
+class SamuraiStep:
+    """One object on one frame while SAM 2's step runs on it (what the SAMURAI hooks share).
+
+    Attributes:
+        motion: the object's motion state for the direction of the pass on a tracked frame;
+            None on a prompted frame (SAM 2's memory, highest predicted IoU).
+        choice: the kept candidate, once the SAM head has run.
+    """
+
+    motion: ObjectMotion | None
+    choice: CandidateChoice | None = None
+
+
+def _obj_idx_of_output_dict(inference_state: dict[str, Any], output_dict: dict) -> int:
+    """The object slot whose output dict is ``output_dict`` (SAM 2 passes only the dict)."""
+    for obj_idx, obj_output_dict in inference_state["output_dict_per_obj"].items():
+        if obj_output_dict is output_dict:
+            return obj_idx
+    raise ValueError("output_dict is not an object's output dict of this inference state")
+
+
 class SamuraiDecoding(NamedTuple):
     """SAMURAI's SAM-head output for ``B`` objects (1 on a tracked frame), ``K`` candidates."""
 
@@ -405,19 +400,16 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
     """:class:`SharedFeatureVideoPredictor` with SAMURAI tracking (``stage2.tracker=samurai``).
 
     Build it with ``build_sam2_predictor(model, checkpoint, predictor_cls=SamuraiVideoPredictor,
-    overrides=samurai_model_overrides(config))``. It overrides the tracker hook
-    (:meth:`_track_frame`: SAM 2's step on prompted frames, :meth:`_samurai_track_step` on
-    tracked ones, with the object's motion state for the direction of the pass), and extends
-    ``propagate_in_video``, ``_reset_tracking_results`` and ``remove_object`` to reset motion
-    states.
+    overrides=samurai_model_overrides(config))`` (or :func:`build` for the tracker). SAM 2's own
+    step runs on every frame; SAMURAI replaces ``_prepare_memory_conditioned_features`` on
+    tracked frames and ``_forward_sam_heads``, wraps ``_run_single_frame_inference`` to give them
+    the object's motion state, and extends ``propagate_in_video``, ``_reset_tracking_results``
+    and ``remove_object`` to reset motion states.
 
     On construction it also turns on ``multimask_output_in_sam``,
     ``multimask_output_for_tracking`` and ``multimask_min_pt_num=0`` if the YAML did not (see
     :func:`samurai_model_overrides`).
     """
-
-    frame_record_keys: ClassVar[tuple[str, ...]] = (IOU_SCORE_KEY, KF_SCORE_KEY)
-    sam2_signatures: ClassVar[Mapping[str, str | None]] = SAMURAI_SAM2_SIGNATURES
 
     def __init__(
         self,
@@ -439,6 +431,7 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._step: SamuraiStep | None = None  # the object and frame being tracked, if any
         if self.num_maskmem == 0:
             raise ValueError("SAMURAI selects memory frames: it needs num_maskmem > 0")
         self.samurai = SamuraiOptions(
@@ -513,99 +506,114 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
 
     # ---- one object on one frame -------------------------------------------------------------
 
-    def _track_frame(self, inference_state: dict[str, Any], frame: ObjectFrame) -> dict[str, Any]:
-        """A prompted frame: SAM 2's ``track_step``, recorded as trusted (IoU 1, no motion
-        score). A tracked frame: :meth:`_samurai_track_step` with the motion state of
-        ``(frame.obj_id, frame.reverse)``."""
-        if frame.prompted:
-            current_out = super()._track_frame(inference_state, frame)
-            current_out[IOU_SCORE_KEY] = torch.ones(1)
-            current_out[KF_SCORE_KEY] = torch.full((1,), math.nan)
-            return current_out
-        motion = self.samurai_state(inference_state).motion(frame.obj_id, frame.reverse)
-        return self._samurai_track_step(inference_state, frame, motion)
-
-    def _samurai_track_step(
-        self, inference_state: dict[str, Any], frame: ObjectFrame, motion: ObjectMotion
-    ) -> dict[str, Any]:
-        """SAMURAI on one object's prompt-free frame; advances ``motion`` by one frame.
+    def _run_single_frame_inference(
+        self,
+        inference_state,
+        output_dict,
+        frame_idx,
+        batch_size,
+        is_init_cond_frame,
+        point_inputs,
+        mask_inputs,
+        reverse,
+        run_mem_encoder,
+        prev_sam_mask_logits=None,
+    ):
+        """SAM 2's step on one object and frame. On a tracked frame (no prompt) the SAMURAI
+        hooks get the motion state of ``(obj_id, reverse)``; the frame's output keeps the kept
+        mask's scores (:data:`IOU_SCORE_KEY`, :data:`KF_SCORE_KEY`: ``[1] float32``; a prompted
+        frame is trusted, IoU 1 and no motion score, NaN).
 
         Returns:
-            the entries SAM 2's ``track_step`` returns (``pred_masks [1, 1, S/4, S/4]``,
-            ``pred_masks_high_res [1, 1, S, S]``, ``obj_ptr [1, C]``,
-            ``object_score_logits [1, 1]``, ``maskmem_features``, ``maskmem_pos_enc``, ...) plus
-            :data:`IOU_SCORE_KEY` and :data:`KF_SCORE_KEY` (``[1] float32``, NaN: no motion score).
+            SAM 2's ``(compact output, pred_masks [1, 1, S/4, S/4])``.
         """
-        high_res_features = None
-        if len(frame.vision_feats) > 1:
-            # [HW, 1, C] -> [1, C, H, W] for the SAM head
-            high_res_features = [
-                x.permute(1, 2, 0).view(x.size(1), x.size(2), *size)
-                for x, size in zip(frame.vision_feats[:-1], frame.feat_sizes[:-1], strict=True)
-            ]
-        pix_feat = self._samurai_memory_conditioned_features(
-            frame,
-            inference_state["output_dict_per_obj"][frame.obj_idx],
-            num_frames=inference_state["num_frames"],
-        )
-        decoded = self._samurai_decode(
-            pix_feat,
-            high_res_features,
-            multimask_output=self._use_multimask(is_init_cond_frame=False, point_inputs=None),
-            motion=motion,
-        )
-        kf_score = decoded.choice.kf_score
-        current_out: dict[str, Any] = {
-            "point_inputs": None,
-            "mask_inputs": None,
-            "pred_masks": decoded.low_res_masks,
-            "pred_masks_high_res": decoded.high_res_masks,
-            "obj_ptr": decoded.obj_ptr,
-            "object_score_logits": decoded.object_score_logits,
-            IOU_SCORE_KEY: torch.tensor([decoded.choice.iou_score], dtype=torch.float32),
-            KF_SCORE_KEY: torch.tensor(
+        motion = None
+        if point_inputs is None and mask_inputs is None:
+            obj_idx = _obj_idx_of_output_dict(inference_state, output_dict)
+            obj_id = inference_state["obj_idx_to_id"][obj_idx]
+            motion = self.samurai_state(inference_state).motion(obj_id, reverse)
+        step = self._step = SamuraiStep(motion)
+        try:
+            current_out, pred_masks = super()._run_single_frame_inference(
+                inference_state=inference_state,
+                output_dict=output_dict,
+                frame_idx=frame_idx,
+                batch_size=batch_size,
+                is_init_cond_frame=is_init_cond_frame,
+                point_inputs=point_inputs,
+                mask_inputs=mask_inputs,
+                reverse=reverse,
+                run_mem_encoder=run_mem_encoder,
+                prev_sam_mask_logits=prev_sam_mask_logits,
+            )
+        finally:
+            self._step = None
+        if motion is None:
+            current_out[IOU_SCORE_KEY] = torch.ones(1)
+            current_out[KF_SCORE_KEY] = torch.full((1,), math.nan)
+        else:
+            if step.choice is None:
+                raise RuntimeError(f"frame {frame_idx}: SAM 2's step made no mask choice")
+            kf_score = step.choice.kf_score
+            current_out[IOU_SCORE_KEY] = torch.tensor([step.choice.iou_score], dtype=torch.float32)
+            current_out[KF_SCORE_KEY] = torch.tensor(
                 [math.nan if kf_score is None else kf_score], dtype=torch.float32
-            ),
-        }
-        self._encode_memory_in_output(
-            frame.vision_feats,
-            frame.feat_sizes,
-            None,  # no clicks
-            frame.run_mem_encoder,
-            decoded.high_res_masks,
-            decoded.object_score_logits,
-            current_out,
-        )
-        return current_out
+            )
+        return current_out, pred_masks
 
     # ---- memory: motion-aware selection ------------------------------------------------------
 
-    def _samurai_memory_conditioned_features(
-        self, frame: ObjectFrame, output_dict: dict[str, dict[int, Any]], *, num_frames: int
-    ) -> torch.Tensor:
-        """The frame's top-level features after SAM 2's memory attention over SAMURAI's memory:
-        the closest prompted frames (temporal position 0), the past frames of
-        :meth:`_samurai_memory_frames`, and SAM 2's object pointers.
+    # Replaced on tracked frames (not wrapped): SAM 2 reads the spatial memories and the object
+    # pointers from the same per-frame outputs, by distance, so no input can make it select
+    # other memory frames while keeping its pointers.
+    def _prepare_memory_conditioned_features(
+        self,
+        frame_idx,
+        is_init_cond_frame,
+        current_vision_feats,
+        current_vision_pos_embeds,
+        feat_sizes,
+        output_dict,
+        num_frames,
+        track_in_reverse=False,
+    ):
+        """On a tracked frame, the frame's top-level features after SAM 2's memory attention
+        over SAMURAI's memory: the closest prompted frames (temporal position 0), the past frames
+        of :meth:`_samurai_memory_frames`, and SAM 2's object pointers. Elsewhere SAM 2's.
 
         Args:
-            frame: the object and frame being tracked (not an initial conditioning frame).
+            frame_idx: the frame being tracked; ``track_in_reverse``: towards frame 0.
+            current_vision_feats: its top-level features ``[H * W, 1, C]`` (one element), with
+                ``current_vision_pos_embeds`` and ``feat_sizes`` ``[(H, W)]``.
             output_dict: the object's ``{"cond_frame_outputs", "non_cond_frame_outputs"}``.
             num_frames: the video's length (bounds the object-pointer search).
         Returns:
-            ``[1, C, H, W]`` features, ``(H, W) = frame.feat_sizes[-1]``.
+            ``[1, C, H, W]`` features.
         """
-        vision_feats = frame.vision_feats[-1:]  # the memory attention sees the top level only
-        vision_pos = frame.vision_pos_embeds[-1:]
+        step = self._step
+        if is_init_cond_frame or step is None or step.motion is None:
+            return super()._prepare_memory_conditioned_features(
+                frame_idx,
+                is_init_cond_frame,
+                current_vision_feats,
+                current_vision_pos_embeds,
+                feat_sizes,
+                output_dict,
+                num_frames,
+                track_in_reverse,
+            )
+        vision_feats = current_vision_feats[-1:]  # the memory attention sees the top level only
+        vision_pos = current_vision_pos_embeds[-1:]
         batch, device = vision_feats[-1].size(1), vision_feats[-1].device
-        height, width = frame.feat_sizes[-1]
+        height, width = feat_sizes[-1]
         if not output_dict["cond_frame_outputs"]:
-            raise RuntimeError(f"frame {frame.frame_idx}: tracking without a prompted frame")
+            raise RuntimeError(f"frame {frame_idx}: tracking without a prompted frame")
         selected_cond, unselected_cond = select_closest_cond_frames(
-            frame.frame_idx, output_dict["cond_frame_outputs"], self.max_cond_frames_in_attn
+            frame_idx, output_dict["cond_frame_outputs"], self.max_cond_frames_in_attn
         )
         slots = [(0, out) for out in selected_cond.values()]
         slots += self._samurai_memory_frames(
-            frame.frame_idx, frame.reverse, output_dict["non_cond_frame_outputs"], unselected_cond
+            frame_idx, track_in_reverse, output_dict["non_cond_frame_outputs"], unselected_cond
         )
         memory, memory_pos = [], []
         for t_pos, out in slots:
@@ -618,11 +626,13 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
         num_obj_ptr_tokens = 0
         if self.use_obj_ptrs_in_encoder:
             pointers = self._object_pointer_tokens(
-                frame,
+                frame_idx,
+                track_in_reverse,
                 output_dict["non_cond_frame_outputs"],
                 selected_cond,
                 unselected_cond,
                 num_frames=num_frames,
+                device=device,
             )
             if pointers is not None:
                 memory.append(pointers[0])
@@ -686,23 +696,24 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
 
     def _object_pointer_tokens(
         self,
-        frame: ObjectFrame,
+        frame_idx: int,
+        reverse: bool,
         non_cond_outputs: dict[int, dict[str, Any]],
         selected_cond_outputs: dict[int, dict[str, Any]],
         unselected_cond_outputs: dict[int, dict[str, Any]],
         *,
         num_frames: int,
+        device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """SAM 2's object-pointer memory, unchanged by SAMURAI: the selected prompted frames'
-        pointers and those of up to ``max_obj_ptrs_in_encoder - 1`` frames just before this one.
+        pointers and those of up to ``max_obj_ptrs_in_encoder - 1`` frames just before this one
+        (the part of SAM 2's ``_prepare_memory_conditioned_features`` that SAMURAI keeps).
 
         Returns:
-            ``(pointers [P, 1, mem_dim], temporal encodings [P, 1, mem_dim])``, or None if there
-            are none.
+            ``(pointers [P, 1, mem_dim], temporal encodings [P, 1, mem_dim])`` on ``device``, or
+            None if there are none.
         """
-        frame_idx, reverse = frame.frame_idx, frame.reverse
         channels, batch = self.hidden_dim, 1
-        device = frame.vision_feats[-1].device
         max_pointers = min(num_frames, self.max_obj_ptrs_in_encoder)
         cond_outputs = selected_cond_outputs
         if not self.training and self.only_obj_ptrs_in_the_past_for_eval:
@@ -750,6 +761,9 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
 
     # ---- SAM head: motion-aware mask choice --------------------------------------------------
 
+    # Replaced (not wrapped): SAMURAI changes two decisions inside SAM 2's SAM head, the presence
+    # threshold (0 there) and the candidate kept (the highest predicted IoU there, which also
+    # makes the object pointer); a wrapper only sees the head's outputs, after both.
     def _forward_sam_heads(
         self,
         backbone_features,
@@ -759,18 +773,21 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
         multimask_output=False,
     ):
         """SAM 2's SAM head (same inputs and outputs) with SAMURAI's presence threshold
-        (``min_obj_score_logits``), as the published code applies it on every frame; among
-        multimask candidates the highest predicted IoU, as SAM 2. Prompted frames come here
-        through SAM 2's step; tracked frames use :meth:`_samurai_decode` with their motion state.
+        (``min_obj_score_logits``, as the published code applies it on every frame) and, on a
+        tracked frame, the motion-aware choice among multimask candidates with the object's
+        motion state (elsewhere the highest predicted IoU, as SAM 2): :meth:`_samurai_decode`.
         """
+        step = self._step
         decoded = self._samurai_decode(
             backbone_features,
             high_res_features,
             point_inputs=point_inputs,
             mask_inputs=mask_inputs,
             multimask_output=multimask_output,
-            motion=None,
+            motion=None if step is None else step.motion,
         )
+        if step is not None:
+            step.choice = decoded.choice
         return (
             decoded.low_res_multimasks,
             decoded.high_res_multimasks,

@@ -14,9 +14,11 @@ forgets the previous expression's, and yields each frame's masks and scores
 the last frame, then in reverse from that frame to frame 0 (the reverse pass writes the earliest
 prompted frame again, and its masks are the ones that count).
 
-A new tracker is one module with a ``build(options, device)`` function returning a
-:class:`VideoTracker`, and one line in :data:`TRACKERS` (and its name in
-:class:`~stage2_sam2_refine.options.Tracker`, the configuration's vocabulary).
+A new tracker is one module with two functions, ``build(options, *, device)`` returning its
+:class:`VideoTracker` and ``model_problems(options, *, hint)`` saying what would stop it from
+loading (unknown model, missing checkpoint) without loading anything; one line in
+:data:`TRACKERS`; and its name in :class:`~stage2_sam2_refine.options.Tracker`, the
+configuration's vocabulary.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import importlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -154,8 +157,27 @@ class VideoTracker(Protocol):
 
 
 # ``stage2.tracker`` name -> ``module:function`` building its :class:`VideoTracker` from the
-# ``stage2`` options and a device. A new tracker is one module and one line here.
-TRACKERS: dict[str, str] = {}
+# ``stage2`` options and a device (the module also defines ``model_problems``). A new tracker is
+# one module and one line here.
+TRACKERS: dict[str, str] = {
+    "sam2": "stage2_sam2_refine.sam2_tracker:build",  # SAM 2.1, the official sam2 package
+    "samurai": "stage2_sam2_refine.samurai:build",  # SAMURAI's motion-aware selection on SAM 2.1
+}
+
+
+def _tracker_module(options: Stage2Options) -> tuple[ModuleType, str]:
+    """The module of the tracker ``options.tracker`` names, and its build function's name.
+
+    Raises:
+        ValueError: a name that is not in :data:`TRACKERS`.
+    """
+    name = str(options.tracker)
+    if name not in TRACKERS:
+        raise ValueError(
+            f"stage2.tracker={name}: unknown tracker; expected one of {', '.join(TRACKERS)}"
+        )
+    module_name, _, function = TRACKERS[name].partition(":")
+    return importlib.import_module(module_name), function
 
 
 def build_tracker(options: Stage2Options, *, device: str | torch.device = "cpu") -> VideoTracker:
@@ -164,10 +186,16 @@ def build_tracker(options: Stage2Options, *, device: str | torch.device = "cpu")
     Raises:
         ValueError: a name that is not in :data:`TRACKERS`.
     """
-    name = str(options.tracker)
-    if name not in TRACKERS:
-        raise ValueError(
-            f"stage2.tracker={name!r}: unknown tracker; expected one of {', '.join(TRACKERS)}"
-        )
-    module_name, _, function = TRACKERS[name].partition(":")
-    return getattr(importlib.import_module(module_name), function)(options, device=device)
+    module, function = _tracker_module(options)
+    return getattr(module, function)(options, device=device)
+
+
+def model_problems(options: Stage2Options, *, hint: str) -> list[str]:
+    """What would stop :func:`build_tracker` from loading the tracker, found without loading it
+    (one line each): an unknown ``stage2.tracker``, or its module's ``model_problems`` (unknown
+    model, missing or unreadable checkpoint; ``hint``: how to get the weights)."""
+    try:
+        module, _ = _tracker_module(options)
+    except ValueError as err:
+        return [str(err)]
+    return module.model_problems(options, hint=hint)

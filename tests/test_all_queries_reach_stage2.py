@@ -12,8 +12,9 @@ from rvos import intermediates as im
 from rvos.mevis import MevisSplit
 from rvos.proposals import proposals_from_outputs
 from stage2_sam2_refine.prompts import select_queries
-from stage2_sam2_refine.refine import build_refiner
+from stage2_sam2_refine.refine import Refiner
 from stage2_sam2_refine.runner import stage2_record
+from stage2_sam2_refine.tracker import build_tracker
 from stage3_fusion.runner import fuse_video
 
 pytestmark = pytest.mark.slow  # loads the fixture models
@@ -69,7 +70,8 @@ def test_default_config_prompts_and_fuses_the_burst_query(
     )
     split = MevisSplit(root)
     # almost no propagation: the prompted frames carry the prompt masks
-    refiner = build_refiner(tiny_stage2("weights_quiet"))
+    options = tiny_stage2("weights_quiet")
+    refiner = Refiner(build_tracker(options), options)
     burst_region = np.zeros((HEIGHT, WIDTH), dtype=bool)
     burst_region[24:40, 40:56] = True
 

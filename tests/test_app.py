@@ -225,3 +225,12 @@ def test_a_job_writes_the_demo_outputs_and_a_zip(tmp_path, clip, tiny_model_over
     # the models stay loaded: a second job with the same SAM 2 builds nothing
     app.run(request_for(clip, sentences=["a square"], prompt="box"), progress=None)
     assert all(app.segmenter._models[slot][1] is model for slot, (_, model) in loaded.items())
+
+    # another tracker replaces SAM 2 (ReferDINO stays), with the same per-frame progress
+    from stage2_sam2_refine.samurai import SamuraiVideoPredictor
+
+    events.clear()
+    app.run(request_for(clip, sentences=["a square"], tracker="samurai"), progress=events.append)
+    assert app.segmenter._models[STAGE1][1] is loaded[STAGE1][1]
+    assert isinstance(app.segmenter._models[STAGE2][1].predictor, SamuraiVideoPredictor)
+    assert [e for e in events if e.step == STAGE2 and "frame" in e.detail]

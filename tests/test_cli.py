@@ -5,6 +5,7 @@ Each full run happens once (module-scoped fixtures); the tests read its outputs.
 
 import io
 import json
+import shutil
 import zipfile
 
 import numpy as np
@@ -144,6 +145,24 @@ def test_rerun_resumes_and_a_changed_setting_recomputes_its_stages(
     assert stamps[work / "stage1" / "vid1.npz"] == (work / "stage1" / "vid1.npz").stat().st_mtime_ns
 
 
+def test_samurai_tracker_runs_stages_2_and_3(full_run, run_cli, overrides, run_dir, tmp_path):
+    """``stage2.tracker=samurai`` on the full run's stage-1 records (copied)."""
+    work, submissions = tmp_path / "work", tmp_path / "submissions"
+    shutil.copytree(run_dir / "work" / "stage1", work / "stage1")
+    proc = run_cli(
+        "--cpu", "--stages", "2", "3", *overrides, "stage2.tracker=samurai",
+        f"work_dir={work}", f"submission_dir={submissions}",
+    )  # fmt: skip
+    assert "stage 2 (SAM 2): 2 video(s) to process" in proc.stderr
+    assert "tracker: samurai" in (work / "config.yaml").read_text()
+    for name in ("stage2.zip", "fused.zip"):
+        with zipfile.ZipFile(submissions / name) as archive:
+            assert sorted(archive.namelist()) == sorted(
+                [f"vid1/{e}/{f:05d}.png" for e in "01" for f in range(3)]
+                + [f"vid2/0/{f:05d}.png" for f in range(2)]
+            )
+
+
 def test_missing_checkpoint_names_the_download_script(run_cli, overrides, tmp_path):
     proc = run_cli(
         "--cpu", "--stages", "1", *overrides, "stage1.checkpoint=nowhere.pth",
@@ -171,6 +190,7 @@ def test_later_stage_without_inputs_says_what_to_run(run_cli, overrides, tmp_pat
         ("stage1.top_k=0", "stage1.top_k=0"),
         ("+stage2.score_treshold=0.9", "did you mean stage2.score_threshold?"),
         ("stage2.score_threshold=abc", "stage2.score_threshold"),
+        ("stage2.tracker=sam9", "stage2.tracker: Invalid value 'sam9'"),
     ],
 )
 def test_bad_overrides_exit_2_with_one_line(run_cli, tmp_path, override, message):

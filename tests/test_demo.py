@@ -101,7 +101,8 @@ def test_video_demo_writes_overlay_masks_and_summary(demo_overrides, run_demo, t
 
 @pytest.mark.slow
 def test_frame_folder_in_natural_order_with_frame_step(demo_overrides, run_demo, tmp_path):
-    """Odd frame sizes are padded to even in the video only; the masks keep the frame size."""
+    """Odd frame sizes are padded to even in the video only; the masks keep the frame size.
+    (SAMURAI tracks here, SAM 2 in the other runs.)"""
     folder = tmp_path / "frames"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -111,7 +112,7 @@ def test_frame_folder_in_natural_order_with_frame_step(demo_overrides, run_demo,
     out = tmp_path / "out"
     run_demo(
         "--video", folder, "--text", "a thing", "--frame-step", "2", "--cpu", "--out", out,
-        *demo_overrides,
+        *demo_overrides, "stage2.tracker=samurai",
     )  # fmt: skip
     check_masks(out / "masks" / "0", ["8", "10"], size=(WIDTH - 1, HEIGHT - 1))
     frames, _, _ = read_video(out / "overlay.mp4")

@@ -4,6 +4,7 @@ two-object propagation on the tiny SAM 2."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,15 @@ import pytest
 import torch
 
 from referdino_plus.config import load_config
+from rvos.legacy import read_legacy_npz
+from rvos.masks import upsample_mask_logits
 from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
+from stage2_sam2_refine.options import PromptKind, Tracker
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
+from stage2_sam2_refine.reference import reference_refine
+from stage2_sam2_refine.refine import Refiner
+from stage2_sam2_refine.sam2_tracker import Sam2Tracker
 from stage2_sam2_refine.samurai import (
     IOU_SCORE_KEY,
     KF_SCORE_KEY,
@@ -264,7 +271,7 @@ def session(fixtures_dir: Path, samurai_model: SamuraiVideoPredictor) -> VideoSe
 
 def _prompt_two_blobs(model: SharedFeatureVideoPredictor, session: VideoSession) -> dict:
     """A fresh expression state with objects 1 and 2 prompted by disc masks on PROMPT_FRAME."""
-    state = model.init_expression_state(session)
+    state = model.init_state(session)
     yy, xx = np.mgrid[: session.height, : session.width]
     blobs = {1: (200, 300, 80), 2: (300, 700, 60)}
     for obj_id, (cy, cx, radius) in blobs.items():
@@ -312,7 +319,7 @@ def test_samurai_two_objects_forward_then_reverse(samurai_model, session):
         assert all(torch.isfinite(score).all() for score in late)
 
     # a new expression starts without motion state
-    assert STATE_KEY not in samurai_model.init_expression_state(session)
+    assert STATE_KEY not in samurai_model.init_state(session)
 
 
 @pytest.mark.slow
@@ -359,7 +366,7 @@ def test_prompted_frames_use_samurai_presence_threshold(fixtures_dir, session, m
             return masks, ious, tokens, torch.full_like(scores, -0.5)
 
         monkeypatch.setattr(model.sam_mask_decoder, "forward", doubtful)
-        state = model.init_expression_state(session)
+        state = model.init_state(session)
         points, labels = np.array([[300.0, 200.0]], dtype=np.float32), np.array([1], np.int32)
         _, _, masks = model.add_new_points_or_box(state, 3, 1, points=points, labels=labels)
         outputs[cls] = masks
@@ -382,3 +389,34 @@ def test_samurai_turns_on_multimask_tracking(fixtures_dir):
     assert model.multimask_output_in_sam and model.multimask_output_for_tracking
     assert model.multimask_min_pt_num == 0
     assert model.samurai == DEFAULTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", ["mask", "point"])
+def test_shared_session_equals_sam2_own_state_per_expression(
+    fixtures_dir, samurai_model, tmp_path, default_config, prompt
+):
+    """SAMURAI on one shared session (frames decoded once, features cached, ``reset_state``
+    between expressions) gives the masks of SAMURAI on SAM 2's own ``init_state`` from the frame
+    folder, afresh for every expression (SAM 2's frame loading and feature handling)."""
+    num_frames = 16
+    source = fixtures_dir / "refine_tiny" / "mevis" / "JPEGImages" / "videoA"
+    for path in sorted(source.glob("*.jpg"))[:num_frames]:
+        shutil.copy(path, tmp_path / path.name)
+    legacy = read_legacy_npz(fixtures_dir / "refine_tiny" / "legacy_stage1" / "videoA.npz")
+    options = dataclasses.replace(
+        default_config.stage2, tracker=Tracker.samurai, prompt=PromptKind(prompt)
+    )
+    refiner = Refiner(Sam2Tracker(samurai_model, options), options)
+    session = refiner.open_video(sorted(tmp_path.glob("*.jpg")), video_id="videoA")
+    for exp_id in ("0", "4"):  # 2 objects; 3 objects, two prompted on one frame
+        arrays = legacy.expressions[exp_id]
+        proposals = {
+            "scores": arrays["scores"][:num_frames],
+            "boxes": arrays["boxes"][:num_frames],
+            "masks": upsample_mask_logits(arrays["masks"][:num_frames], legacy.size),
+        }
+        shared = refiner.refine(session, **proposals, exp_id=exp_id)
+        alone = reference_refine(samurai_model, tmp_path, **proposals, options=options)
+        assert shared.num_objects >= 2 and shared.masks.any()
+        assert np.array_equal(shared.masks, alone.masks), exp_id

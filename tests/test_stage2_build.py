@@ -30,6 +30,7 @@ from stage2_sam2_refine.build import (
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, load_frames
 from stage2_sam2_refine.reference import sam2_hydra
 from stage2_sam2_refine.refine import Refiner, _mask_at
+from stage2_sam2_refine.sam2_tracker import Sam2Tracker
 
 # The overrides `sam2.build_sam.build_sam2_video_predictor` composes with (apply_postprocessing).
 SAM2_BUILDER_OVERRIDES = [
@@ -177,7 +178,7 @@ def test_refine_checks_shapes_and_skips_sam2_without_kept_query(
     tiny: Path, fixtures_dir: Path, default_config
 ):
     predictor = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
-    refiner = Refiner(predictor, default_config.stage2)
+    refiner = Refiner(Sam2Tracker(predictor, default_config.stage2), default_config.stage2)
     frames = sorted((fixtures_dir / "refine_tiny/mevis/JPEGImages/videoA").glob("*.jpg"))[:3]
     session = refiner.open_video(frames, video_id="videoA")
     scores = np.full((3, 2), 0.1, dtype=np.float32)
@@ -185,7 +186,7 @@ def test_refine_checks_shapes_and_skips_sam2_without_kept_query(
     masks = np.zeros((3, 2, 540, 960), dtype=bool)
     result = refiner.refine(session, scores=scores, boxes=boxes, masks=masks, exp_id="7")
     assert result.masks.shape == (3, 0, 540, 960)
-    assert not session.features  # SAM 2 never ran
+    assert not session.video.features  # SAM 2 never ran
     with pytest.raises(ValueError, match="video 'videoA', expression '7'"):
         refiner.refine(session, scores=scores[:2], boxes=boxes, masks=masks, exp_id="7")
     with pytest.raises(ValueError, match="frame size 960x540"):
@@ -205,7 +206,7 @@ class _OutOfMemoryOnce(Refiner):
     """Raises CUDA out-of-memory on expression "b" unless the video was reopened offloaded."""
 
     def refine(self, session, *, scores, boxes, masks, exp_id="", on_frame=None):
-        if exp_id == "b" and not session.offload_state_to_cpu:
+        if exp_id == "b" and not session.video.offload_state_to_cpu:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return super().refine(
             session, scores=scores, boxes=boxes, masks=masks, exp_id=exp_id, on_frame=on_frame
@@ -225,14 +226,14 @@ def test_out_of_memory_retries_the_video_offloaded(tiny, fixtures_dir, caplog, d
     with caplog.at_level(logging.WARNING, logger="stage2_sam2_refine.refine"):
         done = [
             e
-            for e, _ in _OutOfMemoryOnce(predictor, default_config.stage2).refine_video(
-                frames, expressions, video_id="videoZ"
-            )
+            for e, _ in _OutOfMemoryOnce(
+                Sam2Tracker(predictor, default_config.stage2), default_config.stage2
+            ).refine_video(frames, expressions, video_id="videoZ")
         ]
     assert done == ["a", "b", "c"]
     assert "videoZ" in caplog.text and "expression b" in caplog.text
 
     no_retry = dataclasses.replace(default_config.stage2, retry_offloaded_on_oom=False)
-    strict = _OutOfMemoryOnce(predictor, no_retry)
+    strict = _OutOfMemoryOnce(Sam2Tracker(predictor, no_retry), no_retry)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         list(strict.refine_video(frames, expressions, video_id="videoZ"))

@@ -25,6 +25,7 @@ from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.options import PromptKind
 from stage2_sam2_refine.reference import build_reference_predictor, reference_refine
 from stage2_sam2_refine.refine import Refiner
+from stage2_sam2_refine.sam2_tracker import Sam2Tracker
 
 pytestmark = pytest.mark.slow  # loads the fixture models
 
@@ -88,7 +89,7 @@ def test_shared_features_give_identical_masks(
     prompt, stock, ours, frame_dir, proposals, encoder_calls, default_config
 ):
     options = dataclasses.replace(default_config.stage2, prompt=PromptKind(prompt))
-    refiner = Refiner(ours, options)
+    refiner = Refiner(Sam2Tracker(ours, options), options)
     session = refiner.open_video(sorted(frame_dir.glob("*.jpg")), video_id="videoA")
     for exp_id, props in proposals.items():
         result = refiner.refine(
@@ -109,7 +110,9 @@ def test_shared_features_give_identical_masks(
         assert np.array_equal(result.masks, expected), f"expression {exp_id}"
         assert result.masks.any()
     # every frame went through the image encoder exactly once, for all expressions and passes
-    assert len(encoder_calls) == NUM_FRAMES and sorted(session.features) == list(range(NUM_FRAMES))
+    assert len(encoder_calls) == NUM_FRAMES and sorted(session.video.features) == list(
+        range(NUM_FRAMES)
+    )
 
 
 def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, default_config):
@@ -117,9 +120,9 @@ def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, def
     props = proposals["4"]
     results = []
     for offload in (False, True):
-        refiner = Refiner(ours, default_config.stage2)
+        refiner = Refiner(Sam2Tracker(ours, default_config.stage2), default_config.stage2)
         session = refiner.open_video(frames, video_id="videoA", offload=offload)
-        assert session.feature_device.type == "cpu"
+        assert session.video.feature_device.type == "cpu"
         results.append(
             refiner.refine(session, scores=props.scores, boxes=props.boxes, masks=props.masks)
         )
@@ -130,7 +133,7 @@ def test_offloaded_session_gives_identical_masks(ours, frame_dir, proposals, def
 
 def test_frame_progress_counts_every_propagated_frame(ours, frame_dir, proposals, default_config):
     """``on_frame`` counts up to the total of both passes, which it knows from the first frame."""
-    refiner = Refiner(ours, default_config.stage2)
+    refiner = Refiner(Sam2Tracker(ours, default_config.stage2), default_config.stage2)
     calls: list[tuple[str, int, int]] = []
     results = dict(
         refiner.refine_video(

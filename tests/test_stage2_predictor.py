@@ -1,24 +1,28 @@
-"""SharedFeatureVideoPredictor around sam2: the record of the sam2 it was written for, the frames a
+"""SharedFeatureVideoPredictor around sam2: the sam2 release it was written for, the frames a
 pass visits, and clearing memories around a new prompt (``clear_non_cond_mem_around_input``)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sam2.sam2_video_predictor import SAM2VideoPredictor
+import torch
+from sam2 import sam2_video_predictor
 
 from stage2_sam2_refine import predictor as predictor_module
 from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.predictor import (
-    SAM2_SIGNATURES,
+    SAM2_VERSION,
     SharedFeatureVideoPredictor,
     VideoSession,
     check_sam2_compatibility,
+    installed_sam2_version,
 )
-from stage2_sam2_refine.samurai import SAMURAI_SAM2_SIGNATURES
+from stage2_sam2_refine.reference import build_reference_predictor
+from stage2_sam2_refine.tracker import propagation_order
 
 NUM_FRAMES = 24  # the first frames of videoA
 PROMPT_FRAME = 10  # both objects are prompted here first
@@ -29,6 +33,16 @@ def _build(fixtures_dir: Path, overrides: dict | None = None) -> SharedFeatureVi
     return build_sam2_predictor(
         tiny / "tiny_sam2.1.yaml", tiny / "weights_propagating.pt", overrides=overrides
     )
+
+
+@pytest.fixture(scope="module")
+def frame_dir(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first NUM_FRAMES frames of videoA in a folder of their own, as SAM 2 reads them."""
+    source = fixtures_dir / "refine_tiny" / "mevis" / "JPEGImages" / "videoA"
+    folder = tmp_path_factory.mktemp("videoA")
+    for path in sorted(source.glob("*.jpg"))[:NUM_FRAMES]:
+        shutil.copy(path, folder / path.name)
+    return folder
 
 
 def _open(model: SharedFeatureVideoPredictor, fixtures_dir: Path) -> VideoSession:
@@ -50,36 +64,9 @@ def _non_cond_frames(state: dict, obj_idx: int) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_installed_sam2_matches_the_record():
+def test_installed_sam2_is_the_release_written_for():
+    assert installed_sam2_version() == SAM2_VERSION == "1.1.0"
     assert check_sam2_compatibility() == ""
-    assert check_sam2_compatibility(SAMURAI_SAM2_SIGNATURES, strict=True) == ""
-    assert set(SAM2_SIGNATURES) < set(SAMURAI_SAM2_SIGNATURES)
-
-
-def test_changed_sam2_method_is_named_with_both_signatures(monkeypatch: pytest.MonkeyPatch):
-    def get_image_feature(self, inference_state, frame_idx):  # batch_size gone
-        raise NotImplementedError
-
-    monkeypatch.setattr(SAM2VideoPredictor, "_get_image_feature", get_image_feature)
-    message = check_sam2_compatibility()
-    line = next(x for x in message.splitlines() if "SAM2VideoPredictor._get_image_feature" in x)
-    assert "expected (self, inference_state, frame_idx, batch_size)" in line
-    assert "found (self, inference_state, frame_idx)" in line
-    assert len(message.splitlines()) == 2  # the heading and this method
-    with pytest.raises(RuntimeError, match="_get_image_feature: expected"):
-        check_sam2_compatibility(strict=True)
-
-
-def test_sam2_defining_a_method_we_define_is_reported(monkeypatch: pytest.MonkeyPatch):
-    def clear(self, inference_state, frame_idx, obj_idx):
-        raise NotImplementedError
-
-    monkeypatch.setattr(
-        SAM2VideoPredictor, "_clear_obj_non_cond_mem_around_input", clear, raising=False
-    )
-    message = check_sam2_compatibility()
-    assert "_clear_obj_non_cond_mem_around_input: expected absent from sam2" in message
-    assert "found (self, inference_state, frame_idx, obj_idx)" in message
 
 
 @pytest.mark.slow
@@ -93,6 +80,51 @@ def test_other_sam2_version_warns_on_build_but_builds(fixtures_dir, monkeypatch,
 
 
 # --------------------------------------------------------------------------------------------------
+# sam2's own init_state and propagate_in_video
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_init_state_takes_an_opened_video_or_a_frame_folder(fixtures_dir: Path, frame_dir: Path):
+    model = _build(fixtures_dir)
+    session = _open(model, fixtures_dir)
+    loader = sam2_video_predictor.load_video_frames
+    state = model.init_state(session)
+    assert state["images"] is session and state["num_frames"] == NUM_FRAMES
+    assert (state["video_height"], state["video_width"]) == session.size
+    assert sorted(session.features) == [0]  # sam2's warm-up frame, kept in the session
+    assert sam2_video_predictor.load_video_frames is loader  # sam2's own again
+    with pytest.raises(TypeError, match="own settings"):
+        model.init_state(session, offload_video_to_cpu=True)
+
+    from_folder = model.init_state(str(frame_dir))  # sam2's own loading and feature handling
+    assert torch.equal(from_folder["images"], session.images)
+    assert sorted(from_folder["cached_features"]) == [0]
+
+
+@pytest.mark.slow
+def test_propagation_draws_no_progress_bar(fixtures_dir, frame_dir, capfd):
+    """sam2 draws a tqdm bar per ``propagate_in_video`` pass; ours does not (same masks)."""
+    tiny = fixtures_dir / "sam2_tiny"
+    stock = build_reference_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_propagating.pt")
+    model = _build(fixtures_dir)
+    session = _open(model, fixtures_dir)
+    bar = sam2_video_predictor.tqdm
+    masks = {}
+    for name, predictor, video in [("stock", stock, None), ("ours", model, session)]:
+        state = predictor.init_state(str(frame_dir) if video is None else video)
+        predictor.add_new_mask(state, PROMPT_FRAME, 1, _disc(session, 200, 300, 80))
+        capfd.readouterr()
+        masks[name] = [m for _, _, m in predictor.propagate_in_video(state)]
+        drawn = "propagate in video" in capfd.readouterr().err
+        assert drawn == (name == "stock"), name
+    assert sam2_video_predictor.tqdm is bar
+    assert len(masks["ours"]) == NUM_FRAMES - PROMPT_FRAME
+    for ours, theirs in zip(masks["ours"], masks["stock"], strict=True):
+        assert torch.equal(ours, theirs)
+
+
+# --------------------------------------------------------------------------------------------------
 # Propagation
 # --------------------------------------------------------------------------------------------------
 
@@ -103,7 +135,7 @@ def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
     outputs within ``memory_temporal_stride_for_eval * num_maskmem`` frames, and no other's."""
     model = _build(fixtures_dir, {"clear_non_cond_mem_around_input": True})
     session = _open(model, fixtures_dir)
-    state = model.init_expression_state(session)
+    state = model.init_state(session)
     model.add_new_mask(state, PROMPT_FRAME, 1, _disc(session, 200, 300, 80))
     model.add_new_mask(state, PROMPT_FRAME, 2, _disc(session, 300, 700, 60))
     tracked = list(range(PROMPT_FRAME + 1, NUM_FRAMES))
@@ -115,7 +147,9 @@ def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
     model.add_new_mask(state, new_prompt, 1, _disc(session, 200, 290, 80))
     radius = model.memory_temporal_stride_for_eval * model.num_maskmem
     assert radius == 7  # tiny SAM 2.1: stride 1, 7 memories
-    order = model.propagation_order(state)  # counts the pending prompt
+    # the forward pass from the earliest prompted frame, the pending prompt included
+    prompted = [PROMPT_FRAME, new_prompt]
+    order = [t for t, reverse in propagation_order(NUM_FRAMES, prompted) if not reverse]
     assert list(order) == list(range(new_prompt, NUM_FRAMES))
     model.propagate_in_video_preflight(state)  # sam2's, calling the per-object clearing
     assert _non_cond_frames(state, 0) == [t for t in tracked if t > new_prompt + radius]
@@ -129,20 +163,20 @@ def test_clearing_memories_around_a_new_prompt(fixtures_dir: Path):
 
 
 @pytest.mark.slow
-def test_propagation_order_counts_the_frames_of_a_pass(fixtures_dir: Path):
+@pytest.mark.parametrize("prompted", [[PROMPT_FRAME, PROMPT_FRAME + 3], [0, 5]])
+def test_propagation_order_is_the_order_sam2_propagates_in(fixtures_dir: Path, prompted):
+    """The interface's :func:`propagation_order` lists the frames SAM 2's ``propagate_in_video``
+    yields, forward then reverse (no reverse pass from frame 0)."""
     model = _build(fixtures_dir)
     session = _open(model, fixtures_dir)
-    state = model.init_expression_state(session)
-    with pytest.raises(RuntimeError, match="no prompted frame"):
-        model.propagation_order(state)
-    model.add_new_mask(state, PROMPT_FRAME, 0, _disc(session, 200, 300, 80))
-    for kwargs in [
-        {"reverse": False, "max_frame_num_to_track": 5},
-        {"reverse": True},
-        {"reverse": True, "start_frame_idx": 0},
-    ]:
-        order = model.propagation_order(state, **kwargs)
-        frames = [t for t, _, _ in model.propagate_in_video(state, **kwargs)]
-        assert frames == list(order), kwargs
-    assert list(model.propagation_order(state, reverse=True)) == list(range(PROMPT_FRAME, -1, -1))
-    assert len(model.propagation_order(state, max_frame_num_to_track=5)) == 6
+    state = model.init_state(session)
+    with pytest.raises(RuntimeError, match="No input points or masks"):
+        next(model.propagate_in_video(state))
+    for obj_id, frame_idx in enumerate(prompted):
+        model.add_new_mask(state, frame_idx, obj_id, _disc(session, 200, 300 + 100 * obj_id, 80))
+    steps = [
+        (t, reverse)
+        for reverse in (False, True)
+        for t, _, _ in model.propagate_in_video(state, reverse=reverse)
+    ]
+    assert steps == propagation_order(NUM_FRAMES, prompted)
