@@ -155,7 +155,9 @@ class VideoTracker(Protocol):
 
 # ``stage2.tracker`` name -> ``module:function`` building its :class:`VideoTracker` from the
 # ``stage2`` options and a device. A new tracker is one module and one line here.
-TRACKERS: dict[str, str] = {}
+TRACKERS: dict[str, str] = {
+    "sam3": "stage2_sam2_refine.sam3:build",
+}
 
 
 def build_tracker(options: Stage2Options, *, device: str | torch.device = "cpu") -> VideoTracker:
