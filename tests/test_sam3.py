@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from referdino_plus.config import compose_config, load_config, to_yaml
@@ -24,6 +24,10 @@ from rvos.checkpoints import CheckpointError
 from rvos.options import OptionError
 from stage2_sam2_refine import sam3
 from stage2_sam2_refine.tracker import ObjectPrompt, build_tracker, propagation_order
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import real_size  # noqa: E402
 
 NUM_FRAMES, HEIGHT, WIDTH = 3, 48, 64
 
@@ -50,29 +54,10 @@ def tiny_sam3_config():
     )
 
 
-def released_processor():
-    """SAM 3's processor as transformers' conversion of the released weights saves it."""
-    from transformers import Sam2VideoVideoProcessor, Sam3TrackerVideoProcessor
-    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
-
-    video_processor = Sam2VideoVideoProcessor(
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], size={"height": 1008, "width": 1008}
-    )
-    return Sam3TrackerVideoProcessor(
-        image_processor=Sam3ImageProcessor(), video_processor=video_processor
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_sam3_dir(tmp_path_factory) -> Path:
     """A transformers folder of the tiny tracker (config.json, model.safetensors, processor)."""
-    from transformers import Sam3TrackerVideoModel
-
-    folder = tmp_path_factory.mktemp("tiny_sam3")
-    torch.manual_seed(0)
-    Sam3TrackerVideoModel(tiny_sam3_config()).save_pretrained(folder)
-    released_processor().save_pretrained(folder)
-    return folder
+    return real_size.write_sam3(tmp_path_factory.mktemp("tiny_sam3"), tiny_sam3_config())
 
 
 @pytest.fixture(scope="session")
