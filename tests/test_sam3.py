@@ -423,3 +423,40 @@ def test_pipeline_and_demo_with_sam3(
     assert sorted(p.name for p in (out / "masks" / "0").iterdir()) == [
         f"{t:05d}.png" for t in range(NUM_FRAMES)
     ]
+
+
+def test_the_app_offers_sam3_with_its_released_weights(tmp_path):
+    from referdino_plus.app import CONFIGURED_SAM2, App, JobRequest
+    from referdino_plus.segmenter import DemoError
+
+    def app_with(*overrides):
+        cfg = load_config([*overrides, f"app.results_dir={tmp_path / 'app'}", "app.examples=[]"])
+        return App(cfg, "cpu")
+
+    app = app_with()
+    assert "sam3" in app.tracker_choices
+    request = JobRequest(
+        source=tmp_path,
+        sentences=["a dog"],
+        frame_step=1,
+        max_frames=2,
+        sam2=CONFIGURED_SAM2,
+        prompt="mask",
+        tracker="sam3",
+    )
+    stage2 = app.job_config(request).stage2
+    assert (stage2.model, stage2.checkpoint, str(stage2.tracker)) == (
+        "sam3",
+        "facebook/sam3",
+        "sam3",
+    )
+    samurai = app.job_config(dataclasses.replace(request, tracker="samurai")).stage2
+    assert (samurai.model, samurai.checkpoint) == (app.cfg.stage2.model, app.cfg.stage2.checkpoint)
+    with pytest.raises(DemoError, match="SAM 2 weights do not fit the sam3 tracker"):
+        app.job_config(dataclasses.replace(request, sam2="tiny"))
+    # A server configured with SAM 3 keeps its folder for sam3; sam2 gets its released weights.
+    folder = tmp_path / "sam3"
+    app = app_with("stage2.tracker=sam3", f"stage2.checkpoint={folder}")
+    assert app.job_config(request).stage2.checkpoint == str(folder)
+    sam2 = app.job_config(dataclasses.replace(request, tracker="sam2")).stage2
+    assert (sam2.model, sam2.checkpoint) == ("sam2.1_hiera_l", "checkpoints/sam2.1_hiera_large.pt")
