@@ -107,6 +107,13 @@ def checkpoint_problem(options: Stage2Options) -> str | None:
     return _model_type_problem(config, where)
 
 
+def model_problems(options: Stage2Options, *, hint: str = "") -> list[str]:
+    """:func:`checkpoint_problem` as a list, for the preflight's table of trackers (``hint``, how to
+    get SAM 2's files, does not apply: SAM 3's lines say how to get its weights)."""
+    problem = checkpoint_problem(options)
+    return [problem] if problem else []
+
+
 def _transformers_problem() -> str | None:
     try:
         from transformers import Sam3TrackerVideoModel, Sam3TrackerVideoProcessor  # noqa: F401

@@ -328,11 +328,12 @@ def test_build_errors_are_one_line_before_anything_loads(
     }
     for message, changes in cases.items():
         options = dataclasses.replace(sam3_options, **changes)
-        assert one_line(sam3.checkpoint_problem(options))
+        assert sam3.model_problems(options, hint="") == [one_line(sam3.checkpoint_problem(options))]
         with pytest.raises(CheckpointError, match=message) as raised:
             sam3.build(options, device="cpu")
         assert "\n" not in str(raised.value)
     assert sam3.checkpoint_problem(sam3_options) is None
+    assert sam3.model_problems(sam3_options, hint="") == []
 
 
 def test_hub_ids_gated_unknown_or_offline(sam3_options, tmp_path, monkeypatch):
