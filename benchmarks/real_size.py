@@ -12,6 +12,10 @@ uses for the released weights:
 - SAM 2.1 ``t``/``s``/``b+``/``l`` at 1024 px: the installed ``sam2`` package's YAMLs,
   randomly initialised, saved in SAM 2's checkpoint format (``{"model": state_dict}``) and loaded
   with :func:`stage2_sam2_refine.build.build_sam2_predictor`.
+- SAM 3's tracker at 1008 px: transformers' ``Sam3TrackerVideoConfig()`` (the tracker part of
+  ``facebook/sam3``'s configuration), randomly initialised by transformers, saved as a transformers
+  folder with the processor the released weights come with, and loaded with
+  :func:`stage2_sam2_refine.sam3.build` (``stage2.tracker=sam3``).
 
 The weights are random, so the outputs mean nothing; the sizes, and so the time and memory, are
 those of the real models.
@@ -27,6 +31,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -243,3 +248,36 @@ def write_sam2(folder: Path, model: str = "sam2.1_hiera_l", *, seed: int = 0) ->
     count = sum(p.numel() for p in sam2.parameters())
     logger.info("wrote %s: %.1f M parameters (random)", path, count / 1e6)
     return path
+
+
+def sam3_processor() -> Any:
+    """SAM 3's processor as transformers' conversion of the released weights saves it (frames
+    resized to 1008 px, normalised with mean and std 0.5)."""
+    from transformers import Sam2VideoVideoProcessor, Sam3TrackerVideoProcessor
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+
+    video_processor = Sam2VideoVideoProcessor(
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], size={"height": 1008, "width": 1008}
+    )
+    return Sam3TrackerVideoProcessor(
+        image_processor=Sam3ImageProcessor(), video_processor=video_processor
+    )
+
+
+def write_sam3(folder: Path, config: Any = None, *, seed: int = 0) -> Path:
+    """Write a random-weight SAM 3 tracker as a transformers folder (``config.json``,
+    ``model.safetensors``, ``processor_config.json``); returns ``folder``.
+
+    Args:
+        config: a ``Sam3TrackerVideoConfig``; ``None``: the released configuration's.
+    """
+    from transformers import Sam3TrackerVideoConfig, Sam3TrackerVideoModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Sam3TrackerVideoModel(config if config is not None else Sam3TrackerVideoConfig())
+    model.save_pretrained(folder)
+    sam3_processor().save_pretrained(folder)
+    count = sum(p.numel() for p in model.parameters())
+    logger.info("wrote %s: %.1f M parameters (random)", folder, count / 1e6)
+    return folder

@@ -198,7 +198,9 @@ class JobRequest:
         max_frames: stop after this many kept frames.
         sam2: :data:`CONFIGURED_SAM2` or the ``name`` of an ``app.sam2_models`` entry.
         prompt: ``stage2.prompt`` (``mask``, ``box``, ``point``).
-        tracker: ``stage2.tracker`` (``sam2``, ``samurai``).
+        tracker: ``stage2.tracker`` (``sam2``, ``samurai``, ``sam3``); when its weights differ
+            from the configured tracker's, the page's configured SAM 2 means its released ones
+            (``stage2.released``).
     """
 
     source: Path
@@ -303,21 +305,32 @@ class App:
             logger.warning("%s", err)
 
     def job_config(self, request: JobRequest) -> PipelineConfig:
-        """The configuration of one job: the page's SAM 2, prompt kind and tracker.
+        """The configuration of one job: the page's SAM 2, prompt kind and tracker (SAM 2 sizes go
+        with the trackers on SAM 2 weights).
 
         Raises:
             DemoError: an unknown choice.
         """
+        if request.tracker not in self.tracker_choices:
+            raise DemoError(f"tracker {request.tracker!r}: expected one of {self.tracker_choices}")
+        released = self.cfg.stage2.released
         stage2: dict[str, Any] = {}
         if request.sam2 != CONFIGURED_SAM2:
             choice = next((c for c in self.cfg.app.sam2_models if c.name == request.sam2), None)
             if choice is None:
                 raise DemoError(f"SAM 2 {request.sam2!r}: expected one of {self.sam2_choices}")
+            if released[request.tracker] != released[str(Tracker.sam2)]:
+                raise DemoError(
+                    f"SAM 2 {request.sam2!r}: SAM 2 weights do not fit the {request.tracker} "
+                    f"tracker; choose {CONFIGURED_SAM2!r}"
+                )
             stage2 = {"model": choice.model, "checkpoint": choice.checkpoint}
+        elif released[request.tracker] != released[str(self.cfg.stage2.tracker)]:
+            # Another tracker family than the configured one: its released weights.
+            weights = released[request.tracker]
+            stage2 = {"model": weights.model, "checkpoint": weights.checkpoint}
         if request.prompt not in self.prompt_choices:
             raise DemoError(f"prompt {request.prompt!r}: expected one of {self.prompt_choices}")
-        if request.tracker not in self.tracker_choices:
-            raise DemoError(f"tracker {request.tracker!r}: expected one of {self.tracker_choices}")
         return with_stage2(
             self.cfg,
             prompt=PromptKind(request.prompt),

@@ -54,6 +54,12 @@ _NON_NUMERIC_KEYS = {
     "offload_state_to_cpu",
     "retry_offloaded_on_oom",
 }
+# The stage-2 sections each tracker reads besides the shared keys; the other trackers' sections
+# are left out of its fingerprint. sam2 keeps samurai's: its records were fingerprinted with that
+# section before trackers had sections of their own, and are not recomputed. ``released`` only
+# supplies the defaults of stage2.model and stage2.checkpoint, which count as resolved.
+_STAGE2_TRACKER_SECTIONS = {"sam2": {"samurai"}, "samurai": {"samurai"}, "sam3": set()}
+_STAGE2_DEFAULTS_TABLE = "released"
 # Bumped when a stage computes other outputs from the same configuration, so that records made by
 # earlier code are recomputed instead of mixed in (stage 1, 2: expressions as written, queries in
 # the model's order).
@@ -79,24 +85,35 @@ class RunResult:
         return all(s.ok for s in self.stage_summaries.values())
 
 
+def _numeric(section: Any) -> dict[str, Any]:
+    return {k: v for k, v in to_plain(section).items() if k not in _NON_NUMERIC_KEYS}
+
+
+def _stage2_part(options: Any) -> dict[str, Any]:
+    """The ``stage2`` keys that make its records: the shared ones and the chosen tracker's own
+    section (:data:`_STAGE2_TRACKER_SECTIONS`)."""
+    part = _numeric(options)
+    part.pop(_STAGE2_DEFAULTS_TABLE, None)
+    own = _STAGE2_TRACKER_SECTIONS[str(options.tracker)]
+    others = set().union(*_STAGE2_TRACKER_SECTIONS.values()) - own
+    return {k: v for k, v in part.items() if k not in others}
+
+
 def stage_fingerprints(cfg: PipelineConfig) -> Fingerprints:
     """Fingerprint of each stage's numerically relevant configuration, chained downstream."""
-
-    def numeric(section: Any) -> dict[str, Any]:
-        return {k: v for k, v in to_plain(section).items() if k not in _NON_NUMERIC_KEYS}
 
     stage1 = cfg.stage1
     if stage1.legacy_dir:
         stage1_part = {"legacy_dir": stage1.legacy_dir, "obj_threshold": stage1.obj_threshold}
     else:
-        stage1_part = numeric(stage1)
+        stage1_part = _numeric(stage1)
     stage1_fields = {"stage1": stage1_part, "revision": STAGE1_REVISION}
     # The answer rule changes the records' answers. Records of the rule every run used before
     # rules were selectable keep their fingerprint, so existing MeViS work is not recomputed.
     if cfg.data.answer != THRESHOLD_OR_TOP1:
         stage1_fields["answer"] = cfg.data.answer
     fp1 = im.config_fingerprint(stage1_fields)
-    fp2 = im.config_fingerprint({"stage2": numeric(cfg.stage2), "stage1": fp1})
+    fp2 = im.config_fingerprint({"stage2": _stage2_part(cfg.stage2), "stage1": fp1})
     fp3 = im.config_fingerprint({"stage3": to_plain(cfg.stage3), "stage2": fp2})
     return {1: fp1, 2: fp2, 3: fp3}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rvos.options import Autocast, CacheDevice, Choice, check_range
+from rvos.options import Autocast, CacheDevice, Choice, OptionError, check_range
 
 
 class PromptKind(Choice):
@@ -16,10 +16,20 @@ class PromptKind(Choice):
 
 
 class Tracker(Choice):
-    """How SAM 2 tracks the prompted objects."""
+    """The video tracker that propagates the prompted objects (:data:`~stage2_sam2_refine.tracker.TRACKERS`)."""
 
     sam2 = "sam2"  # SAM 2.1 as released
-    samurai = "samurai"  # SAMURAI's motion-aware mask choice and memory
+    samurai = "samurai"  # SAMURAI's motion-aware mask choice and memory, on SAM 2.1 weights
+    sam3 = "sam3"  # SAM 3's tracker through transformers (Sam3TrackerVideoModel), its own weights
+
+
+@dataclass
+class TrackerWeights:
+    """One tracker's released weights (an entry of ``stage2.released``): what ``stage2.model``
+    and ``stage2.checkpoint`` are unless set."""
+
+    model: str
+    checkpoint: str
 
 
 @dataclass
@@ -46,19 +56,22 @@ class Stage2Options:
     """The ``stage2`` section of ``configs/pipeline.yaml``, where each value is explained.
 
     Attributes:
-        model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path.
-        checkpoint: the SAM 2 checkpoint.
+        model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path (``sam2``, ``samurai``);
+            ``sam3`` (``sam3``).
+        checkpoint: the tracker's weights: a SAM 2 checkpoint file, or SAM 3's transformers
+            folder or hub id.
         score_threshold: keep queries whose mean score over the frames above it exceeds it.
         prompt: how a kept query prompts SAM 2.
         num_points: clicks sampled from the mask (``prompt=point``).
         point_seed: seed of the click sampler (each expression restarts from it).
-        tracker: SAM 2 or SAMURAI tracking.
+        tracker: the video tracker (SAM 2, SAMURAI or SAM 3).
         autocast: CUDA mixed precision; ``None``: float32. The CPU always runs float32.
         offload_video_to_cpu: decoded frames stay in host memory.
         offload_state_to_cpu: tracking memories stay in host memory.
         retry_offloaded_on_oom: redo a video that runs out of GPU memory with everything offloaded.
         feature_cache_device: where shared per-frame image features wait.
         samurai: SAMURAI's hyper-parameters.
+        released: each tracker's released weights, the defaults of ``model`` and ``checkpoint``.
     """
 
     SECTION = "stage2"
@@ -76,7 +89,14 @@ class Stage2Options:
     retry_offloaded_on_oom: bool
     feature_cache_device: CacheDevice
     samurai: SamuraiOptions
+    released: dict[str, TrackerWeights]
 
     def __post_init__(self) -> None:
         check_range(self, "score_threshold", 0.0, 1.0)
         check_range(self, "num_points", 1)
+        names = {tracker.value for tracker in Tracker}
+        if set(self.released) != names:
+            raise OptionError(
+                f"{self.SECTION}.released: expected one entry per tracker ({', '.join(sorted(names))}), "
+                f"got {', '.join(sorted(self.released)) or 'none'}"
+            )

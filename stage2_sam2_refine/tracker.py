@@ -162,6 +162,7 @@ class VideoTracker(Protocol):
 TRACKERS: dict[str, str] = {
     "sam2": "stage2_sam2_refine.sam2_tracker:build",  # SAM 2.1, the official sam2 package
     "samurai": "stage2_sam2_refine.samurai:build",  # SAMURAI's motion-aware selection on SAM 2.1
+    "sam3": "stage2_sam2_refine.sam3:build",  # SAM 3's tracker, through transformers
 }
 
 
