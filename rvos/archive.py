@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image
-from tqdm import tqdm
 
 from rvos.davis import annotator_dir, encode_label_png
 from rvos.io import atomic_output, safe_component
+from rvos.progress import progress_bar
 from rvos.splits import Video
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def write_archive(
     )
     count = 0
     with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for entries in tqdm(
+        for entries in progress_bar(
             results, total=len(video_ids), desc=desc or path.name, unit="video", leave=False
         ):
             for name, data in entries:

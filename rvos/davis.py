@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from rvos.evaluation import PNG_SUFFIX, PredictionArchive
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores
+from rvos.progress import progress_bar
 from rvos.splits import DataError, Split
 
 logger = logging.getLogger(__name__)
@@ -424,7 +424,9 @@ def evaluate_davis17(
     results = Parallel(n_jobs=jobs, return_as="generator")(
         delayed(_score_sequence)(task, bound_th) for task in tasks
     )
-    bar = tqdm(results, total=len(tasks), desc="DAVIS J&F", unit="seq", disable=not progress)
+    bar = progress_bar(
+        results, total=len(tasks), desc="DAVIS J&F", unit="seq", disable=not progress
+    )
     per_object: dict[int, dict[tuple[str, int], ObjectScore]] = {k: {} for k in missing}
     for task, scores in zip(tasks, bar, strict=True):
         for obj_id, score in scores.items():

@@ -44,10 +44,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 from joblib import Parallel, delayed
-from tqdm import tqdm
 
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
 from rvos.mevis import MASK_FILE, DataError, MevisSplit, gt_frame_mask, gt_frame_size
+from rvos.progress import progress_bar
 from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -532,7 +532,7 @@ def evaluate_mevis(
             delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th) for item in todo
         )
         results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
-        bar = tqdm(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
+        bar = progress_bar(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
         computed = {
             (item.video_id, item.exp_id): score for item, score in zip(todo, bar, strict=True)
         }

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from referdino_plus.preflight import PNG_BYTES_PER_PIXEL, space_problem
+from referdino_plus.preflight import space_problem
 from rvos.checkpoints import CheckpointError, load_weights
 from rvos.frames import check_frames
 from rvos.io import atomic_output, make_temp_dir
@@ -194,13 +194,22 @@ def test_unwritable_submission_dir_is_found_before_the_compute(
     assert report["status"] == "failed" and "submission_dir" in report["error"]
 
 
-def test_too_little_space_is_a_problem(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("free", "needed", "stated"),
+    [
+        (10**6, 5 * 10**9, "1.0 MB free, the run needs about 5.0 GB"),
+        (0, 3 * 10**5, "0 kB free, the run needs about 300 kB"),
+        (2 * 10**9, 35 * 10**8, "2.0 GB free, the run needs about 3.5 GB"),
+    ],
+)
+def test_too_little_space_is_a_problem_in_the_unit_that_fits(
+    tmp_path, monkeypatch, free, needed, stated
+):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10**6))
-    problem = space_problem(tmp_path, "submission_dir", 5 * 10**9)
-    assert problem.startswith(f"submission_dir={tmp_path}: 0.0 GB free, the run needs about 5.0 GB")
-    assert space_problem(tmp_path, "submission_dir", 10**5) is None
-    assert 1280 * 720 * PNG_BYTES_PER_PIXEL > 7_000  # the estimate covers a 720p mask PNG
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
+    problem = space_problem(tmp_path, "submission_dir", needed)
+    assert problem.startswith(f"submission_dir={tmp_path}: {stated}; free some space")
+    assert space_problem(tmp_path, "submission_dir", free) is None
 
 
 # ----------------------------------------------------------------------------- finished runs
