@@ -38,7 +38,9 @@ CHECKPOINT_FAMILIES: dict[str, Callable[[Any], bool]] = {
     # ReferDINO: {"model_state_dict": ...} (its Swin backbone, transformer and BERT)
     "ReferDINO": _state_dict_with("model_state_dict", ("backbone.", "transformer.", "bert.")),
     # SAM 2 / SAM 2.1: {"model": ...} (image encoder, memory attention, mask decoder)
-    "SAM 2": _state_dict_with("model", ("image_encoder.", "memory_attention.", "sam_mask_decoder.")),
+    "SAM 2": _state_dict_with(
+        "model", ("image_encoder.", "memory_attention.", "sam_mask_decoder.")
+    ),
 }
 
 
@@ -106,9 +108,7 @@ def _describe_content(content: Any) -> str:
     return f"a {type(content).__name__}"
 
 
-def checkpoint_family_problem(
-    path: str | Path, *, key: str, family: str, hint: str
-) -> str | None:
+def checkpoint_family_problem(path: str | Path, *, key: str, family: str, hint: str) -> str | None:
     """Why ``path`` is not a usable ``family`` checkpoint, or ``None``: missing, not a PyTorch
     file, unreadable, or a checkpoint of another model.
 

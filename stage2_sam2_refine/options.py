@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rvos.options import Autocast, CacheDevice, Choice, check_range
+from rvos.options import Autocast, CacheDevice, Choice, bounded, check_declared
 
 
 class PromptKind(Choice):
@@ -28,17 +28,16 @@ class SamuraiOptions:
 
     SECTION = "stage2.samurai"
 
-    kf_score_weight: float
-    stable_frames_threshold: int
-    stable_ious_threshold: float
-    min_obj_score_logits: float
-    memory_bank_iou_threshold: float
-    memory_bank_obj_score_threshold: float
-    memory_bank_kf_score_threshold: float
+    kf_score_weight: float = bounded(0.0, 1.0)
+    stable_frames_threshold: int = bounded(0)
+    stable_ious_threshold: float = bounded(0.0, 1.0)  # a predicted IoU
+    min_obj_score_logits: float = bounded()  # a logit: any finite value
+    memory_bank_iou_threshold: float = bounded(0.0, 1.0)
+    memory_bank_obj_score_threshold: float = bounded()  # a logit
+    memory_bank_kf_score_threshold: float = bounded(0.0, 1.0)  # an IoU
 
     def __post_init__(self) -> None:
-        check_range(self, "kf_score_weight", 0.0, 1.0)
-        check_range(self, "stable_frames_threshold", 0)
+        check_declared(self)
 
 
 @dataclass
@@ -65,10 +64,10 @@ class Stage2Options:
 
     model: str
     checkpoint: str
-    score_threshold: float
+    score_threshold: float = bounded(0.0, 1.0)
     prompt: PromptKind
-    num_points: int
-    point_seed: int
+    num_points: int = bounded(1)
+    point_seed: int = bounded(0)  # numpy's generators take non-negative seeds
     tracker: Tracker
     autocast: Autocast | None
     offload_video_to_cpu: bool
@@ -78,5 +77,4 @@ class Stage2Options:
     samurai: SamuraiOptions
 
     def __post_init__(self) -> None:
-        check_range(self, "score_threshold", 0.0, 1.0)
-        check_range(self, "num_points", 1)
+        check_declared(self)

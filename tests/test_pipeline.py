@@ -129,7 +129,9 @@ def test_archives_of_another_configuration_are_set_aside(tmp_path, caplog):
         "stale/unknown/fused.zip",
     ]
     assert (tmp_path / "stage1.zip").is_file() and not (tmp_path / "fused.zip").exists()
-    assert "another configuration: moved to" in caplog.text and "stale/old/stage2.zip" in caplog.text
+    assert (
+        "another configuration: moved to" in caplog.text and "stale/old/stage2.zip" in caplog.text
+    )
     # Another archive of the same configuration later: set aside beside it, never over it.
     first = (tmp_path / "stale" / "old" / "stage2.zip").read_bytes()
     _stamped_zip(tmp_path / "stage2.zip", archive_stamp(2, "old"))
