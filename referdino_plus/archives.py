@@ -53,10 +53,16 @@ def archive_masks(
     return video.frame_names, masks
 
 
-def archive_stamp(stage: int, fingerprint: str) -> dict[str, Any]:
-    """What an archive keeps in its comment: the stage whose records made it, and their
-    configuration's fingerprint."""
-    return {"stage": stage, "config_fingerprint": fingerprint}
+def archive_stamp(
+    stage: int, fingerprint: str, run_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """What an archive keeps in its comment: the stage whose records made it, their
+    configuration's fingerprint, and that of the whole configuration of the run (the last
+    stage's, which chains the others: the archives of one configuration share it)."""
+    stamp: dict[str, Any] = {"stage": stage, "config_fingerprint": fingerprint}
+    if run_fingerprint is not None:
+        stamp["run_fingerprint"] = run_fingerprint
+    return stamp
 
 
 def archive_is_current(path: Path, records: Sequence[Path], fingerprint: str) -> bool:
@@ -85,7 +91,8 @@ def stale_target(submission_dir: Path, name: str, fingerprint: str | None) -> Pa
 
 def set_aside_stale_archives(submission_dir: Path, fingerprints: Mapping[int, str]) -> list[Path]:
     """Move the archives made with another configuration (or of unknown origin) to
-    ``submission_dir/stale/<their fingerprint>/`` (:func:`stale_target`), so that a failed run
+    ``submission_dir/stale/<their configuration's fingerprint>/`` (:func:`stale_target`; the
+    ``run_fingerprint`` of their stamp), so that a failed run
     never leaves them looking like its own, and nothing finished is lost.
 
     Call it once the run is going to write (everything checked): a run that is refused leaves
@@ -100,9 +107,11 @@ def set_aside_stale_archives(submission_dir: Path, fingerprints: Mapping[int, st
         if not path.is_file():
             continue
         stamp = read_stamp(path) or {}
-        fingerprint = stamp.get("config_fingerprint")
-        if fingerprint == fingerprints[stage]:
+        if stamp.get("config_fingerprint") == fingerprints[stage]:
             continue
+        # Kept with the other archives of its configuration (archives stamped before the runs'
+        # fingerprints were: by their own).
+        fingerprint = stamp.get("run_fingerprint", stamp.get("config_fingerprint"))
         if not (isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint)):
             fingerprint = None
         target = stale_target(submission_dir, name, fingerprint)

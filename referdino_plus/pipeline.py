@@ -380,7 +380,7 @@ def write_archives(
                 compress_level=cfg.archive.png_compress_level,
                 jobs=cfg.archive.jobs,
                 writer=writer,
-                stamp=archive_stamp(stage, fingerprints[stage]),
+                stamp=archive_stamp(stage, fingerprints[stage], fingerprints[3]),
             )
         result.archives[name] = path
     metric = cfg.data.metric
@@ -430,9 +430,13 @@ def save_report(
         path = write_report(
             cfg, fingerprints, split, result, status=status, error=error, folder=fallback
         )
-    except OSError:
-        logger.error(
-            "%s/report.json could not be written (%s), nor anywhere else", cfg.work_dir, first
+    except OSError as err:
+        logger.warning(
+            "no report of this run: %s/report.json could not be written (%s), nor %s (%s)",
+            cfg.work_dir,
+            first,
+            fallback / "report.json",
+            err,
         )
         return None
     logger.warning(

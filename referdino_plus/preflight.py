@@ -34,7 +34,6 @@ from rvos.splits import Split
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_HINT = "run `bash download_ckpts.sh` (see README)"
-SAM2_HINT = "`bash download_ckpts.sh sam2` fetches the SAM 2.1 checkpoints"
 FRAME_CHECK_CACHE = "frame_check.json"  # in work_dir
 # stage2.tracker -> the check of its stage2.checkpoint before any stage runs: "module:function"
 # of a function (checkpoint, key) -> a one-line problem, or None. A tracker adds its own here.
@@ -144,7 +143,7 @@ def model_problems(cfg: PipelineConfig, stages: Sequence[int]) -> list[str]:
 
 def sam2_checkpoint_problem(checkpoint: str, key: str) -> str | None:
     """A SAM 2 checkpoint: ``{"model": state_dict}`` with SAM 2's modules (sam2, samurai)."""
-    return checkpoint_family_problem(checkpoint, key=key, family="SAM 2", hint=SAM2_HINT)
+    return checkpoint_family_problem(checkpoint, key=key, family="SAM 2", hint=DOWNLOAD_HINT)
 
 
 def stage2_checkpoint_problem(tracker: str, checkpoint: str) -> str | None:

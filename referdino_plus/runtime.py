@@ -44,10 +44,18 @@ class _LogFile(logging.FileHandler):
             super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's API
+        self._stop(sys.exc_info()[1])
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as err:  # the last lines could not be written
+            self._stop(err)
+
+    def _stop(self, error: BaseException | None) -> None:
         if self.failed:
             return
         self.failed = True
-        error = sys.exc_info()[1]
         reason = getattr(error, "strerror", None) or error or "unknown error"
         sys.stderr.write(
             f"logging to {self.baseFilename} stopped: {reason}; messages go to the console only\n"

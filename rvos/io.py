@@ -33,6 +33,9 @@ class WriteError(OSError):
     (:func:`is_write_fault`), it stops a run at once: every later write would fail the same way.
     """
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def write_error(path: Path, err: OSError) -> WriteError:
     """The :class:`WriteError` of ``err``, raised while writing ``path``."""
