@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -210,7 +209,7 @@ def format_size(num_bytes: float) -> str:
         return f"{num_bytes / 1e9:.1f} GB"
     if num_bytes >= 1e6:
         return f"{num_bytes / 1e6:.1f} MB"
-    return f"{math.ceil(num_bytes / 1e3):.0f} kB"
+    return f"{num_bytes / 1e3:.0f} kB"
 
 
 def space_problem(folder: Path, key: str, needed: int) -> str | None:

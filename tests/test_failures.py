@@ -574,9 +574,9 @@ def estimate_without_margin(needed: int) -> float:
 
 
 @pytest.mark.slow
-def test_space_estimate_covers_what_a_run_wrote(finished):
+def test_space_estimate_covers_what_a_run_wrote(finished, tmp_path):
     root, run, overrides = finished
-    cfg = load_config(overrides)
+    cfg = load_config([*overrides, f"work_dir={tmp_path / 'empty'}"])  # nothing written yet
     split = Split(root, "mevis")
     sizes = {vid: split.frame_size(vid) for vid in split.video_ids}
     needed = space_needed(cfg, split, [1, 2, 3], {}, sizes)
@@ -685,19 +685,26 @@ def test_work_and_submission_dirs_on_one_file_system_share_its_room(
 @pytest.fixture
 def run_here(monkeypatch):
     """``run_here(*argv)``: the command line in this process, so that a test can change what the
-    run meets between its checks and its stages; its console goes to stderr (``capfd``)."""
+    run meets between its checks and its stages; its console goes to stderr (``capfd``). The
+    logging it sets up is undone after each command."""
     from referdino_plus.cli import main
     from rvos.progress import QUIET_VARIABLE
 
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     monkeypatch.delenv(QUIET_VARIABLE, raising=False)
-    yield lambda *argv: main([str(a) for a in argv])
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
-    logging.captureWarnings(False)
+
+    def run(*argv) -> int:
+        handlers, level = list(root.handlers), root.level
+        try:
+            return main([str(a) for a in argv])
+        finally:
+            for handler in [h for h in root.handlers if h not in handlers]:
+                root.removeHandler(handler)
+                handler.close()
+            root.setLevel(level)
+            logging.captureWarnings(False)
+
+    return run
 
 
 def once_checked(monkeypatch, damage: Callable[[], None]) -> None:
@@ -741,6 +748,7 @@ def test_a_full_work_dir_stops_the_run_at_the_first_failed_write(
     assert run_here("--cpu", "--stages", "2", "3", *overrides) == 1
     err = capfd.readouterr().err
     assert computed == ["vid1"]  # its save failed: no other video was computed
+    assert len(console_errors(err)) == 1, err
     (error,) = console_errors(err)
     assert (
         f"stage 2 (SAM 2) stopped: cannot write {work / 'stage2' / 'vid1.npz'}: No space left "
@@ -793,6 +801,7 @@ def test_a_submission_dir_made_read_only_mid_run_names_the_archive(
         "system is mounted read-only: remount it writable or write elsewhere, then rerun"
     ) in error
     assert ".tmp" not in error and "Traceback" not in err
+    assert [line for line in err.splitlines() if " WARNING " in line] == []
 
 
 def test_permission_denied_names_the_target_not_a_temporary_file(tmp_path):
