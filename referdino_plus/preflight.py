@@ -43,15 +43,17 @@ STAGE2_CHECKPOINT_CHECKS: dict[str, str] = {
 
 # What a run writes, for the free-space check. Measured with this project's writers (the PNG
 # encoder at compress level 1, the stage records) on masks of 1 to 8 elliptic blobs at 64x48 to
-# 1920x1080: each figure bounds what was measured; tests/test_failures.py checks the estimate
-# against a real run and against records of 1280x720 blob masks.
+# 1920x1080; tests/test_failures.py checks the estimate against a real run and against records
+# and archives of 1280x720 masks.
 PNG_FIXED_BYTES = 70  # a mask PNG's signature, IHDR, IDAT and IEND chunks, zlib header
 PNG_BYTES_PER_PIXEL = 1 / 220  # deflate of the 0/255 rows (an empty 1280x720 mask: 4.1 kB)
 PNG_BYTES_PER_ROW = 10  # more per row of the frame where the mask's boundaries cross it
 MEMBER_BYTES = 250  # a zip member's local and central headers and name (npz: + .npy header)
 RECORD_BYTES = 2000  # a record's own header, members and end of zip
 RECORD_BYTES_PER_FRAME = 32  # a frame name in a record's header
-RLE_BYTES_PER_ROW = 2  # a run-length mask, compressed, per row of the frame (3 blobs: 2.0)
+# A run-length mask, compressed, per row of the frame (an object in one piece: 1.0, in two: 1.5,
+# three: 2.0 to 2.2).
+RLE_BYTES_PER_ROW = 2
 QUERY_FRAME_BYTES = 28  # a query's float32 score and box, and its mask's offset, on one frame
 # Members of one expression in each stage's record (rvos.intermediates: arrays, masks as 3).
 RECORD_MEMBERS = {1: 9, 2: 8, 3: 3}

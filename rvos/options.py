@@ -79,9 +79,9 @@ def bounded(
     return dataclasses.field(metadata={RANGE: Range(low, high, tuple(also))})
 
 
-# Worker processes (joblib's n_jobs): -1 for all cores, or a positive count.
 def jobs() -> Any:
-    """A field counting worker processes: ``-1`` (all cores) or ``1`` and more."""
+    """A field counting worker processes (joblib's ``n_jobs``): ``-1`` (all cores) or ``1`` and
+    more (``0`` would fail only when the processes start)."""
     return bounded(1, also=(-1,))
 
 
