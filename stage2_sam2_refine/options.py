@@ -30,11 +30,13 @@ class SamuraiOptions:
 
     kf_score_weight: float = bounded(0.0, 1.0)
     stable_frames_threshold: int = bounded(0)
-    stable_ious_threshold: float = bounded(0.0, 1.0)  # a predicted IoU
-    min_obj_score_logits: float = bounded()  # a logit: any finite value
-    memory_bank_iou_threshold: float = bounded(0.0, 1.0)
-    memory_bank_obj_score_threshold: float = bounded()  # a logit
-    memory_bank_kf_score_threshold: float = bounded(0.0, 1.0)  # an IoU
+    # Thresholds on IoUs (in [0, 1]) and logits: any finite value (below 0, an IoU threshold
+    # admits every frame; above 1, none).
+    stable_ious_threshold: float = bounded()
+    min_obj_score_logits: float = bounded()
+    memory_bank_iou_threshold: float = bounded()
+    memory_bank_obj_score_threshold: float = bounded()
+    memory_bank_kf_score_threshold: float = bounded()
 
     def __post_init__(self) -> None:
         check_declared(self)
