@@ -20,7 +20,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from referdino_plus.runtime import gpu_count, log_to_file, select_devices, setup_logging
+from referdino_plus.runtime import (
+    gpu_count,
+    log_file_failed,
+    log_to_file,
+    select_devices,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from referdino_plus.config import PipelineConfig
@@ -109,7 +115,11 @@ def run_command(argv: Sequence[str]) -> int:
         logger.error("%s", err)
         return 2
     log_file = log_to_file(cfg.work_dir)
-    details = f" (details: {log_file})" if log_file else ""
+
+    def details() -> str:
+        """Where the tracebacks are (none when the log file could not be written)."""
+        return f" (details: {log_file})" if log_file and not log_file_failed() else ""
+
     logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
     # The stages' code loads only once the configuration is known to be good.
     from referdino_plus import pipeline
@@ -147,12 +157,12 @@ def run_command(argv: Sequence[str]) -> int:
         return 130
     except expected as err:
         logger.debug("the run stopped", exc_info=True)
-        logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details)
+        logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details())
         return 1
-    return report_result(result, cfg.work_dir, details)
+    return report_result(result, details())
 
 
-def report_result(result: RunResult, work_dir: str, details: str = "") -> int:
+def report_result(result: RunResult, details: str = "") -> int:
     """Log the archives, print the score table; returns the exit status of the run."""
     from referdino_plus import pipeline
 
@@ -161,7 +171,8 @@ def report_result(result: RunResult, work_dir: str, details: str = "") -> int:
     if result.scores:
         print(pipeline.format_scores(result.scores))
     if not result.ok:
-        logger.error("the run did not complete: see %s/report.json%s", work_dir, details)
+        where = f"see {result.report}" if result.report else "its report could not be written"
+        logger.error("the run did not complete: %s%s", where, details)
         return 1
     return 0
 
@@ -202,21 +213,19 @@ def finish_command(argv: Sequence[str]) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
-    from referdino_plus.config import ConfigError, from_yaml
+    from referdino_plus.config import ConfigError
     from referdino_plus.pipeline import PipelineError
     from referdino_plus.slurm import SubmittedRun, collect
     from rvos.mevis import DataError
 
     try:
-        run = SubmittedRun.load(args.record)
-        work_dir = from_yaml(run.config).work_dir
-        result = collect(run)
+        result = collect(SubmittedRun.load(args.record))
     except KeyboardInterrupt:
         return 130
     except (PipelineError, ConfigError, DataError, OSError) as err:
         logger.error("%s", err)
         return 1
-    return report_result(result, work_dir)
+    return report_result(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

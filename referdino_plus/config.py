@@ -28,7 +28,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rvos.options import Choice, OptionError, check_range, check_registered
+from rvos.options import Choice, OptionError, bounded, check_declared, jobs, registered
 from stage1_referdino.options import Stage1Options
 from stage2_sam2_refine.options import Stage2Options
 from stage3_fusion.options import FusionOptions
@@ -61,22 +61,14 @@ class DataOptions:
 
     root: str
     validate_frames: bool
-    layout: str
-    answer: str
-    archive: str
-    metric: str | None
+    # The registries live with their code (archives, metrics): loaded when a config is checked.
+    layout: str = registered("rvos.splits:SPLIT_LAYOUTS")
+    answer: str = registered("rvos.proposals:ANSWER_RULES")
+    archive: str = registered("rvos.archive:ARCHIVE_WRITERS")
+    metric: str | None = registered("rvos.evaluation:METRICS")
 
     def __post_init__(self) -> None:
-        # The registries live with their code (archives, metrics): loaded when a config is built.
-        from rvos.archive import ARCHIVE_WRITERS
-        from rvos.evaluation import METRICS
-        from rvos.proposals import ANSWER_RULES
-        from rvos.splits import SPLIT_LAYOUTS
-
-        check_registered(self, "layout", SPLIT_LAYOUTS)
-        check_registered(self, "answer", ANSWER_RULES)
-        check_registered(self, "archive", ARCHIVE_WRITERS)
-        check_registered(self, "metric", METRICS)
+        check_declared(self)
 
 
 @dataclass
@@ -85,11 +77,11 @@ class ArchiveOptions:
 
     SECTION = "archive"
 
-    png_compress_level: int
-    jobs: int
+    png_compress_level: int = bounded(0, 9)  # zlib's levels
+    jobs: int = jobs()
 
     def __post_init__(self) -> None:
-        check_range(self, "png_compress_level", 0, 9)
+        check_declared(self)
 
 
 @dataclass
@@ -99,7 +91,10 @@ class EvaluationOptions:
     SECTION = "evaluation"
 
     enabled: bool
-    jobs: int
+    jobs: int = jobs()
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
 @dataclass
@@ -109,18 +104,14 @@ class VisualizeOptions:
     SECTION = "visualize"
 
     enabled: bool
-    num_frames: int
-    tile_height: int
-    alpha: float
-    contour_width: int
-    caption_max_lines: int
+    num_frames: int = bounded(1)
+    tile_height: int = bounded(1)
+    alpha: float = bounded(0.0, 1.0)
+    contour_width: int = bounded(0)
+    caption_max_lines: int = bounded(1)
 
     def __post_init__(self) -> None:
-        check_range(self, "num_frames", 1)
-        check_range(self, "tile_height", 1)
-        check_range(self, "alpha", 0.0, 1.0)
-        check_range(self, "contour_width", 0)
-        check_range(self, "caption_max_lines", 1)
+        check_declared(self)
 
 
 @dataclass
@@ -129,12 +120,11 @@ class DemoOptions:
 
     SECTION = "demo"
 
-    fps: float
-    crf: int
+    fps: float = bounded(1e-3)
+    crf: int = bounded(0, 51)  # libx264's scale
 
     def __post_init__(self) -> None:
-        check_range(self, "fps", 1e-3)
-        check_range(self, "crf", 0, 51)
+        check_declared(self)
 
 
 class LauncherKind(Choice):
@@ -173,19 +163,20 @@ class LauncherOptions:
     partition: str | None
     account: str | None
     qos: str | None
-    tasks: int | None
-    gpus_per_task: int | None
-    cpus_per_task: int | None
-    mem_gb: float | None
-    timeout_min: int | None
-    max_requeues: int | None
+    tasks: int | None = bounded(1)
+    # One device per task (the in-process worker): more GPUs means more tasks.
+    gpus_per_task: int | None = bounded(0, 1)
+    cpus_per_task: int | None = bounded(1)
+    mem_gb: float | None = bounded(1e-3)
+    timeout_min: int | None = bounded(1)
+    max_requeues: int | None = bounded(0)
     sbatch_args: dict[str, str] | None
     setup: list[str] | None
     log_dir: str | None
     job_name: str | None
     wait: bool | None
-    poll_s: float | None
-    result_wait_s: float | None
+    poll_s: float | None = bounded(1e-3)
+    result_wait_s: float | None = bounded(0)
 
     def __post_init__(self) -> None:
         if self.name == LauncherKind.local:
@@ -202,15 +193,7 @@ class LauncherOptions:
                     f"launcher.{key}: needs a value with launcher=slurm "
                     "(configs/launcher/slurm.yaml)"
                 )
-        check_range(self, "tasks", 1)
-        # One device per task (the in-process worker): more GPUs means more tasks.
-        check_range(self, "gpus_per_task", 0, 1)
-        check_range(self, "cpus_per_task", 1)
-        check_range(self, "mem_gb", 1e-3)
-        check_range(self, "timeout_min", 1)
-        check_range(self, "max_requeues", 0)
-        check_range(self, "poll_s", 1e-3)
-        check_range(self, "result_wait_s", 0)
+        check_declared(self)
 
 
 @dataclass
@@ -229,33 +212,23 @@ class AppOptions:
     SECTION = "app"
 
     host: str
-    port: int
+    port: int = bounded(1, 65535)
     results_dir: str
-    keep_results: int
-    cache_hours: float
-    max_upload_mb: int
-    max_clip_seconds: float
-    max_frames: int
-    default_max_frames: int
-    max_frame_step: int
-    max_sentences: int
-    queue_size: int
-    gallery_frames: int
+    keep_results: int = bounded(1)
+    cache_hours: float = bounded(1e-3)
+    max_upload_mb: int = bounded(1)
+    max_clip_seconds: float = bounded(1e-3)
+    max_frames: int = bounded(1)
+    default_max_frames: int = bounded(1, "max_frames")
+    max_frame_step: int = bounded(1)
+    max_sentences: int = bounded(1)
+    queue_size: int = bounded(1)
+    gallery_frames: int = bounded(1)
     sam2_models: list[Sam2Choice]
     examples: list[str]
 
     def __post_init__(self) -> None:
-        check_range(self, "port", 1, 65535)
-        check_range(self, "keep_results", 1)
-        check_range(self, "cache_hours", 1e-3)
-        check_range(self, "max_upload_mb", 1)
-        check_range(self, "max_clip_seconds", 1e-3)
-        check_range(self, "max_frames", 1)
-        check_range(self, "default_max_frames", 1, self.max_frames)
-        check_range(self, "max_frame_step", 1)
-        check_range(self, "max_sentences", 1)
-        check_range(self, "queue_size", 1)
-        check_range(self, "gallery_frames", 1)
+        check_declared(self)
 
 
 @dataclass

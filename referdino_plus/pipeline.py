@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,12 +27,13 @@ from referdino_plus.archives import (
     set_aside_stale_archives,
 )
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
+from referdino_plus.preflight import check_benchmark as check_benchmark  # also here for callers
 from rvos import intermediates as im
 from rvos.archive import build_archive_writer, write_archive
 from rvos.evaluation import BenchmarkResult, evaluate
 from rvos.io import atomic_output
-from rvos.proposals import THRESHOLD_OR_TOP1, Stage1Records, check_answer_rule
-from rvos.splits import DataError, Split
+from rvos.proposals import THRESHOLD_OR_TOP1, Stage1Records
+from rvos.splits import Split
 from rvos.workers import RunSummary, run_sharded
 from stage1_referdino.runner import Stage1Job
 from stage2_sam2_refine.runner import Stage2Job
@@ -79,6 +81,8 @@ class RunResult:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     # Archive name -> its full evaluation (per expression or object); for the J&F-per-video plot.
     evaluations: dict[str, BenchmarkResult] = field(default_factory=dict)
+    # Where report.json was written (None: nowhere; the log says why).
+    report: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,6 +176,21 @@ def pending_videos(
     ]
 
 
+def pending_by_stage(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    stages: Sequence[int],
+    video_ids: Sequence[str],
+    overwrite: bool,
+) -> dict[int, list[str]]:
+    """Per stage of ``stages``, its :func:`pending_videos` (found once, before the run)."""
+    work_dir = Path(cfg.work_dir)
+    return {
+        stage: pending_videos(work_dir, stage, video_ids, fingerprints[stage], overwrite)
+        for stage in stages
+    }
+
+
 def check_inputs(
     cfg: PipelineConfig, fingerprints: Fingerprints, stage: int, video_ids: Sequence[str]
 ) -> None:
@@ -207,27 +226,33 @@ def run(
 ) -> RunResult:
     """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring.
 
-    Everything the run needs is checked first (:func:`referdino_plus.preflight.preflight`);
+    Everything the run needs is checked first (:func:`referdino_plus.preflight.preflight`, and
+    the cached inputs of the first stage to run); nothing is moved or written before. Then the
+    archives of another configuration are set aside (:func:`set_aside_stale_archives`).
     ``work_dir/report.json`` is written however the run ends (``status``: ``ok``, ``failed``,
-    ``interrupted``), once the work folder is known to be writable.
+    ``interrupted``); where it cannot be, in the system's temporary folder (``result.report``
+    says where, the log why).
 
     Raises:
         PreflightError: listing everything that stops the run before any model loads.
-        PipelineError: a stage whose inputs are missing.
+        PipelineError: a stage whose inputs are missing, or a failed write (a full disk, a
+            read-only folder), which stops the run at once.
     """
-    from referdino_plus.preflight import preflight
+    from referdino_plus.preflight import open_split, preflight
 
     fingerprints = stage_fingerprints(cfg)
-    split = Split(cfg.data.root, cfg.data.layout)
-    check_benchmark(cfg, split)
     result = RunResult()
     status, error = "failed", ""
+    split: Split | None = None
     try:
-        flight = preflight(cfg, split, stages)
+        split = open_split(cfg, stages)
+        pending = pending_by_stage(cfg, fingerprints, stages, split.video_ids, overwrite)
+        flight = preflight(cfg, split, stages, pending=pending)
+        check_first_inputs(cfg, fingerprints, split, stages)
         save_resolved_config(cfg, Path(cfg.work_dir))
         set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
         if run_stages(
-            cfg, fingerprints, split, result, stages=stages, devices=devices, overwrite=overwrite
+            cfg, fingerprints, split, result, stages=stages, devices=devices, todo=pending
         ):
             write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
             status = "ok"
@@ -238,11 +263,22 @@ def run(
         error = " ".join(str(err).split())
         raise
     finally:
-        try:
-            write_report(cfg, fingerprints, split, result, status=status, error=error)
-        except OSError as err:  # an unwritable or full work_dir: the error above says why
-            logger.warning("%s/report.json not written: %s", cfg.work_dir, err)
+        result.report = save_report(cfg, fingerprints, split, result, status=status, error=error)
     return result
+
+
+def check_first_inputs(
+    cfg: PipelineConfig, fingerprints: Fingerprints, split: Split, stages: Sequence[int]
+) -> None:
+    """:func:`check_inputs` of every stage whose inputs this run does not make (the first one
+    asked for, and any after a gap: ``--stages 1 3``), before anything runs.
+
+    Raises:
+        PipelineError: naming the stage and what it misses.
+    """
+    for stage in sorted(stages):
+        if stage - 1 not in stages:
+            check_inputs(cfg, fingerprints, stage, split.video_ids)
 
 
 def run_stages(
@@ -253,33 +289,41 @@ def run_stages(
     *,
     stages: Sequence[int],
     devices: Sequence[str],
-    overwrite: bool,
+    todo: Mapping[int, Sequence[str]],
 ) -> bool:
-    """Each of ``stages`` on the videos it has not finished; stops at the first stage with a
-    failure (logged; ``result`` keeps each stage's summary). Returns whether all succeeded."""
-    work_dir, video_ids = Path(cfg.work_dir), split.video_ids
+    """Each of ``stages`` on its videos ``todo`` (those it has not finished, found before the
+    run); stops at the first stage with a failure (logged; ``result`` keeps each stage's
+    summary). Returns whether all succeeded.
+
+    Raises:
+        PipelineError: a stage's inputs are missing, or a write failed (one line: the file, the
+            error and what to do); the workers stopped at once.
+    """
+    video_ids = split.video_ids
     for stage in sorted(stages):
         check_inputs(cfg, fingerprints, stage, video_ids)
-        todo = pending_videos(work_dir, stage, video_ids, fingerprints[stage], overwrite)
+        videos = list(todo[stage])
         logger.info(
             "%s: %d video(s) to process, %d already finished",
             STAGE_NAMES[stage],
-            len(todo),
-            len(video_ids) - len(todo),
+            len(videos),
+            len(video_ids) - len(videos),
         )
-        if not todo:
+        if not videos:
             result.stage_summaries[stage] = RunSummary()
             continue
         summary = run_sharded(
             STAGE_JOBS[stage],
             stage_job(cfg, fingerprints, stage),
-            todo,
+            videos,
             stage_devices(stage, devices),
             desc=STAGE_NAMES[stage],
         )
         result.stage_summaries[stage] = summary
+        if summary.write_fault is not None:
+            raise PipelineError(f"{STAGE_NAMES[stage]} stopped: {summary.write_fault.error}")
         if not summary.ok:
-            logger.error("%s", failure_summary(STAGE_NAMES[stage], summary, len(todo)))
+            logger.error("%s", failure_summary(STAGE_NAMES[stage], summary, len(videos)))
             return False
     return True
 
@@ -315,19 +359,6 @@ def write_outputs(
     write_archives(cfg, fingerprints, split, result, score=score)
     if cfg.visualize.enabled:
         write_run_visualizations(cfg, fingerprints, split, result.evaluations)
-
-
-def check_benchmark(cfg: PipelineConfig, split: Split) -> None:
-    """Fail before any work when the benchmark's answer rule or archive does not fit the split.
-
-    Raises:
-        DataError: naming the ``data.*`` keys that disagree.
-    """
-    check_answer_rule(cfg.data.answer, split)
-    try:
-        build_archive_writer(cfg.data.archive, split.videos)
-    except ValueError as err:
-        raise DataError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- archives
@@ -366,7 +397,7 @@ def write_archives(
                 compress_level=cfg.archive.png_compress_level,
                 jobs=cfg.archive.jobs,
                 writer=writer,
-                stamp=archive_stamp(stage, fingerprints[stage]),
+                stamp=archive_stamp(stage, fingerprints[stage], fingerprints[3]),
             )
         result.archives[name] = path
     metric = cfg.data.metric
@@ -392,24 +423,65 @@ def fusion_decisions(
     return decisions
 
 
+def save_report(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: Split | None,
+    result: RunResult,
+    *,
+    status: str,
+    error: str,
+) -> Path | None:
+    """:func:`write_report` wherever it can be written: ``work_dir``, else the system's
+    temporary folder (a warning names it), else nowhere (an error says so).
+
+    Returns:
+        the report, or ``None``.
+    """
+    try:
+        return write_report(cfg, fingerprints, split, result, status=status, error=error)
+    except OSError as err:
+        first = err
+    fallback = Path(tempfile.gettempdir()) / f"{cfg.name}-report-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        path = write_report(
+            cfg, fingerprints, split, result, status=status, error=error, folder=fallback
+        )
+    except OSError as err:
+        logger.warning(
+            "no report of this run: %s/report.json could not be written (%s), nor %s (%s)",
+            cfg.work_dir,
+            first,
+            fallback / "report.json",
+            err,
+        )
+        return None
+    logger.warning(
+        "%s/report.json could not be written (%s): the report is %s", cfg.work_dir, first, path
+    )
+    return path
+
+
 def write_report(
     cfg: PipelineConfig,
     fingerprints: Fingerprints,
-    split: Split,
+    split: Split | None,
     result: RunResult,
     *,
     status: str = "ok",
     error: str = "",
+    folder: Path | None = None,
 ) -> Path:
-    """``work_dir/report.json``: how the run ended, per-stage outcome, fusion decisions,
-    archives and scores."""
+    """``work_dir/report.json`` (or ``folder/report.json``): how the run ended, per-stage
+    outcome, fusion decisions, archives and scores (``split``: ``None`` when it could not be
+    read)."""
     work_dir = Path(cfg.work_dir)
     report = {
         "name": cfg.name,
         "status": status,
         "error": error,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "data_root": str(split.root),
+        "data_root": str(split.root if split is not None else cfg.data.root),
         "stages": {
             str(stage): {
                 "done": len(summary.done),
@@ -427,9 +499,13 @@ def write_report(
         },
         "archives": {name: str(path) for name, path in result.archives.items()},
         "scores": result.scores,
-        "fusion": fusion_decisions(work_dir, fingerprints[3], split.video_ids),
+        "fusion": (
+            fusion_decisions(work_dir, fingerprints[3], split.video_ids)
+            if split is not None
+            else {}
+        ),
     }
-    path = work_dir / "report.json"
+    path = (folder or work_dir) / "report.json"
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     return path

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from rvos.progress import set_quiet
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers whose DEBUG records (tracebacks of failed videos, ...) go to a run's log file.
 OWN_LOGGERS = ("referdino_plus", "rvos", "stage1_referdino", "stage2_sam2_refine", "stage3_fusion")
 LOG_DIR = "logs"  # in work_dir
+
+logger = logging.getLogger(__name__)
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -26,6 +31,42 @@ class _ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LogFile(logging.FileHandler):
+    """A run's log file that, once a record cannot be written (a full disk, the folder gone),
+    says so once on stderr and stops, instead of a traceback per record."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's API
+        self._stop(sys.exc_info()[1])
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as err:  # the last lines could not be written
+            self._stop(err)
+
+    def _stop(self, error: BaseException | None) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        reason = getattr(error, "strerror", None) or error or "unknown error"
+        sys.stderr.write(
+            f"logging to {self.baseFilename} stopped: {reason}; messages go to the console only\n"
+        )
+
+
+def log_file_failed() -> bool:
+    """Whether a log file of :func:`log_to_file` stopped writing (its messages are missing)."""
+    return any(isinstance(h, _LogFile) and h.failed for h in logging.getLogger().handlers)
+
+
 class _OwnDebug(logging.Filter):
     """DEBUG records of our own packages, and everything from INFO up."""
 
@@ -34,8 +75,10 @@ class _OwnDebug(logging.Filter):
 
 
 def setup_logging(quiet: bool = False) -> None:
-    """INFO (or, ``quiet``, WARNING) to stderr, with times. Python warnings (e.g. a library's
-    ``UserWarning``) go through logging too, so they print between progress bars, not in them."""
+    """INFO (or, ``quiet``, WARNING and no progress bars) to stderr, with times. Python warnings
+    (e.g. a library's ``UserWarning``) go through logging too, so they print between progress
+    bars, not in them."""
+    set_quiet(quiet)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     console = _ConsoleHandler()
@@ -54,7 +97,7 @@ def log_to_file(work_dir: str | Path) -> Path | None:
     path = Path(work_dir) / LOG_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _LogFile(path)
     except OSError:
         return None
     handler.setLevel(logging.DEBUG)
@@ -102,7 +145,13 @@ def select_devices(gids: Sequence[int] | None, cpu: bool, *, available: int) -> 
             raise ValueError("--cpu and --gids exclude each other")
         return ["cpu"]
     if not gids:
-        return ["cuda:0"] if available else ["cpu"]
+        if not available:
+            logger.warning(
+                "no GPU found: running on the CPU, which is much slower (--cpu chooses it "
+                "without this warning)"
+            )
+            return ["cpu"]
+        return ["cuda:0"]
     absent = [g for g in gids if g < 0 or g >= available]
     if absent:
         raise ValueError(f"GPU id(s) {absent} not available: this machine has {available} GPU(s)")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from referdino_plus.config import PipelineConfig, to_plain
 from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
+from rvos.progress import progress_bar
 from rvos.video import Clip
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class TqdmProgress:
         if self._bar is None or progress.step != self._step:
             self.close()
             self._step = progress.step
-            self._bar = tqdm(
+            self._bar = progress_bar(
                 total=progress.total, desc=progress.step, unit=progress.unit, dynamic_ncols=True
             )
         if progress.detail:

@@ -46,7 +46,6 @@ from typing import NamedTuple
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError, pickle_load
 from submitit.helpers import Checkpointable
-from tqdm import tqdm
 
 from referdino_plus.archives import set_aside_stale_archives
 from referdino_plus.config import LauncherOptions, PipelineConfig, from_yaml, to_yaml
@@ -56,18 +55,20 @@ from referdino_plus.pipeline import (
     Fingerprints,
     PipelineError,
     RunResult,
-    check_benchmark,
+    check_first_inputs,
     check_inputs,
+    pending_by_stage,
     pending_videos,
+    save_report,
     save_resolved_config,
     stage_devices,
     stage_fingerprints,
     stage_job,
     write_outputs,
-    write_report,
 )
 from referdino_plus.runtime import setup_logging
 from rvos.io import atomic_output
+from rvos.progress import progress_bar
 from rvos.splits import Split
 from rvos.workers import Failure, RunSummary, run_sharded, shard
 
@@ -494,7 +495,7 @@ def wait_for_tasks(run: SubmittedRun, options: LauncherOptions) -> list[TaskOutc
     jobs = run.jobs()
     outcomes: dict[int, TaskOutcome] = {}
     ended_at: dict[int, float] = {}
-    with tqdm(total=len(jobs), desc=f"SLURM job {run.array_id}", unit="task") as bar:
+    with progress_bar(total=len(jobs), desc=f"SLURM job {run.array_id}", unit="task") as bar:
         while True:
             states = queue_states(run.job_ids)
             for index, job in enumerate(jobs):
@@ -650,7 +651,7 @@ def collect(run: SubmittedRun) -> RunResult:
         error = " ".join(str(err).split())
         raise
     finally:
-        write_report(cfg, fingerprints, split, result, status=status, error=error)
+        result.report = save_report(cfg, fingerprints, split, result, status=status, error=error)
     return result
 
 
@@ -693,11 +694,8 @@ def videos_to_process(
     overwrite: bool,
 ) -> list[str]:
     """The sorted videos of which some requested stage's record is missing or stale."""
-    work_dir = Path(cfg.work_dir)
-    todo: set[str] = set()
-    for stage in stages:
-        todo.update(pending_videos(work_dir, stage, video_ids, fingerprints[stage], overwrite))
-    return sorted(todo)
+    pending = pending_by_stage(cfg, fingerprints, stages, video_ids, overwrite)
+    return sorted(set().union(*pending.values()))
 
 
 def run_on_slurm(
@@ -714,21 +712,20 @@ def run_on_slurm(
         PipelineError: the SLURM commands are missing, a stage's inputs are, or sbatch refused
             the job.
     """
-    from referdino_plus.preflight import preflight
+    from referdino_plus.preflight import open_split, preflight
 
     stages = sorted(stages)
     check_cluster_paths(cfg, stages)
     check_slurm_commands()
     fingerprints = stage_fingerprints(cfg)
-    split = Split(cfg.data.root, cfg.data.layout)
-    check_benchmark(cfg, split)
-    flight = preflight(cfg, split, stages)
-    for stage in stages:
-        if stage - 1 not in stages:
-            check_inputs(cfg, fingerprints, stage, split.video_ids)
+    split = open_split(cfg, stages)
+    pending = pending_by_stage(cfg, fingerprints, stages, split.video_ids, overwrite)
+    flight = preflight(cfg, split, stages, pending=pending)
+    check_first_inputs(cfg, fingerprints, split, stages)
+    # Everything checked: only now are archives of another configuration moved.
     save_resolved_config(cfg, Path(cfg.work_dir))
     set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
-    todo = videos_to_process(cfg, fingerprints, stages, split.video_ids, overwrite)
+    todo = sorted(set().union(*pending.values()))  # as videos_to_process
     environment = code_environment()
     logger.info(
         "%d video(s) to process, %d already finished; tasks run %s with the code in %s",
@@ -740,7 +737,7 @@ def run_on_slurm(
     if not todo:
         result = RunResult(stage_summaries={stage: RunSummary() for stage in stages})
         write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
-        write_report(cfg, fingerprints, split, result)
+        result.report = save_report(cfg, fingerprints, split, result, status="ok", error="")
         return result
     shards = shard(todo, min(int(cfg.launcher.tasks or 1), len(todo)))
     run = submit_array(cfg, stages, shards, overwrite, evaluate=flight.evaluate)

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from referdino_plus.archives import archive_masks
 from referdino_plus.config import PipelineConfig, VisualizeOptions
@@ -29,6 +28,7 @@ from rvos.drawing import (
     save_png,
 )
 from rvos.evaluation import BenchmarkResult
+from rvos.progress import progress_bar
 from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def write_run_visualizations(
             len(split.video_ids),
         )
     written: list[Path] = []
-    for video_id in tqdm(ready, desc="visualize", unit="video", dynamic_ncols=True):
+    for video_id in progress_bar(ready, desc="visualize", unit="video", dynamic_ncols=True):
         written += write_video_strips(work_dir, split, video_id, options)
     if evaluations:
         scores = {name: per_video_jf(ev.per_expression) for name, ev in evaluations.items()}

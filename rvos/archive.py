@@ -32,10 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image
-from tqdm import tqdm
 
 from rvos.davis import annotator_dir, encode_label_png
 from rvos.io import atomic_output, safe_component
+from rvos.progress import progress_bar
 from rvos.splits import Video
 
 logger = logging.getLogger(__name__)
@@ -259,13 +259,14 @@ def write_archive(
         the number of PNG entries written.
     """
     video_ids = sorted(expected)
-    results: Iterator[list[tuple[str, bytes]]] = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(encode_video_entries)(load, vid, expected[vid], compress_level, writer)
-        for vid in video_ids
-    )
     count = 0
+    # The file first: a folder that cannot be written fails before any PNG is encoded.
     with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for entries in tqdm(
+        results: Iterator[Entries] = Parallel(n_jobs=jobs, return_as="generator")(
+            delayed(encode_video_entries)(load, vid, expected[vid], compress_level, writer)
+            for vid in video_ids
+        )
+        for entries in progress_bar(
             results, total=len(video_ids), desc=desc or path.name, unit="video", leave=False
         ):
             for name, data in entries:

@@ -11,11 +11,37 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 # torch.save's formats: a zip archive (since PyTorch 1.6), or the legacy pickle stream.
 _PICKLE_PROTOCOL_OPCODE = b"\x80"
+
+
+def _state_dict_with(container: str, prefixes: tuple[str, ...]) -> Callable[[Any], bool]:
+    """A test of a loaded checkpoint: ``{container: state_dict}`` with keys under every one of
+    ``prefixes`` (the top-level modules that make the model what it is)."""
+
+    def test(content: Any) -> bool:
+        if not isinstance(content, Mapping) or not isinstance(content.get(container), Mapping):
+            return False
+        keys = [str(k) for k in content[container]]
+        return all(any(k.startswith(p) for k in keys) for p in prefixes)
+
+    return test
+
+
+# Model family -> how its released checkpoints are laid out, to tell one from another before
+# a model is built (a file of another family gets a message naming what it is).
+CHECKPOINT_FAMILIES: dict[str, Callable[[Any], bool]] = {
+    # ReferDINO: {"model_state_dict": ...} (its Swin backbone, transformer and BERT)
+    "ReferDINO": _state_dict_with("model_state_dict", ("backbone.", "transformer.", "bert.")),
+    # SAM 2 / SAM 2.1: {"model": ...} (image encoder, memory attention, mask decoder)
+    "SAM 2": _state_dict_with(
+        "model", ("image_encoder.", "memory_attention.", "sam_mask_decoder.")
+    ),
+}
 
 
 class CheckpointError(ValueError):
@@ -68,3 +94,46 @@ def load_weights(path: str | Path, *, what: str, hint: str, mmap: bool = False) 
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
         reason = f"unreadable: {type(err).__name__}"
     raise CheckpointError(f"{what} {path} is not a usable weight file ({reason}); {hint}")
+
+
+def checkpoint_family(content: Any) -> str | None:
+    """The family (:data:`CHECKPOINT_FAMILIES`) of a loaded checkpoint, or ``None``."""
+    return next((name for name, test in CHECKPOINT_FAMILIES.items() if test(content)), None)
+
+
+def _describe_content(content: Any) -> str:
+    if isinstance(content, Mapping):
+        keys = sorted(str(k) for k in content)
+        return f"a dict with keys {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+    return f"a {type(content).__name__}"
+
+
+def checkpoint_family_problem(path: str | Path, *, key: str, family: str, hint: str) -> str | None:
+    """Why ``path`` is not a usable ``family`` checkpoint, or ``None``: missing, not a PyTorch
+    file, unreadable, or a checkpoint of another model.
+
+    Cheap for zip-format files (what ``torch.save`` writes): the tensors are memory-mapped, so
+    only the file's index of names and shapes is read; a legacy-format file is read in full.
+
+    Args:
+        path: the file.
+        key: the configuration key that names it (``stage2.checkpoint``), for the message.
+        family: a name in :data:`CHECKPOINT_FAMILIES`.
+        hint: how to get the file (e.g. "run `bash download_ckpts.sh`").
+    """
+    problem = checkpoint_problem(path, key=key, hint=hint)
+    if problem is not None:
+        return problem
+    path = Path(path).expanduser()
+    try:
+        content = load_weights(path, what=f"{family} checkpoint", hint=hint, mmap=True)
+    except CheckpointError as err:
+        return f"{key}: {err}"
+    if CHECKPOINT_FAMILIES[family](content):
+        return None
+    found = checkpoint_family(content)
+    what = f"a {found} checkpoint" if found else _describe_content(content)
+    return (
+        f"{key}={path}: {what}, not a {family} checkpoint; point {key}= at a {family} "
+        f"checkpoint ({hint})"
+    )

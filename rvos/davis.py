@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from rvos.evaluation import PNG_SUFFIX, PredictionArchive
+from rvos.evaluation import PNG_SUFFIX, PredictionArchive, check_png
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores
+from rvos.progress import progress_bar
 from rvos.splits import DataError, Split
 
 logger = logging.getLogger(__name__)
@@ -97,11 +97,12 @@ def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
 def decode_label_png(data: bytes, where: str) -> np.ndarray:
     """PNG bytes -> ``[H, W]`` labels as the toolkit reads them (``np.array(Image.open(...))``:
     palette indices of a mode-P image, grey values of a mode-L one)."""
+    check_png(data, where)
     try:
         with Image.open(io.BytesIO(data)) as image:
             labels = np.array(image)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{where}: not a readable image ({err})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"{where} is a PNG that does not decode ({err})") from None
     if labels.ndim != 2:
         raise ValueError(
             f"{where}: expected an indexed (one-channel) PNG, got shape {labels.shape}"
@@ -309,6 +310,7 @@ class _SequenceTask:
     video_id: str
     gt_paths: tuple[Path, ...]
     pngs: tuple[bytes | None, ...]  # one per frame; None: missing, scored as empty
+    sources: tuple[str, ...]  # per frame, its file: "<zip>: member <name>" or a path
 
 
 def _read_labels(paths: Sequence[Path], video_id: str) -> np.ndarray:
@@ -332,7 +334,7 @@ def _score_sequence(task: _SequenceTask, bound_th: float) -> dict[int, ObjectSco
         if png is None:
             pred_frames.append(np.zeros(gt_labels.shape[1:], dtype=np.uint8))
             continue
-        labels = decode_label_png(png, f"{where}, frame {frame_idx}")
+        labels = decode_label_png(png, task.sources[frame_idx])
         if labels.shape != gt_labels.shape[1:]:
             raise ValueError(
                 f"{where}, frame {frame_idx}: prediction is {labels.shape[1]}x{labels.shape[0]}, "
@@ -373,7 +375,10 @@ def _make_task(
             video_id,
             missing,
         )
-    task = _SequenceTask(annotator, video_id, tuple(split.annotation_paths(video_id)), pngs)
+    sources = tuple(archive.where(folder, video_id, name + PNG_SUFFIX) for name in frame_names)
+    task = _SequenceTask(
+        annotator, video_id, tuple(split.annotation_paths(video_id)), pngs, sources
+    )
     return task, missing
 
 
@@ -424,7 +429,9 @@ def evaluate_davis17(
     results = Parallel(n_jobs=jobs, return_as="generator")(
         delayed(_score_sequence)(task, bound_th) for task in tasks
     )
-    bar = tqdm(results, total=len(tasks), desc="DAVIS J&F", unit="seq", disable=not progress)
+    bar = progress_bar(
+        results, total=len(tasks), desc="DAVIS J&F", unit="seq", disable=not progress
+    )
     per_object: dict[int, dict[tuple[str, int], ObjectScore]] = {k: {} for k in missing}
     for task, scores in zip(tasks, bar, strict=True):
         for obj_id, score in scores.items():

@@ -33,9 +33,11 @@ name (``data.metric``, :data:`METRICS`); each returns a :class:`BenchmarkResult`
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +46,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 from joblib import Parallel, delayed
-from tqdm import tqdm
+from PIL import Image, UnidentifiedImageError
 
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
 from rvos.mevis import MASK_FILE, DataError, MevisSplit, gt_frame_mask, gt_frame_size
+from rvos.progress import progress_bar
 from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -270,7 +273,12 @@ class PredictionArchive:
             raise FileNotFoundError(f"prediction {self.path} not found")
         if not zipfile.is_zipfile(self.path):
             raise ValueError(f"prediction {self.path} is neither a folder nor a zip file")
-        self._zip = zipfile.ZipFile(self.path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            raise ArchiveError(
+                f"prediction {self.path} is a damaged zip file ({err}); write or download it again"
+            ) from None
         self._build_index()
 
     def _build_index(self) -> None:
@@ -339,18 +347,94 @@ class PredictionArchive:
             return None
         return {entry.name for entry in os.scandir(exp_dir)}
 
-    def read(self, video_id: str, exp_id: str, file_name: str) -> bytes:
+    def where(self, video_id: str, exp_id: str, file_name: str) -> str:
+        """The file of a member, for messages: ``<zip>: member <name>`` or its path."""
         if self._zip is not None:
-            return self._zip.read(f"{self.prefix}{video_id}/{exp_id}/{file_name}")
-        return (self.path / video_id / exp_id / file_name).read_bytes()
+            return f"{self.path}: member {self.prefix}{video_id}/{exp_id}/{file_name}"
+        return str(self.path / video_id / exp_id / file_name)
+
+    def read(self, video_id: str, exp_id: str, file_name: str) -> bytes:
+        """The bytes of a member.
+
+        Raises:
+            ArchiveError: a zip member that cannot be read (fails its CRC, truncated, an
+                unsupported compression method, encrypted); the message names the archive and
+                the member.
+        """
+        if self._zip is None:
+            return (self.path / video_id / exp_id / file_name).read_bytes()
+        name = f"{self.prefix}{video_id}/{exp_id}/{file_name}"
+        try:
+            return self._zip.read(name)
+        except NotImplementedError:
+            method = self._zip.getinfo(name).compress_type
+            reason = (
+                f"is compressed with method {method}, which cannot be read here; zip the "
+                "masks again stored or with deflate"
+            )
+        except RuntimeError as err:  # zipfile's words for a member that needs a password
+            if "encrypted" not in str(err):
+                raise
+            reason = "is encrypted; zip the masks again without a password"
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            kind = "fails its CRC check" if "CRC" in str(err) else f"is damaged ({err})"
+            reason = f"{kind}: the archive is damaged; write or download it again"
+        raise ArchiveError(f"{self.where(video_id, exp_id, file_name)} {reason}")
+
+
+class ArchiveError(ValueError):
+    """A prediction archive or member that cannot be read; the message names both."""
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(data: bytes, where: str) -> None:
+    """Refuse bytes that are not a PNG, or a PNG cut short or failing a chunk's CRC, before a
+    decoder sees them (OpenCV and libpng would print their own messages for each).
+
+    Raises:
+        ValueError: naming ``where``.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(f"{where} is not a PNG image (it starts with {data[:8]!r})")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()  # every chunk present and matching its CRC (nothing decoded)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for damaged files
+        raise ValueError(f"{where} is a damaged PNG ({_png_error(err)})") from None
+
+
+def _png_error(err: BaseException) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "its header cannot be read"
+    return str(err) or type(err).__name__
 
 
 def decode_png(data: bytes, where: str) -> np.ndarray:
-    """Decode a prediction PNG to ``[H, W] bool`` (grayscale value nonzero = foreground)."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"{where}: not a readable image")
-    return image != 0
+    """Decode a prediction PNG to ``[H, W] bool`` (grayscale value nonzero = foreground).
+
+    Mode ``L`` PNGs (what archives hold) are decoded by Pillow, whose errors are exceptions;
+    others by OpenCV's grayscale decoder, as the official MeViS script reads them (its
+    conversion of colour or 16-bit PNGs decides what is nonzero), once Pillow has decoded them
+    whole.
+
+    Raises:
+        ValueError: ``data`` is not a PNG, or a PNG that does not decode; the message starts
+            with ``where``.
+    """
+    check_png(data, where)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode == "L":
+                return np.asarray(image) != 0
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for damaged files
+        raise ValueError(f"{where} is a PNG that does not decode ({_png_error(err)})") from None
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if decoded is None:
+        raise ValueError(f"{where} is a PNG that does not decode")
+    return decoded != 0
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -376,6 +460,7 @@ class _ExpressionTask:
     gt_rles: dict[str, list]  # the anno_ids' entries of mask_dict.json
     pngs: tuple[bytes | None, ...]  # one per frame; None for a missing file
     missing_frames: tuple[str, ...]
+    sources: tuple[str, ...]  # per frame, its file: "<zip>: member <name>" or a path
 
 
 def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
@@ -389,7 +474,10 @@ def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
             gt = gt_frame_mask(task.gt_rles, task.anno_ids, frame_idx, *size)
         except ValueError as err:
             raise ValueError(f"{task.where}: {err}") from None
-        pred = np.zeros(size, dtype=bool) if png is None else decode_png(png, where)
+        if png is None:
+            pred = np.zeros(size, dtype=bool)
+        else:
+            pred = decode_png(png, task.sources[frame_idx])
         has_foreground = has_foreground or bool(pred.any())
         if pred.shape != gt.shape:
             raise ValueError(
@@ -403,9 +491,9 @@ def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
 
 def _prediction_size(task: _ExpressionTask) -> tuple[int, int]:
     """Frame size from the first prediction PNG, for an expression with no ground-truth RLE."""
-    for png in task.pngs:
+    for png, source in zip(task.pngs, task.sources, strict=True):
         if png is not None:
-            return decode_png(png, task.where).shape
+            return decode_png(png, source).shape
     # Neither side has a pixel on any frame: every frame is "both empty", whatever its size.
     return (1, 1)
 
@@ -472,6 +560,10 @@ def _make_task(
         gt_rles={anno_id: mask_dict[anno_id] for anno_id in item.anno_ids},
         pngs=pngs,
         missing_frames=missing,
+        sources=tuple(
+            archive.where(item.video_id, item.exp_id, name + PNG_SUFFIX)
+            for name in item.frame_names
+        ),
     )
 
 
@@ -532,7 +624,7 @@ def evaluate_mevis(
             delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th) for item in todo
         )
         results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
-        bar = tqdm(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
+        bar = progress_bar(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
         computed = {
             (item.video_id, item.exp_id): score for item, score in zip(todo, bar, strict=True)
         }

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from rvos.io import atomic_output
+from rvos.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def check_frames(
     workers = threads or max(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_decode, todo)
-        bar = tqdm(
+        bar = progress_bar(
             results, total=len(todo), desc="checking frames", unit="frame", disable=not progress
         )
         for path, (size, error) in zip(todo, bar, strict=True):

@@ -1,8 +1,10 @@
-"""File-system helpers: atomic writes, folders with the usual modes, safe path joins."""
+"""File-system helpers: atomic writes, folders with the usual modes, safe path joins, and
+write faults (a full disk, a read-only folder) reported with the path they hit."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import tempfile
@@ -11,6 +13,65 @@ from pathlib import Path
 
 # Modes a plain open() and mkdir() ask for; the process umask then removes bits (usually 022).
 FILE_MODE, DIR_MODE = 0o666, 0o777
+# Errors that only a write raises (a full disk or quota, a read-only file system, a file too
+# large for it): whatever wrote, nothing more can be saved there.
+WRITE_ONLY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+# What to do about a write fault, by errno.
+_WRITE_ADVICE = {
+    errno.ENOSPC: "free some space on that file system or write elsewhere",
+    errno.EDQUOT: "free some of your quota on that file system or write elsewhere",
+    errno.EFBIG: "write to a file system that takes larger files",
+    errno.EROFS: "the file system is mounted read-only: remount it writable or write elsewhere",
+    errno.EACCES: "make the folder writable for this user or write elsewhere",
+    errno.EPERM: "make the folder writable for this user or write elsewhere",
+}
+
+
+class WriteError(OSError):
+    """A file that could not be written; the message is one line naming the file (not a
+    temporary name), the error and what to do. Like the other write faults
+    (:func:`is_write_fault`), it stops a run at once: every later write would fail the same way.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_error(path: Path, err: OSError) -> WriteError:
+    """The :class:`WriteError` of ``err``, raised while writing ``path``."""
+    reason = err.strerror or str(err) or type(err).__name__
+    code = errno.errorcode.get(err.errno or 0, "")
+    advice = _WRITE_ADVICE.get(err.errno or 0, "check that folder or write elsewhere")
+    text = (
+        f"cannot write {path}: {reason}{f' ({code})' if code else ''}; {advice}, then rerun "
+        "the same command (finished work is kept)"
+    )
+    return WriteError(err.errno, text)
+
+
+def is_write_fault(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a failed write, which stops a run: a
+    :class:`WriteError`, or an error only writes raise (:data:`WRITE_ONLY_ERRNOS`)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, WriteError) or (
+            isinstance(seen, OSError) and seen.errno in WRITE_ONLY_ERRNOS
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def write_fault_message(err: BaseException) -> str:
+    """One line for a write fault: a :class:`WriteError`'s own, or the error naming its file."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, WriteError):
+            return str(seen)
+        if isinstance(seen, OSError) and seen.errno in WRITE_ONLY_ERRNOS and seen.filename:
+            return str(write_error(Path(seen.filename), seen))
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 @functools.cache
@@ -42,19 +103,37 @@ def atomic_output(path: Path) -> Iterator[Path]:
     ``.tmp`` suffix; an exception removes it, so a crash never leaves a file under the final name.
     The file gets the mode a plain ``open()`` would give it (``mkstemp`` makes it private), so
     collaborators on shared storage can read the outputs as the umask allows.
+
+    Raises:
+        WriteError: the folder or the temporary file cannot be created, written (a full disk,
+            no permission, a read-only file system) or renamed; the message names ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise write_error(path, err) from err
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        tmp.chmod(usual_mode())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OSError as err:
+            # Writing the temporary file failed; other errors of the body (reading its inputs)
+            # are the body's own.
+            if err.errno in WRITE_ONLY_ERRNOS or err.filename == str(tmp):
+                raise write_error(path, err) from err
+            raise
+        try:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            tmp.chmod(usual_mode())
+            os.replace(tmp, path)
+        except OSError as err:
+            raise write_error(path, err) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a folder made read-only meanwhile
+            tmp.unlink(missing_ok=True)
 
 
 def safe_component(name: str, what: str) -> str:

@@ -2,15 +2,28 @@
 
 Each stage declares its own options as a dataclass without default values: the defaults are
 written once, in YAML, and the application composes the sections into one typed schema that
-hydra/OmegaConf check on every override (types, choices). Ranges are checked in the dataclasses'
-``__post_init__`` with the helpers below, so a bad value fails with one line naming its key.
+hydra/OmegaConf check on every override (types, choices). Every numeric field declares its
+allowed values on the field itself (:func:`bounded`, :func:`fraction`; names from a registry:
+:func:`registered`), and the dataclass's ``__post_init__`` checks them all with
+:func:`check_declared`, so a bad value fails with one line naming its key when the
+configuration is composed, before anything runs. (``tests/test_stage1_config.py`` walks the
+whole schema: a numeric field without a declared range fails it.)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+# Keys of a field's metadata.
+RANGE = "range"  # a Range
+FRACTION = "fraction"  # [numerator, denominator] of positive ints
+REGISTRY = "registry"  # "module:attribute" of the mapping whose keys are the allowed names
 
 
 class Choice(str, Enum):
@@ -47,16 +60,91 @@ def _where(owner: Any, name: str) -> str:
     return f"{section}.{name}" if section else name
 
 
-def check_range(owner: Any, name: str, low: float | None = None, high: float | None = None) -> None:
-    """Raise :class:`OptionError` unless ``low <= owner.<name> <= high`` (``None``: unbounded)."""
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option allows: ``low <= value <= high`` (``None``: unbounded; a
+    string: the value of that other field of the same section), or one of ``also``. Every value
+    must be finite."""
+
+    low: float | str | None = None
+    high: float | str | None = None
+    also: tuple[float, ...] = ()
+
+
+def bounded(
+    low: float | str | None = None, high: float | str | None = None, *, also: tuple = ()
+) -> Any:
+    """A numeric field (no default) allowing :class:`Range` ``(low, high, also)``; declare
+    ``bounded()`` for a number that may take any finite value."""
+    return dataclasses.field(metadata={RANGE: Range(low, high, tuple(also))})
+
+
+def jobs() -> Any:
+    """A field counting worker processes (joblib's ``n_jobs``): ``-1`` (all cores) or ``1`` and
+    more (``0`` would fail only when the processes start)."""
+    return bounded(1, also=(-1,))
+
+
+def fraction() -> Any:
+    """A ``[numerator, denominator]`` field of positive ints (no default)."""
+    return dataclasses.field(metadata={FRACTION: True})
+
+
+def registered(registry: str) -> Any:
+    """A name field (no default) allowing ``None`` or a key of the mapping ``registry``
+    (``"module:attribute"``, imported when a configuration is checked)."""
+    return dataclasses.field(metadata={REGISTRY: registry})
+
+
+def check_declared(owner: Any) -> None:
+    """Check every field of the dataclass ``owner`` that declares its values (:func:`bounded`,
+    :func:`fraction`, :func:`registered`).
+
+    Raises:
+        OptionError: one line naming the first key whose value is not allowed.
+    """
+    for f in dataclasses.fields(owner):
+        if (declared := f.metadata.get(RANGE)) is not None:
+            low, high = (
+                getattr(owner, bound) if isinstance(bound, str) else bound
+                for bound in (declared.low, declared.high)
+            )
+            check_range(owner, f.name, low, high, also=declared.also)
+        if f.metadata.get(FRACTION):
+            check_fraction(owner, f.name)
+        if (registry := f.metadata.get(REGISTRY)) is not None:
+            module_name, _, attribute = registry.partition(":")
+            check_registered(
+                owner, f.name, getattr(importlib.import_module(module_name), attribute)
+            )
+
+
+def check_range(
+    owner: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    also: tuple[float, ...] = (),
+) -> None:
+    """Raise :class:`OptionError` unless ``owner.<name>`` is finite and ``low <= value <= high``
+    (``None``: unbounded) or one of ``also``; ``None`` passes (a nullable option left unset)."""
     value = getattr(owner, name)
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise OptionError(f"{_where(owner, name)}={value!r}: expected a number")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise OptionError(f"{_where(owner, name)}={value!r}: expected a value in {bounds}")
+    if value in also:
+        return
+    if not math.isfinite(value) or (
+        (low is not None and value < low) or (high is not None and value > high)
+    ):
+        if low is None and high is None:
+            expected = "a finite number"
+        else:
+            bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            expected = f"a value in {bounds}" + "".join(f" or {v}" for v in also)
+        raise OptionError(f"{_where(owner, name)}={value!r}: expected {expected}")
 
 
 def check_fraction(owner: Any, name: str) -> None:

@@ -166,7 +166,8 @@ def decode_video(
         VideoError: the file cannot be opened as a video, or no frame decodes.
     """
     import av
-    from tqdm import tqdm
+
+    from rvos.progress import progress_bar
 
     try:
         container = av.open(str(path))
@@ -185,7 +186,9 @@ def decode_video(
         if total is not None and max_frames is not None:
             total = min(total, max_frames)
         # delay: no bar at all when decoding fails at once.
-        with tqdm(total=total, desc="decoding", unit="frame", dynamic_ncols=True, delay=1) as bar:
+        with progress_bar(
+            total=total, desc="decoding", unit="frame", dynamic_ncols=True, delay=1
+        ) as bar:
             try:
                 for index, frame in enumerate(container.decode(stream)):
                     if index % frame_step:

@@ -8,7 +8,9 @@ device, each bound to its GPU, processes its contiguous shard of the sorted vide
 
 A video that raises is reported with its id and traceback; the worker goes on with its other
 videos, and every other shard's finished work is kept. A worker process that dies (killed,
-out of memory, segfault) is reported with the video it was working on.
+out of memory, segfault) is reported with the video it was working on. A failed write (a full
+disk, a read-only folder: :func:`rvos.io.is_write_fault`) stops every worker instead: each later
+video would be computed only to fail the same way.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from tqdm import tqdm
+from rvos.io import is_write_fault, write_fault_message
+from rvos.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 VideoProcessor = Callable[[str], None]
-# ``(kind, worker, video_id, message)``: kind ``start``, ``done``, ``failed`` or ``setup_failed``;
-# message ``(one line, traceback)`` of a failure, else None.
+# ``(kind, worker, video_id, message)``: kind ``start``, ``done``, ``failed``, ``setup_failed`` or
+# ``stopped`` (a write fault: the worker stops); message ``(one line, traceback)`` of a failure,
+# else None.
 EventListener = Callable[[str, int, str | None, tuple[str, str] | None], None]
 
 
@@ -65,6 +69,7 @@ class Failure:
     video_id: str | None
     error: str
     details: str = ""
+    write_fault: bool = False  # a failed write, which stopped the workers
 
     @property
     def what(self) -> str:
@@ -80,6 +85,11 @@ class RunSummary:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def write_fault(self) -> Failure | None:
+        """The failed write that stopped the workers, if one did."""
+        return next((f for f in self.failures if f.write_fault), None)
 
 
 def resolve_job(target: str) -> Callable[[Any, str], VideoProcessor]:
@@ -103,27 +113,38 @@ def _run_shard(
     job: Any,
     video_ids: list[str],
     emit: Callable[..., None],
+    stopped: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Load the job once and process ``video_ids``, reporting through ``emit(kind, ...)``."""
+    """Load the job once and process ``video_ids``, reporting through ``emit(kind, ...)``; stop
+    at a write fault (``stopped`` event) or before a video once ``stopped()`` is true."""
     try:
         bind_device(device)
         process = resolve_job(target)(job, device)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which exits non-zero
-        emit("setup_failed", worker, None, _describe(err))
+        emit("stopped" if is_write_fault(err) else "setup_failed", worker, None, _describe(err))
         return
     for video_id in video_ids:
+        if stopped():
+            return
         emit("start", worker, video_id, None)
         try:
             process(video_id)
         except Exception as err:  # noqa: BLE001 - one video's failure must not stop the shard
+            if is_write_fault(err):  # ... but a failed write stops it: every video would fail
+                emit("stopped", worker, video_id, _describe(err))
+                return
             emit("failed", worker, video_id, _describe(err))
         else:
             emit("done", worker, video_id, None)
 
 
 def _describe(err: BaseException) -> tuple[str, str]:
-    """``(one line, full traceback)`` of an exception."""
-    summary = " ".join("".join(traceback.format_exception_only(err)).split())
+    """``(one line, full traceback)`` of an exception (a write fault: its path, error and what
+    to do)."""
+    if is_write_fault(err):
+        summary = write_fault_message(err)
+    else:
+        summary = " ".join("".join(traceback.format_exception_only(err)).split())
     return summary, "".join(traceback.format_exception(err)).rstrip()
 
 
@@ -157,13 +178,16 @@ def _process_entry(
     channel: Connection,
     log_level: int,
     num_workers: int,
+    stop: Any,
 ) -> None:
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s [worker {worker} {device}] %(levelname)s %(message)s"
     )
     share_cpu_threads(num_workers)
     # Connection.send is synchronous: an event sent before a crash is never lost.
-    _run_shard(worker, device, target, job, video_ids, lambda *event: channel.send(event))
+    _run_shard(
+        worker, device, target, job, video_ids, lambda *event: channel.send(event), stop.is_set
+    )
     channel.send(("exit", worker, None, None))
     channel.close()
 
@@ -189,7 +213,7 @@ def run_sharded(
     shards = shard(video_ids, len(devices))
     summary = RunSummary()
     bars = [
-        tqdm(
+        progress_bar(
             total=len(ids),
             desc=f"{desc} [{dev}]",
             unit="video",
@@ -210,19 +234,21 @@ def run_sharded(
             return
         if kind == "done":
             summary.done.append(str(video_id))
-        elif kind in ("failed", "setup_failed"):
-            failure = Failure(worker, devices[worker], video_id, *message)
+        elif kind in ("failed", "setup_failed", "stopped"):
+            failure = Failure(worker, devices[worker], video_id, *message, kind == "stopped")
             summary.failures.append(failure)
-            # One line for the console; the traceback for the run's log file (DEBUG).
-            logger.error(
-                "%s on %s: %s failed: %s", desc, failure.device, failure.what, failure.error
-            )
+            # One line for the console (a write fault: said once, by whoever stops the run);
+            # the traceback for the run's log file (DEBUG).
+            if not failure.write_fault:
+                logger.error(
+                    "%s on %s: %s failed: %s", desc, failure.device, failure.what, failure.error
+                )
             if failure.details:
                 logger.debug(
                     "%s on %s: %s\n%s", desc, failure.device, failure.what, failure.details
                 )
         current[worker] = None
-        if kind != "setup_failed":
+        if video_id is not None:
             bars[worker].update(1)
 
     def notify(
@@ -251,8 +277,10 @@ def _run_processes(
     on_event: Callable[[str, int, str | None, str], None],
     current: dict[int, str | None],
 ) -> None:
-    """One spawned process per non-empty shard; events arrive over one pipe per worker."""
+    """One spawned process per non-empty shard; events arrive over one pipe per worker. After a
+    write fault (a ``stopped`` event) every worker is told to stop before its next video."""
     context = mp.get_context("spawn")
+    stop = context.Event()
     processes, channels = {}, {}
     for worker, (ids, device) in enumerate(zip(shards, devices, strict=True)):
         if not ids:
@@ -269,6 +297,7 @@ def _run_processes(
                 sender,
                 _console_level(),
                 len(devices),
+                stop,
             ),
             name=f"worker-{worker}-{device}",
         )
@@ -297,6 +326,8 @@ def _run_processes(
             if kind == "exit":
                 del channels[worker]
             else:
+                if kind == "stopped":
+                    stop.set()
                 on_event(kind, worker, video_id, message)
     for process in processes.values():
         process.join()

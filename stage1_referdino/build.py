@@ -8,6 +8,7 @@ YAML path, or a dict.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -143,6 +144,15 @@ class ReferDINOConfig:
         config = cls(**kwargs)
         config.check_supported()
         return config
+
+    @property
+    def output_queries(self) -> int:
+        """Queries the model returns per frame: ``num_queries``, of which each decoder layer
+        keeps ``query_decay`` (rounded up); 15 for the released configurations."""
+        kept = self.num_queries
+        for _ in range(self.dec_layers):
+            kept = math.ceil(kept * self.query_decay)
+        return kept
 
     def check_supported(self) -> None:
         """Raise ``ValueError`` for settings this port does not implement."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rvos.options import Autocast, CacheDevice, check_range
+from rvos.options import Autocast, CacheDevice, bounded, check_declared
 
 
 @dataclass
@@ -29,15 +29,13 @@ class Stage1Options:
     model: str
     checkpoint: str
     text_encoder: str | None
-    short_side: int
-    top_k: int | None
-    obj_threshold: float
+    short_side: int = bounded(1)
+    top_k: int | None = bounded(1)
+    obj_threshold: float = bounded(0.0, 1.0)
     autocast: Autocast | None
     feature_cache_device: CacheDevice
     export_legacy: bool
     legacy_dir: str | None
 
     def __post_init__(self) -> None:
-        check_range(self, "short_side", 1)
-        check_range(self, "top_k", 1)
-        check_range(self, "obj_threshold", 0.0, 1.0)
+        check_declared(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rvos.options import Autocast, CacheDevice, Choice, OptionError, check_range
+from rvos.options import Autocast, CacheDevice, Choice, OptionError, bounded, check_declared
 
 
 class PromptKind(Choice):
@@ -38,17 +38,18 @@ class SamuraiOptions:
 
     SECTION = "stage2.samurai"
 
-    kf_score_weight: float
-    stable_frames_threshold: int
-    stable_ious_threshold: float
-    min_obj_score_logits: float
-    memory_bank_iou_threshold: float
-    memory_bank_obj_score_threshold: float
-    memory_bank_kf_score_threshold: float
+    kf_score_weight: float = bounded(0.0, 1.0)
+    stable_frames_threshold: int = bounded(0)
+    # Thresholds on IoUs (in [0, 1]) and logits: any finite value (below 0, an IoU threshold
+    # admits every frame; above 1, none).
+    stable_ious_threshold: float = bounded()
+    min_obj_score_logits: float = bounded()
+    memory_bank_iou_threshold: float = bounded()
+    memory_bank_obj_score_threshold: float = bounded()
+    memory_bank_kf_score_threshold: float = bounded()
 
     def __post_init__(self) -> None:
-        check_range(self, "kf_score_weight", 0.0, 1.0)
-        check_range(self, "stable_frames_threshold", 0)
+        check_declared(self)
 
 
 @dataclass
@@ -78,10 +79,10 @@ class Stage2Options:
 
     model: str
     checkpoint: str
-    score_threshold: float
+    score_threshold: float = bounded(0.0, 1.0)
     prompt: PromptKind
-    num_points: int
-    point_seed: int
+    num_points: int = bounded(1)
+    point_seed: int = bounded(0)  # numpy's generators take non-negative seeds
     tracker: Tracker
     autocast: Autocast | None
     offload_video_to_cpu: bool
@@ -92,8 +93,7 @@ class Stage2Options:
     released: dict[str, TrackerWeights]
 
     def __post_init__(self) -> None:
-        check_range(self, "score_threshold", 0.0, 1.0)
-        check_range(self, "num_points", 1)
+        check_declared(self)
         names = {tracker.value for tracker in Tracker}
         if set(self.released) != names:
             raise OptionError(

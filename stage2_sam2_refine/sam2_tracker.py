@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rvos.checkpoints import checkpoint_problem
+from rvos.checkpoints import checkpoint_family_problem
 from rvos.options import Autocast, CacheDevice
 from stage2_sam2_refine.build import build_sam2_predictor, resolve_sam2_config
 from stage2_sam2_refine.options import Stage2Options
@@ -215,11 +215,14 @@ def build(options: Stage2Options, *, device: str | torch.device = "cpu") -> Sam2
 
 def model_problems(options: Stage2Options, *, hint: str) -> list[str]:
     """What stops SAM 2 from loading, found without loading it: an unknown ``stage2.model``, a
-    missing or unreadable ``stage2.checkpoint`` (``hint``: how to get it)."""
+    missing or unreadable ``stage2.checkpoint``, or one of another model family (only the file's
+    index is read; ``hint``: how to get it)."""
     problems = []
     try:
         resolve_sam2_config(options.model)
     except FileNotFoundError as err:
         problems.append(f"stage2.model={options.model}: {err}")
-    problem = checkpoint_problem(options.checkpoint, key="stage2.checkpoint", hint=hint)
+    problem = checkpoint_family_problem(
+        options.checkpoint, key="stage2.checkpoint", family="SAM 2", hint=hint
+    )
     return problems + ([problem] if problem else [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from rvos.options import check_fraction
+from rvos.options import check_declared, fraction
 
 
 @dataclass
@@ -20,12 +20,11 @@ class FusionOptions:
 
     SECTION = "stage3"
 
-    shrink_ratio: list[int]
-    majority: list[int]
+    shrink_ratio: list[int] = fraction()
+    majority: list[int] = fraction()
 
     def __post_init__(self) -> None:
-        check_fraction(self, "shrink_ratio")
-        check_fraction(self, "majority")
+        check_declared(self)
 
     @property
     def shrink(self) -> Fraction:

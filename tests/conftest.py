@@ -7,10 +7,12 @@ tests marked ``slow`` load the fixture models or run the command line end to end
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,62 @@ def stage1_video():
 def make_stage1() -> Callable[[], object]:
     """:func:`stage1_video`."""
     return stage1_video
+
+
+# ----------------------------------------------------------------------------- file systems
+
+
+class Tmpfs:
+    """Real file systems that fill up or turn read-only (tmpfs mounts, undone after the test)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mounted: list[Path] = []
+
+    def mount(self, name: str, size: str) -> Path:
+        """A tmpfs of ``size`` (``"64k"``, ``"2m"``) mounted at ``<tmp_path>/name``. Mounting
+        needs root: elsewhere the test is skipped, saying why, and fails under ``CI=true``."""
+        path = self.base / name
+        path.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            reason = f"cannot mount a tmpfs for this test (needs root): {proc.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        self.mounted.append(path)
+        return path
+
+    @staticmethod
+    def fill(folder: Path) -> None:
+        """Take every free block of ``folder``'s file system (a file ``folder/.filler``)."""
+        chunk = b"\0" * 65536
+        with open(folder / ".filler", "wb", buffering=0) as handle:
+            for size in (len(chunk), 4096, 1):
+                try:
+                    while True:
+                        handle.write(chunk[:size])
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+
+    @staticmethod
+    def read_only(folder: Path) -> None:
+        """Make the tmpfs mounted at ``folder`` read-only."""
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.mounted):
+            subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Tmpfs]:
+    """:class:`Tmpfs` mounts under ``tmp_path``."""
+    mounts = Tmpfs(tmp_path)
+    yield mounts
+    mounts.unmount_all()

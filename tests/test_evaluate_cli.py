@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -69,6 +72,12 @@ def _gt(video_id: str, exp_id: str, frame_idx: int) -> np.ndarray:
 def _png(mask: np.ndarray) -> bytes:
     buffer = BytesIO()
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg() -> bytes:
+    buffer = BytesIO()
+    Image.fromarray(np.zeros((6, 8), np.uint8), mode="L").save(buffer, format="JPEG")
     return buffer.getvalue()
 
 
@@ -220,3 +229,126 @@ def test_predictions_of_another_split_exit_non_zero(split: Path, tmp_path: Path)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "no video of the split" in errors[0]
+
+
+# ----------------------------------------------------------------------------- damaged archives
+
+VICTIM = "vid_a/1/00001.png"  # the member each case damages
+
+
+def _zip(path: Path, files: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> Path:
+    """A zip of ``files``, :data:`VICTIM` compressed with ``method``."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data, compress_type=method if name == VICTIM else zipfile.ZIP_STORED)
+    return path
+
+
+def _headers(path: Path) -> tuple[int, int]:
+    """Offsets of :data:`VICTIM`'s local header and of its central-directory entry."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        local = zf.getinfo(VICTIM).header_offset
+    central = data.index(b"PK\x01\x02")
+    while data[central + 46 : central + 46 + len(VICTIM)] != VICTIM.encode():
+        central = data.index(b"PK\x01\x02", central + 4)
+    return local, central
+
+
+def _patch(path: Path, changes: dict[int, bytes]) -> None:
+    data = bytearray(path.read_bytes())
+    for offset, value in changes.items():
+        data[offset : offset + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+def _bad_crc(path: Path) -> None:
+    _zip(path, _perfect_files())
+    local, _ = _headers(path)
+    start = local + 30 + len(VICTIM)  # the member's bytes (stored)
+    _patch(path, {start + 20: bytes([path.read_bytes()[start + 20] ^ 0xFF])})
+
+
+def _truncated_member(path: Path) -> None:
+    _zip(path, _perfect_files(), zipfile.ZIP_DEFLATED)
+    local, central = _headers(path)
+    size = struct.unpack("<I", path.read_bytes()[central + 20 : central + 24])[0]
+    half = struct.pack("<I", size // 2)  # the directory says the member ends half-way
+    _patch(path, {local + 18: half, central + 20: half})
+
+
+def _damaged_deflate(path: Path) -> None:
+    _zip(path, _perfect_files(), zipfile.ZIP_DEFLATED)
+    local, _ = _headers(path)
+    _patch(path, {local + 30 + len(VICTIM) + 2: b"\xff" * 10})
+
+
+def _unsupported_method(path: Path) -> None:
+    _zip(path, _perfect_files(), zipfile.ZIP_DEFLATED)
+    local, central = _headers(path)
+    ppmd = struct.pack("<H", 98)  # PPMd, which zipfile cannot read
+    _patch(path, {local + 8: ppmd, central + 10: ppmd})
+
+
+def _encrypted(path: Path) -> None:
+    _zip(path, _perfect_files())
+    local, central = _headers(path)
+    data = path.read_bytes()
+    _patch(
+        path, {local + 6: bytes([data[local + 6] | 1]), central + 8: bytes([data[central + 8] | 1])}
+    )
+
+
+def _with_victim(content: bytes) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        _zip(path, {**_perfect_files(), VICTIM: content})
+
+    return make
+
+
+def _png_with_bad_data() -> bytes:
+    """The victim's PNG with its image data overwritten, every chunk CRC recomputed."""
+    png = bytearray(_perfect_files()[VICTIM])
+    idat = png.index(b"IDAT")
+    length = struct.unpack(">I", png[idat - 4 : idat])[0]
+    png[idat + 6 : idat + 10] = b"\xff" * 4
+    png[idat + 4 + length : idat + 8 + length] = struct.pack(
+        ">I", zlib.crc32(png[idat : idat + 4 + length])
+    )
+    return bytes(png)
+
+
+def _png_with_bad_chunk_crc() -> bytes:
+    png = bytearray(_perfect_files()[VICTIM])
+    idat = png.index(b"IDAT")
+    png[idat + 6 : idat + 10] = b"\x00" * 4
+    return bytes(png)
+
+
+DAMAGES = {
+    "bad-crc": (_bad_crc, "fails its CRC check"),
+    "truncated-member": (_truncated_member, "fails its CRC check"),
+    "damaged-deflate-stream": (_damaged_deflate, "is damaged (Error -3"),
+    "unsupported-compression": (_unsupported_method, "is compressed with method 98"),
+    "encrypted-member": (_encrypted, "is encrypted; zip the masks again without a password"),
+    "not-a-png": (_with_victim(b"GIF89a\x01\x00\x01\x00"), "is not a PNG image"),
+    "jpeg-not-png": (_with_victim(_jpeg()), "is not a PNG image"),
+    "truncated-png": (_with_victim(_png(np.ones((6, 8), bool))[:40]), "is a damaged PNG"),
+    "png-chunk-crc": (_with_victim(_png_with_bad_chunk_crc()), "is a damaged PNG"),
+    "png-that-does-not-decode": (_with_victim(_png_with_bad_data()), "does not decode"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_archive_is_one_line_naming_archive_and_member(
+    split: Path, tmp_path: Path, damage: str
+) -> None:
+    make, reason = DAMAGES[damage]
+    archive = tmp_path / f"{damage}.zip"
+    make(archive)
+    proc = _run(archive, "--data-root", split, "--jobs", "1")
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "J&F" not in line]
+    assert len(lines) == 1, proc.stderr  # no traceback, nor OpenCV's or libpng's messages
+    assert lines[0].startswith("ERROR") and f"{archive}: member {VICTIM} " in lines[0]
+    assert reason in lines[0]

@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from referdino_plus.preflight import PNG_BYTES_PER_PIXEL, space_problem
+from referdino_plus.archives import archive_stamp, set_aside_stale_archives
+from referdino_plus.config import load_config
+from referdino_plus.preflight import (
+    MARGIN_BYTES,
+    MARGIN_FRACTION,
+    SAM2_OBJECTS,
+    PreflightError,
+    VideoShape,
+    format_size,
+    png_bytes,
+    preflight,
+    record_bytes,
+    space_needed,
+    space_problem,
+)
 from rvos.checkpoints import CheckpointError, load_weights
 from rvos.frames import check_frames
 from rvos.io import atomic_output, make_temp_dir
+from rvos.splits import Split
 from stage1_referdino.build import load_text_encoder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -194,13 +213,22 @@ def test_unwritable_submission_dir_is_found_before_the_compute(
     assert report["status"] == "failed" and "submission_dir" in report["error"]
 
 
-def test_too_little_space_is_a_problem(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("free", "needed", "stated"),
+    [
+        (10**6, 5 * 10**9, "1.0 MB free, the run needs about 5.0 GB"),
+        (0, 3 * 10**5, "0 kB free, the run needs about 300 kB"),
+        (2 * 10**9, 35 * 10**8, "2.0 GB free, the run needs about 3.5 GB"),
+    ],
+)
+def test_too_little_space_is_a_problem_in_the_unit_that_fits(
+    tmp_path, monkeypatch, free, needed, stated
+):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10**6))
-    problem = space_problem(tmp_path, "submission_dir", 5 * 10**9)
-    assert problem.startswith(f"submission_dir={tmp_path}: 0.0 GB free, the run needs about 5.0 GB")
-    assert space_problem(tmp_path, "submission_dir", 10**5) is None
-    assert 1280 * 720 * PNG_BYTES_PER_PIXEL > 7_000  # the estimate covers a 720p mask PNG
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
+    problem = space_problem(tmp_path, "submission_dir", needed)
+    assert problem.startswith(f"submission_dir={tmp_path}: {stated}; free some space")
+    assert space_problem(tmp_path, "submission_dir", free) is None
 
 
 # ----------------------------------------------------------------------------- finished runs
@@ -242,25 +270,80 @@ def test_damaged_record_is_recomputed_with_a_warning(
         assert {n: new.read(n) for n in new.namelist()} == {n: old.read(n) for n in old.namelist()}
 
 
+def archive_bytes(folder: Path) -> dict[str, bytes]:
+    """Every archive under ``folder`` (``stale/`` included), by its relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.zip")}
+
+
+def run_fingerprint(archive: Path) -> str:
+    with zipfile.ZipFile(archive) as zf:
+        return json.loads(zf.comment)["run_fingerprint"]
+
+
 @pytest.mark.slow
-def test_failed_run_of_another_configuration_sets_the_old_archives_aside(
+def test_refused_runs_leave_the_archives_as_they_were(
     finished, run_cli, tmp_path, tiny_model_overrides, fixtures_dir
 ):
     run, overrides = copy_run(finished, tmp_path, tiny_model_overrides)
-    not_sam2 = fixtures_dir / "referdino_tiny" / "referdino_checkpoint.pth"  # loads, wrong keys
-    proc = run_cli(
-        "--cpu", *overrides, "stage2.score_threshold=0.3", f"stage2.checkpoint={not_sam2}",
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 1
-    assert "stage 2 (SAM 2): could not start on cpu" in proc.stderr
-    assert "fused.zip was made with another configuration: moved to" in proc.stderr
+    before = archive_bytes(run / "submissions")
+    assert sorted(before) == ["fused.zip", "stage1.zip", "stage2.zip"]
+    not_sam2 = fixtures_dir / "referdino_tiny" / "referdino_checkpoint.pth"
+    refusals = [
+        # stage 2 alone after a stage-1 option changed: it needs fresh stage-1 outputs
+        (["--stages", "2", "stage1.obj_threshold=0.3"], "needs the stage 1 (ReferDINO) outputs"),
+        (
+            ["--stages", "2", "3", "stage1.obj_threshold=0.4"],
+            "needs the stage 1 (ReferDINO) outputs",
+        ),
+        ([f"stage2.checkpoint={not_sam2}", "stage2.score_threshold=0.3"], "not a SAM 2 checkpoint"),
+    ]
+    for args, reason in refusals:
+        proc = run_cli("--cpu", *overrides, *args, check=False)
+        assert proc.returncode == 1 and reason in one_error(proc)
+        assert "moved to" not in proc.stderr
+        assert archive_bytes(run / "submissions") == before  # nothing moved, nothing lost
+
+
+@pytest.mark.slow
+def test_archives_of_other_configurations_are_kept_apart_never_overwritten(
+    finished, run_cli, tmp_path, tiny_model_overrides
+):
+    run, overrides = copy_run(finished, tmp_path, tiny_model_overrides)
     submissions = run / "submissions"
-    assert not (submissions / "fused.zip").exists() and not (submissions / "stage2.zip").exists()
-    assert (submissions / "stale" / "fused.zip").is_file()
-    assert (submissions / "stage1.zip").is_file()  # stage 1's configuration did not change
+    finished_fp = run_fingerprint(submissions / "fused.zip")
+    before = archive_bytes(submissions)
+    # Runs of other stage-2 settings that start, then fail: SAM 2.1-T's architecture does not
+    # take the tiny model's weights (a SAM 2 checkpoint, so the checks let it through).
+    for threshold in ("0.3", "0.35"):
+        proc = run_cli(
+            "--cpu", *overrides, f"stage2.score_threshold={threshold}",
+            "stage2.model=sam2.1_hiera_t", check=False,
+        )  # fmt: skip
+        assert proc.returncode == 1
+        assert "stage 2 (SAM 2): could not start on cpu" in proc.stderr
+    # The first failed run set the finished configuration's stage-2 and fused archives aside,
+    # together, by its fingerprint, and said where; the second had nothing to move.
+    kept = archive_bytes(submissions)
+    assert kept == {
+        "stage1.zip": before["stage1.zip"],  # stage 1's configuration did not change
+        f"stale/{finished_fp}/stage2.zip": before["stage2.zip"],
+        f"stale/{finished_fp}/fused.zip": before["fused.zip"],
+    }
     report = json.loads((run / "work" / "report.json").read_text())
     assert report["status"] == "failed" and report["stages"]["2"]["failed"][0]["video_id"] is None
+
+
+def test_a_set_aside_never_overwrites_another(tmp_path, caplog):
+    for content in (b"first", b"second"):
+        with zipfile.ZipFile(tmp_path / "fused.zip", "w") as zf:
+            zf.writestr("v/0/00000.png", content)
+            zf.comment = json.dumps(archive_stamp(3, "f3-old", "run-old")).encode()
+        set_aside_stale_archives(tmp_path, {1: "f1", 2: "f2", 3: "f3"})
+    stale = tmp_path / "stale" / "run-old"
+    assert sorted(p.name for p in stale.iterdir()) == ["fused-2.zip", "fused.zip"]
+    with zipfile.ZipFile(stale / "fused.zip") as zf:
+        assert zf.read("v/0/00000.png") == b"first"
+    assert f"moved to {stale / 'fused-2.zip'}" in caplog.text
 
 
 @pytest.mark.slow
@@ -369,3 +452,400 @@ def test_make_test_sets_up_a_fresh_clone_first(tmp_path):
 def test_help_lists_the_demo_command(run_cli):
     proc = run_cli("--help")
     assert "demo" in proc.stdout and "run_pipeline.py demo --help" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- checkpoint families
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_refused_before_stage_1(
+    run_cli, split, tmp_path, tiny_model_overrides, fixtures_dir
+):
+    referdino = fixtures_dir / "referdino_tiny" / "referdino_checkpoint.pth"
+    sam2 = fixtures_dir / "sam2_tiny" / "weights_propagating.pt"
+    overrides = overrides_for(tiny_model_overrides, split, tmp_path)
+    proc = run_cli("--cpu", *overrides, f"stage2.checkpoint={referdino}", check=False)
+    assert proc.returncode == 1
+    assert (
+        f"stage2.checkpoint={referdino}: a ReferDINO checkpoint, not a SAM 2 checkpoint; "
+        "point stage2.checkpoint= at a SAM 2 checkpoint"
+    ) in one_error(proc)
+    assert not (tmp_path / "work" / "stage1").exists()  # found before stage 1 ran
+    proc = run_cli("--cpu", *overrides, f"stage1.checkpoint={sam2}", check=False)
+    assert f"stage1.checkpoint={sam2}: a SAM 2 checkpoint, not a ReferDINO checkpoint" in (
+        one_error(proc)
+    )
+
+
+def sam2_checkpoint_problem(checkpoint: str, key: str) -> str | None:
+    """The stage-2 checkpoint line of the SAM 2 tracker's model check (None: no problem)."""
+    from stage2_sam2_refine.sam2_tracker import model_problems
+
+    cfg = load_config([f"stage2.checkpoint={checkpoint}"])
+    problems = [p for p in model_problems(cfg.stage2, hint="hint") if p.startswith(key)]
+    return problems[0] if problems else None
+
+
+def test_checkpoint_families_are_told_apart_from_the_file_index(tmp_path, fixtures_dir):
+    import torch
+
+    referdino = fixtures_dir / "referdino_tiny" / "referdino_checkpoint.pth"
+    sam2 = fixtures_dir / "sam2_tiny" / "weights_propagating.pt"
+    assert sam2_checkpoint_problem(str(sam2), "stage2.checkpoint") is None
+    assert "a ReferDINO checkpoint, not a SAM 2" in sam2_checkpoint_problem(
+        str(referdino), "stage2.checkpoint"
+    )
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, other)
+    problem = sam2_checkpoint_problem(str(other), "stage2.checkpoint")
+    assert problem.startswith(
+        f"stage2.checkpoint={other}: a dict with keys ['state_dict'], not a SAM 2 checkpoint"
+    )
+    loads = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    torch.load = spy
+    try:
+        sam2_checkpoint_problem(str(sam2), "stage2.checkpoint")
+    finally:
+        torch.load = real_load
+    assert loads == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
+
+
+def test_every_tracker_checks_its_weights_before_a_run(tmp_path, fixtures_dir):
+    """Each tracker's model check refuses the other model family's checkpoint in one line."""
+    from stage2_sam2_refine.options import Tracker
+    from stage2_sam2_refine.tracker import model_problems
+
+    referdino = fixtures_dir / "referdino_tiny" / "referdino_checkpoint.pth"
+    for tracker in Tracker:
+        cfg = load_config([f"stage2.tracker={tracker.value}", f"stage2.checkpoint={referdino}"])
+        problems = model_problems(cfg.stage2, hint="hint")
+        assert any(p.startswith(f"stage2.checkpoint={referdino}") for p in problems), tracker
+
+
+# ----------------------------------------------------------------------------- everything at once
+
+
+@pytest.mark.slow
+def test_plain_run_lists_missing_data_and_checkpoints_in_one_message(run_cli, tmp_path):
+    proc = run_cli(
+        f"data.root={tmp_path / 'no_data'}", "stage1.checkpoint=nowhere/referdino.pth",
+        "stage2.checkpoint=nowhere/sam2.pt", "stage1.text_encoder=nowhere/bert",
+        f"work_dir={tmp_path / 'work'}", f"submission_dir={tmp_path / 'submissions'}",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot start, 4 problems:" in one_error(proc)
+    for problem in (
+        f"{tmp_path / 'no_data' / 'meta_expressions.json'} not found",
+        "nowhere/bert",
+        "stage1.checkpoint=nowhere/referdino.pth: not found",
+        "stage2.checkpoint=nowhere/sam2.pt: not found",
+    ):
+        assert problem in proc.stderr
+
+
+# ----------------------------------------------------------------------------- console
+
+
+@pytest.mark.slow
+def test_quiet_run_shows_no_progress_bars_and_the_cpu_fallback_warns(
+    run_cli, split, tmp_path, tiny_model_overrides
+):
+    overrides = overrides_for(tiny_model_overrides, split, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), "-q", *overrides],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # no GPU, as on a CPU machine
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "submissions" / "fused.zip").is_file()
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if "no GPU found: running on the CPU" in line] == [
+        next(line for line in lines if " WARNING " in line)
+    ]
+    # Only warnings (and the score table on stdout): no bar of a stage, the frame check, the
+    # archives or the evaluation.
+    assert all(" WARNING " in line for line in lines), proc.stderr
+    assert "|" not in proc.stderr and "it/s" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- disk space
+
+
+def estimate_without_margin(needed: int) -> float:
+    return (needed - MARGIN_BYTES) / (1 + MARGIN_FRACTION)
+
+
+@pytest.mark.slow
+def test_space_estimate_covers_what_a_run_wrote(finished, tmp_path):
+    root, run, overrides = finished
+    cfg = load_config([*overrides, f"work_dir={tmp_path / 'empty'}"])  # nothing written yet
+    split = Split(root, "mevis")
+    sizes = {vid: split.frame_size(vid) for vid in split.video_ids}
+    needed = space_needed(cfg, split, [1, 2, 3], {}, sizes)
+    records = sum(p.stat().st_size for p in (run / "work").glob("stage*/*.npz"))
+    archives = sum(p.stat().st_size for p in (run / "submissions").glob("*.zip"))
+    # From nothing: at least what the run wrote, and not far above.
+    assert records <= estimate_without_margin(needed["work_dir"]) <= 3 * records
+    assert archives <= estimate_without_margin(needed["submission_dir"]) <= 3 * archives
+
+
+def test_space_estimate_covers_records_and_archives_of_720p_masks(tmp_path):
+    from rvos import intermediates as im
+    from rvos.archive import write_archive
+    from rvos.masks import RunLengthMasks
+
+    rng = np.random.default_rng(0)
+    height, width, frames, queries = 720, 1280, 6, 15
+    yy, xx = np.mgrid[:height, :width]
+
+    def blobs(count: int) -> np.ndarray:
+        mask = np.zeros((height, width), dtype=bool)
+        for _ in range(count):
+            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+            ry, rx = rng.uniform(0.05, 0.5) * height, rng.uniform(0.05, 0.5) * width
+            mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        return mask
+
+    names = [f"{i:05d}" for i in range(frames)]
+    stage1 = im.Stage1Video("v", names, height, width)
+    stage2 = im.Stage2Video("v", names, height, width)
+    for exp_id in ("0", "1"):  # each query's mask an object of up to two pieces
+        masks = np.stack([np.stack([blobs(2) for _ in range(queries)]) for _ in range(frames)])
+        stage1.expressions[exp_id] = im.ExpressionProposals(
+            scores=rng.random((frames, queries), dtype=np.float32),
+            boxes=rng.random((frames, queries, 4), dtype=np.float32),
+            masks=RunLengthMasks.encode(masks),
+            query_ids=np.arange(queries),
+            answer=RunLengthMasks.encode(masks.any(axis=1)),
+        )
+        stage2.expressions[exp_id] = im.ExpressionRefinement(
+            kept_columns=np.arange(SAM2_OBJECTS),
+            prompt_frames=np.zeros(SAM2_OBJECTS, dtype=np.int64),
+            sam2_masks=RunLengthMasks.encode(masks[:, :SAM2_OBJECTS]),
+            stage1_union=RunLengthMasks.encode(masks[:, :SAM2_OBJECTS].any(axis=1)),
+        )
+    im.save_stage1(tmp_path / "s1.npz", stage1, fingerprint="f")
+    im.save_stage2(tmp_path / "s2.npz", stage2, fingerprint="f")
+    shape = VideoShape(height, width, frames, 2)
+    for stage in (1, 2):
+        written = (tmp_path / f"s{stage}.npz").stat().st_size
+        assert written <= record_bytes(stage, shape, queries) <= 3 * written
+    expected = {"v": {e: names for e in stage1.expressions}}
+    answers = {e: p.answer.decode() for e, p in stage1.expressions.items()}
+    write_archive(tmp_path / "a.zip", lambda vid: (names, answers), expected, jobs=1)
+    written = (tmp_path / "a.zip").stat().st_size
+    assert written <= 2 * frames * png_bytes(height, width) <= 3 * written
+
+
+@pytest.mark.slow
+def test_submission_dir_with_half_the_room_is_refused_before_the_compute(
+    finished, run_cli, split, tmp_path, tiny_model_overrides, tmpfs
+):
+    _, run, _ = finished
+    archives = sum(p.stat().st_size for p in (run / "submissions").glob("*.zip"))
+    small = tmpfs.mount("small", f"{archives // 2 // 4096 * 4096 or 4096}")
+    overrides = overrides_for(tiny_model_overrides, split, tmp_path)
+    proc = run_cli("--cpu", *overrides, f"submission_dir={small}", check=False)
+    assert proc.returncode == 1
+    free = shutil.disk_usage(small).free
+    assert (
+        f"cannot start: submission_dir={small}: {free // 1000} kB free, the run needs about "
+    ) in one_error(proc)
+    assert "MB; free some space or choose another submission_dir=" in proc.stderr
+    assert not (tmp_path / "work" / "stage1").exists()
+
+
+def test_work_and_submission_dirs_on_one_file_system_share_its_room(
+    split, tmp_path, tiny_model_overrides, tmpfs
+):
+    disk = tmpfs.mount("disk", "1500k")  # room for either folder's estimate, not for both
+    cfg = load_config(
+        [
+            *tiny_model_overrides,
+            f"data.root={split}",
+            f"work_dir={disk / 'work'}",
+            f"submission_dir={disk / 'submissions'}",
+        ]
+    )
+    with pytest.raises(PreflightError) as info:
+        preflight(cfg, Split(split, "mevis"), [1, 2, 3])
+    (problem,) = info.value.problems
+    sizes = {vid: (48, 64) for vid in VIDEOS}
+    needed = space_needed(cfg, Split(split, "mevis"), [1, 2, 3], {}, sizes)
+    assert max(needed.values()) < 1_500_000 < sum(needed.values())
+    assert problem == (
+        f"work_dir={disk / 'work'} and submission_dir={disk / 'submissions'} (one file system): "
+        f"1.5 MB free, the run needs about {format_size(sum(needed.values()))} (work_dir "
+        f"{format_size(needed['work_dir'])}, submission_dir {format_size(needed['submission_dir'])}"
+        "); free some space or choose other folders"
+    )
+
+
+# ----------------------------------------------------------------------------- write faults
+
+
+@pytest.fixture
+def run_here(monkeypatch):
+    """``run_here(*argv)``: the command line in this process, so that a test can change what the
+    run meets between its checks and its stages; its console goes to stderr (``capfd``). The
+    logging it sets up is undone after each command."""
+    from referdino_plus.cli import main
+    from rvos.progress import QUIET_VARIABLE
+
+    root = logging.getLogger()
+    monkeypatch.delenv(QUIET_VARIABLE, raising=False)
+
+    def run(*argv) -> int:
+        handlers, level = list(root.handlers), root.level
+        try:
+            return main([str(a) for a in argv])
+        finally:
+            for handler in [h for h in root.handlers if h not in handlers]:
+                root.removeHandler(handler)
+                handler.close()
+            root.setLevel(level)
+            logging.captureWarnings(False)
+
+    return run
+
+
+def once_checked(monkeypatch, damage: Callable[[], None]) -> None:
+    """Do ``damage`` once a run has passed its checks, before its stages start."""
+    from referdino_plus import pipeline
+
+    set_aside = pipeline.set_aside_stale_archives
+
+    def then_damage(*args):
+        moved = set_aside(*args)
+        damage()
+        return moved
+
+    monkeypatch.setattr(pipeline, "set_aside_stale_archives", then_damage)
+
+
+def console_errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if " ERROR " in line]
+
+
+@pytest.mark.slow
+def test_a_full_work_dir_stops_the_run_at_the_first_failed_write(
+    run_here, capfd, monkeypatch, split, tmp_path, tiny_model_overrides, tmpfs
+):
+    import stage2_sam2_refine.runner as stage2_runner
+
+    work = tmpfs.mount("work", "4m")
+    overrides = [*overrides_for(tiny_model_overrides, split, tmp_path), f"work_dir={work}"]
+    assert run_here("--cpu", "--stages", "1", *overrides) == 0
+    computed = []
+    build = stage2_runner.build_video_processor
+
+    def counting(job, device):
+        process = build(job, device)
+        return lambda video_id: (computed.append(video_id), process(video_id))[1]
+
+    monkeypatch.setattr(stage2_runner, "build_video_processor", counting)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a report goes otherwise
+    once_checked(monkeypatch, lambda: tmpfs.fill(work))
+    capfd.readouterr()
+    assert run_here("--cpu", "--stages", "2", "3", *overrides) == 1
+    err = capfd.readouterr().err
+    assert computed == ["vid1"]  # its save failed: no other video was computed
+    assert len(console_errors(err)) == 1, err
+    (error,) = console_errors(err)
+    assert (
+        f"stage 2 (SAM 2) stopped: cannot write {work / 'stage2' / 'vid1.npz'}: No space left "
+        "on device (ENOSPC); free some space on that file system or write elsewhere, then "
+        "rerun the same command (finished work is kept)"
+    ) in error
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("logging to ") <= 1  # the log file on the full disk says so once
+    # The report is where the warning says, as work_dir has no room for it.
+    (report,) = tmp_path.glob("referdino_plus-report-*/report.json")
+    assert "report.json could not be written (" in err and f"the report is {report}" in err
+    content = json.loads(report.read_text())
+    assert content["status"] == "failed" and "No space left on device" in content["error"]
+
+
+def test_a_log_file_on_a_full_disk_says_so_once(capfd, tmpfs):
+    from referdino_plus.runtime import log_file_failed, log_to_file
+
+    logs = tmpfs.mount("logs", "64k")
+    path = log_to_file(logs)
+    root = logging.getLogger()
+    handler = root.handlers[-1]
+    try:
+        tmpfs.fill(logs)
+        for index in range(200):
+            logging.getLogger("referdino_plus").warning("line %d %s", index, "x" * 500)
+        assert log_file_failed()
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert err.count(f"logging to {path} stopped: No space left on device") == 1
+
+
+@pytest.mark.slow
+def test_a_submission_dir_made_read_only_mid_run_names_the_archive(
+    finished, run_here, capfd, monkeypatch, tmp_path, tiny_model_overrides, tmpfs
+):
+    run, overrides = copy_run(finished, tmp_path, tiny_model_overrides)
+    submissions = tmpfs.mount("submissions", "1m")
+    overrides = [*overrides, f"submission_dir={submissions}"]
+    once_checked(monkeypatch, lambda: tmpfs.read_only(submissions))
+    capfd.readouterr()
+    assert run_here("--cpu", *overrides) == 1
+    err = capfd.readouterr().err
+    (error,) = console_errors(err)
+    assert (
+        f"cannot write {submissions / 'stage1.zip'}: Read-only file system (EROFS); the file "
+        "system is mounted read-only: remount it writable or write elsewhere, then rerun"
+    ) in error
+    assert ".tmp" not in error and "Traceback" not in err
+    assert [line for line in err.splitlines() if " WARNING " in line] == []
+
+
+def test_permission_denied_names_the_target_not_a_temporary_file(tmp_path):
+    # A folder its owner may not write in (mode 0555), written by a process without the
+    # capabilities that let root ignore permission bits (as any other user would be).
+    if shutil.which("setpriv") is None:
+        reason = "setpriv (util-linux) is needed to drop root's capabilities"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    folder = tmp_path / "not_writable"
+    folder.mkdir(mode=0o555)
+    folder.chmod(0o555)
+    code = (
+        "import sys; from pathlib import Path; from rvos.io import atomic_output, WriteError\n"
+        "try:\n"
+        "    with atomic_output(Path(sys.argv[1]) / 'fused.zip') as tmp:\n"
+        "        tmp.write_bytes(b'zip')\n"
+        "except WriteError as err:\n"
+        "    print(err)\n"
+    )
+    unprivileged = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    proc = subprocess.run(
+        [*unprivileged, sys.executable, "-c", code, str(folder)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip() == (
+        f"cannot write {folder / 'fused.zip'}: Permission denied (EACCES); make the folder "
+        "writable for this user or write elsewhere, then rerun the same command (finished "
+        "work is kept)"
+    ), proc.stderr
+    assert list(folder.iterdir()) == []

@@ -124,10 +124,22 @@ def test_archives_of_another_configuration_are_set_aside(tmp_path, caplog):
     _stamped_zip(tmp_path / "stage2.zip", archive_stamp(2, "old"))  # another one's
     _stamped_zip(tmp_path / "fused.zip", None)  # unknown origin
     moved = set_aside_stale_archives(tmp_path, fingerprints)
-    assert sorted(p.name for p in moved) == ["fused.zip", "stage2.zip"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in moved) == [
+        "stale/old/stage2.zip",  # by the fingerprint of the configuration that made it
+        "stale/unknown/fused.zip",
+    ]
     assert (tmp_path / "stage1.zip").is_file() and not (tmp_path / "fused.zip").exists()
-    assert (tmp_path / "stale" / "stage2.zip").is_file()
-    assert "another configuration" in caplog.text
+    assert (
+        "another configuration: moved to" in caplog.text and "stale/old/stage2.zip" in caplog.text
+    )
+    # Another archive of the same configuration later: set aside beside it, never over it.
+    first = (tmp_path / "stale" / "old" / "stage2.zip").read_bytes()
+    _stamped_zip(tmp_path / "stage2.zip", archive_stamp(2, "old"))
+    (tmp_path / "stage2.zip").write_bytes((tmp_path / "stage2.zip").read_bytes() + b"x")
+    assert set_aside_stale_archives(tmp_path, fingerprints) == [
+        tmp_path / "stale" / "old" / "stage2-2.zip"
+    ]
+    assert (tmp_path / "stale" / "old" / "stage2.zip").read_bytes() == first
 
 
 def test_report_never_mixes_decisions_of_another_configuration(tmp_path, make_split):

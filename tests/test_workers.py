@@ -4,9 +4,12 @@ import os
 
 import pytest
 
+from rvos.progress import QUIET_VARIABLE, set_quiet
 from rvos.workers import run_sharded, shard
 
 JOB = "worker_jobs:build_marker_job"
+WRITING_JOB = "worker_jobs:build_writing_job"
+PROGRESS_JOB = "worker_jobs:build_progress_job"
 
 
 def test_shard_is_contiguous_sorted_and_deterministic():
@@ -83,3 +86,56 @@ def test_setup_failure_is_reported(tmp_path):
     summary = run_sharded("worker_jobs:build_broken_job", {}, ["a"], ["cpu"], desc="test")
     assert summary.done == [] and summary.failures[0].video_id is None
     assert "download_ckpts.sh" in summary.failures[0].error
+
+
+# ----------------------------------------------------------------------------- write faults
+
+
+def test_a_failed_write_stops_the_worker_in_process(tmpfs, tmp_path):
+    full = tmpfs.mount("full", "64k")
+    tmpfs.fill(full)
+    (tmp_path / "log").mkdir()
+    config = {"log": str(tmp_path / "log"), "folders": {"a": str(full)}}
+    summary = run_sharded(WRITING_JOB, config, ["a1", "a2", "a3"], ["cpu"], desc="test")
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["a1"]  # nothing more computed
+    fault = summary.write_fault
+    assert fault is not None and fault.video_id == "a1" and summary.failures == [fault]
+    assert fault.error.startswith(f"cannot write {full / 'a1.out'}: No space left on device")
+    assert "free some space" in fault.error and ".tmp" not in fault.error
+
+
+@pytest.mark.slow
+def test_a_failed_write_stops_every_worker_process(tmpfs, tmp_path):
+    # Shard 0 (a1..a5) writes to a full file system, shard 1 (b1..b5) to one with room, slowly:
+    # once shard 0's first write fails, shard 1 stops before its next video.
+    full = tmpfs.mount("full", "64k")
+    tmpfs.fill(full)
+    for name in ("log", "roomy"):
+        (tmp_path / name).mkdir()
+    config = {
+        "log": str(tmp_path / "log"),
+        "folders": {"a": str(full), "b": str(tmp_path / "roomy")},
+        "delay": 1.0,
+    }
+    videos = [f"{letter}{i}" for letter in "ab" for i in range(1, 6)]
+    summary = run_sharded(WRITING_JOB, config, videos, ["cpu", "cpu"], desc="test")
+    computed = sorted(p.name for p in (tmp_path / "log").iterdir())
+    assert [v for v in computed if v.startswith("a")] == ["a1"]
+    assert len([v for v in computed if v.startswith("b")]) < 5, computed
+    assert summary.write_fault is not None and summary.write_fault.video_id == "a1"
+    assert f"cannot write {full / 'a1.out'}: No space left on device" in summary.write_fault.error
+    assert [f for f in summary.failures if not f.write_fault] == []
+
+
+# ----------------------------------------------------------------------------- quiet
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_the_progress_bars_of_worker_processes(capfd, monkeypatch, quiet):
+    monkeypatch.delenv(QUIET_VARIABLE, raising=False)
+    set_quiet(quiet)
+    run_sharded(PROGRESS_JOB, {}, ["a", "b"], ["cpu", "cpu"], desc="outer")
+    err = capfd.readouterr().err
+    shown = ("inner progress of a" in err, "outer [cpu]" in err)
+    assert shown == ((False, False) if quiet else (True, True)), err
