@@ -114,7 +114,11 @@ def cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> dict[str, str]:
         if cfg.stage1.text_encoder:
             paths["stage1.text_encoder"] = cfg.stage1.text_encoder
     if 2 in stages:
-        paths["stage2.checkpoint"] = cfg.stage2.checkpoint
+        checkpoint = cfg.stage2.checkpoint
+        # SAM 3's weights may be a hub id (e.g. facebook/sam3), which names no file here: each
+        # node reads it from the shared Hugging Face cache (README, SAM 3).
+        if str(cfg.stage2.tracker) != "sam3" or Path(checkpoint).expanduser().exists():
+            paths["stage2.checkpoint"] = checkpoint
         if Path(cfg.stage2.model).suffix in (".yaml", ".yml"):
             paths["stage2.model"] = cfg.stage2.model
     return paths

@@ -461,3 +461,33 @@ def test_the_app_offers_sam3_with_its_released_weights(tmp_path):
     assert app.job_config(request).stage2.checkpoint == str(folder)
     sam2 = app.job_config(dataclasses.replace(request, tracker="sam2")).stage2
     assert (sam2.model, sam2.checkpoint) == ("sam2.1_hiera_l", "checkpoints/sam2.1_hiera_large.pt")
+
+
+@pytest.mark.slow
+def test_an_app_job_with_sam3(tiny_sam3_dir, tiny_model_overrides, tmp_path):
+    """A job of the browser app's back end with stage2.tracker=sam3, per-frame progress included."""
+    from referdino_plus.app import CONFIGURED_SAM2, App, JobRequest, write_example_clip
+    from referdino_plus.segmenter import STAGE2
+
+    cfg = load_config(
+        [
+            *tiny_model_overrides[:3],
+            "stage1.top_k=2",
+            "stage2.tracker=sam3",
+            f"stage2.checkpoint={tiny_sam3_dir}",
+            "stage2.score_threshold=0.0",
+            f"app.results_dir={tmp_path / 'results'}",
+            "app.examples=[]",
+        ]
+    )
+    app = App(cfg, "cpu")
+    clip = write_example_clip(tmp_path / "clip.mp4", num_frames=NUM_FRAMES, size=(HEIGHT, WIDTH))
+    request = JobRequest(
+        source=clip, sentences=["a square"], frame_step=1, max_frames=NUM_FRAMES,
+        sam2=CONFIGURED_SAM2, prompt="mask", tracker="sam3",
+    )  # fmt: skip
+    events = []
+    result = app.run(request, progress=events.append)
+    assert result.summary["stage2"]["checkpoint"] == str(tiny_sam3_dir)
+    assert len(result.summary["sentences"]) == 1
+    assert [e for e in events if e.step == STAGE2 and "frame" in e.detail]

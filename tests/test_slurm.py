@@ -127,6 +127,18 @@ def test_only_the_files_of_the_stages_to_run_must_be_absolute(cluster_config):
     check_cluster_paths(cfg, [2, 3])  # stage 1 does not run: its checkpoint is not read
 
 
+def test_a_sam3_hub_id_is_not_a_path_but_a_relative_sam3_folder_is(
+    cluster_config, tmp_path, monkeypatch
+):
+    cfg = cluster_config("stage2.tracker=sam3", "stage2.checkpoint=facebook/sam3")
+    check_cluster_paths(cfg, [2, 3])  # read from the shared Hugging Face cache on each node
+    (tmp_path / "sam3").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = cluster_config("stage2.tracker=sam3", "stage2.checkpoint=sam3")
+    with pytest.raises(ValueError, match="^stage2.checkpoint=sam3: launcher=slurm needs an abs"):
+        check_cluster_paths(cfg, [2, 3])
+
+
 def test_submitting_needs_the_slurm_commands(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda command: None)
     with pytest.raises(PipelineError, match="`sbatch` not found"):
