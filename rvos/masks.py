@@ -382,9 +382,12 @@ def _encode_rows(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run lengths of every row of ``flat: [N, L] bool`` -> (counts [R] uint32, offsets [N+1])."""
     num_rows, length = flat.shape
     # Boundaries: positions where a run starts, with a virtual background pixel before each row.
-    padded = np.zeros((num_rows, length + 1), dtype=bool)
-    padded[:, 1:] = flat
-    rows, positions = np.nonzero(padded[:, 1:] != padded[:, :-1])
+    starts = np.empty((num_rows, length), dtype=bool)
+    starts[:, :1] = flat[:, :1]
+    np.not_equal(flat[:, 1:], flat[:, :-1], out=starts[:, 1:])
+    # (flatnonzero of the flat array: many times faster than a 2-D nonzero)
+    flat_positions = np.flatnonzero(starts)
+    rows, positions = np.divmod(flat_positions, max(length, 1))
     return _runs_from_boundaries(rows, positions, num_rows, length)
 
 
