@@ -60,7 +60,7 @@ class IncompleteArchiveError(RuntimeError):
 def encode_png(mask: np.ndarray, compress_level: int = 1) -> bytes:
     """``mask: [H, W] bool`` -> PNG bytes, mode L, 0/255."""
     buffer = io.BytesIO()
-    image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+    image = Image.fromarray(np.where(mask, np.uint8(255), np.uint8(0)), mode="L")
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
