@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Frames per piece of the operations on runs (unions, box areas): their temporary arrays take
+# about a hundred bytes per run, so a long video is worked through a piece at a time.
+RUN_CHUNK_FRAMES = 64
+
 
 @dataclass(frozen=True)
 class RunLengthMasks:
@@ -201,10 +205,7 @@ class RunLengthMasks:
         """
         if len(self.shape) != 4:
             raise ValueError(f"union takes a [T, K, H, W] stack, got shape {self.shape}")
-        num_frames, num_objects = self.shape[:2]
-        mask, start, end = self._foreground_runs()
-        shape = (num_frames, *self.frame_size)
-        return _from_foreground_runs(shape, mask // max(num_objects, 1), start, end)
+        return _joined([part._union_objects() for part in self._chunks()])
 
     def union_with(self, other: RunLengthMasks) -> RunLengthMasks:
         """The pixel-wise union of two stacks of the same shape, computed on the runs (no
@@ -215,13 +216,39 @@ class RunLengthMasks:
         """
         if self.shape != other.shape:
             raise ValueError(f"cannot unite masks of shapes {self.shape} and {other.shape}")
-        parts = [self._foreground_runs(), other._foreground_runs()]
-        mask, start, end = (np.concatenate(column) for column in zip(*parts, strict=True))
-        return _from_foreground_runs(self.shape, mask, start, end)
+        parts = zip(self._chunks(), other._chunks(), strict=True)
+        return _joined([mine._union_with(theirs) for mine, theirs in parts])
 
     def bounding_box_areas(self) -> np.ndarray:
         """``[*lead] int64``: :func:`bounding_box_area` of every mask, computed on the runs (no
         decoding)."""
+        areas = [part._box_areas().reshape(-1) for part in self._chunks()]
+        return np.concatenate(areas).reshape(self.lead_shape)
+
+    def _chunks(self) -> Iterator[RunLengthMasks]:
+        """The stack in pieces of :data:`RUN_CHUNK_FRAMES` along the first axis (itself when it
+        is no longer), so that the run operations' temporary arrays stay a few frames' worth."""
+        if len(self.shape) == 2 or self.shape[0] <= RUN_CHUNK_FRAMES:
+            yield self
+            return
+        for first in range(0, self.shape[0], RUN_CHUNK_FRAMES):
+            yield self.select(slice(first, first + RUN_CHUNK_FRAMES))
+
+    def _union_objects(self) -> RunLengthMasks:
+        """:meth:`union` in one piece."""
+        num_frames, num_objects = self.shape[:2]
+        mask, start, end = self._foreground_runs()
+        shape = (num_frames, *self.frame_size)
+        return _from_foreground_runs(shape, mask // max(num_objects, 1), start, end)
+
+    def _union_with(self, other: RunLengthMasks) -> RunLengthMasks:
+        """:meth:`union_with` in one piece."""
+        parts = [self._foreground_runs(), other._foreground_runs()]
+        mask, start, end = (np.concatenate(column) for column in zip(*parts, strict=True))
+        return _from_foreground_runs(self.shape, mask, start, end)
+
+    def _box_areas(self) -> np.ndarray:
+        """:meth:`bounding_box_areas` in one piece."""
         height, width = self.frame_size
         mask, start, end = self._foreground_runs()
         areas = np.zeros(self.num_masks, dtype=np.int64)
@@ -325,6 +352,11 @@ class RunLengthBuilder:
         lengths = np.concatenate([runs[1] for runs in self._frames])
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return RunLengthMasks(shape=shape, counts=counts.astype(np.uint32), offsets=offsets)
+
+
+def _joined(parts: Sequence[RunLengthMasks]) -> RunLengthMasks:
+    """``parts`` stacked along the first axis (the part itself when there is one)."""
+    return parts[0] if len(parts) == 1 else RunLengthMasks.concatenate(parts)
 
 
 # A stack of masks ``[T, ..., H, W]``: a bool array, or its runs.

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rvos import masks as masks_module
 from rvos.masks import (
     RunLengthBuilder,
     RunLengthMasks,
@@ -176,3 +177,19 @@ def test_empty_stack_and_array_view():
     masks = np.eye(4, dtype=bool)[None]
     rle = RunLengthMasks.encode(masks)
     assert rle.any() and np.array_equal(np.asarray(rle), masks)
+
+
+def test_run_operations_work_through_long_stacks_piece_by_piece(monkeypatch):
+    """Pieces of a few frames (as a long video's) give the runs of the whole stack at once."""
+    monkeypatch.setattr(masks_module, "RUN_CHUNK_FRAMES", 3)
+    rng = np.random.default_rng(6)
+    masks = rng.random((10, 2, 5, 7)) < 0.3
+    other = rng.random((10, 5, 7)) < 0.3
+    rle = RunLengthMasks.encode(masks)
+    _same_runs(rle.union(), RunLengthMasks.encode(masks.any(axis=1)))
+    _same_runs(
+        rle.union().union_with(RunLengthMasks.encode(other)),
+        RunLengthMasks.encode(masks.any(axis=1) | other),
+    )
+    expected = [[bounding_box_area(m) for m in frame] for frame in masks]
+    np.testing.assert_array_equal(rle.bounding_box_areas(), expected)
