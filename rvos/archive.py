@@ -253,9 +253,9 @@ def write_archive(
 
     Args:
         path: the ``.zip`` to write.
-        load: per video, its frame names and ``{exp_id: [T, H, W]}``, runs (decoded a frame at
-            a time) or bool (called in workers,
-            so it must be picklable: a module-level function or a ``functools.partial``).
+        load: per video, its frame names and ``{exp_id: [T, H, W]}`` as runs (decoded a frame
+            at a time) or bool; called in workers, so it must be picklable (a module-level
+            function or a ``functools.partial``).
         expected: ``{video_id: {exp_id: frame_names}}`` — what a complete archive holds
             (usually every video and expression of ``meta_expressions.json``).
         compress_level: PNG zlib level.
