@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clips  # noqa: E402
 import real_size  # noqa: E402
 from referdino_plus.config import load_config  # noqa: E402
-from rvos.masks import RunLengthMasks  # noqa: E402
 from stage2_sam2_refine.options import PromptKind  # noqa: E402
 from stage2_sam2_refine.reference import build_reference_predictor, reference_refine  # noqa: E402
 from stage2_sam2_refine.refine import Refiner  # noqa: E402
@@ -168,12 +167,8 @@ def compare_ways(reference, refiner, frame_dir: Path, proposals: dict, options):
                     masks=p.masks,
                     options=options,
                 )
-                with per_expression.measure(POSTPROCESS):
-                    RunLengthMasks.encode(expected.masks)
             with shared.measure(OTHER):
                 result = refiner.refine(session, scores=p.scores, boxes=p.boxes, masks=p.masks)
-                with shared.measure(POSTPROCESS):
-                    RunLengthMasks.encode(result.masks)
             identical &= bool(
                 np.array_equal(result.masks, expected.masks)
                 and np.array_equal(result.columns, expected.columns)

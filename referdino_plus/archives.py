@@ -13,11 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rvos import intermediates as im
 from rvos.archive import read_stamp
 from rvos.io import write_error
+from rvos.masks import RunLengthMasks
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +31,9 @@ _FINGERPRINT = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 def archive_masks(
     work_dir: Path, stage: int, video_id: str
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Frame names and ``{exp_id: [T, H, W] bool}`` of one video for an archive.
+) -> tuple[list[str], dict[str, RunLengthMasks]]:
+    """Frame names and ``{exp_id: [T, H, W]}`` of one video for an archive, as runs (the
+    archive writer decodes them a frame at a time).
 
     Stage 1: ReferDINO's own answer (the ``data.answer`` rule); stage 2: the union of the
     SAM 2 objects (empty when no query was kept); stage 3: the fused masks.
@@ -41,13 +41,13 @@ def archive_masks(
     path = im.stage_path(work_dir, stage, video_id)
     if stage == 1:
         video = im.load_stage1(path)
-        masks = {e: p.answer.decode() for e, p in video.expressions.items()}
+        masks = {e: p.answer for e, p in video.expressions.items()}
     elif stage == 2:
         video = im.load_stage2(path)
         masks = {e: r.sam2_union() for e, r in video.expressions.items()}
     elif stage == 3:
         video = im.load_stage3(path)
-        masks = {e: f.masks.decode() for e, f in video.expressions.items()}
+        masks = {e: f.masks for e, f in video.expressions.items()}
     else:
         raise ValueError(f"no archive for stage {stage}")
     return video.frame_names, masks

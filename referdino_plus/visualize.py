@@ -104,7 +104,7 @@ def write_video_strips(
     for exp_id in todo:
         strip = mask_strip(
             frames,
-            [masks[stage][exp_id][picked] for stage in STRIP_STAGES],
+            [masks[stage][exp_id].select(picked).decode() for stage in STRIP_STAGES],
             title=f'{video_id}/{exp_id}: "{video.expressions[exp_id].text}"',
             note=_fusion_note(decisions.get(exp_id)),
             max_title_lines=options.caption_max_lines,

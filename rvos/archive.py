@@ -12,6 +12,10 @@
 The first two hold one PNG per expression and frame, mode ``L`` with values 0/255 at the original
 frame size; every archive has one PNG per frame listed in the split's metadata.
 
+Masks come per video as runs (:class:`~rvos.masks.RunLengthMasks`) or bool arrays; runs are
+decoded one frame at a time, as each PNG is encoded, so no video is held at frame size whatever
+its length.
+
 PNGs are encoded in parallel per video (joblib) and streamed into a temporary zip that replaces
 the final name only once every video and expression of the split is in it, so a partial archive
 is never presented as complete. Entries carry a fixed timestamp, so the same masks always give
@@ -35,13 +39,14 @@ from PIL import Image
 
 from rvos.davis import annotator_dir, encode_label_png
 from rvos.io import atomic_output, safe_component
+from rvos.masks import MaskStack, iter_frames
 from rvos.progress import progress_bar
 from rvos.splits import Video
 
 logger = logging.getLogger(__name__)
 
-# (video_id) -> (frame_names, {exp_id: [T, H, W] bool})
-VideoMasksLoader = Callable[[str], tuple[Sequence[str], dict[str, np.ndarray]]]
+# (video_id) -> (frame_names, {exp_id: [T, H, W] masks, runs or bool})
+VideoMasksLoader = Callable[[str], tuple[Sequence[str], dict[str, MaskStack]]]
 # Timestamp of every entry (the earliest the zip format stores), instead of the time of writing.
 ENTRY_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 # Unix permissions of every entry (rw-------, as zipfile gives entries written from bytes).
@@ -55,7 +60,7 @@ class IncompleteArchiveError(RuntimeError):
 def encode_png(mask: np.ndarray, compress_level: int = 1) -> bytes:
     """``mask: [H, W] bool`` -> PNG bytes, mode L, 0/255."""
     buffer = io.BytesIO()
-    image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+    image = Image.fromarray(np.where(mask, np.uint8(255), np.uint8(0)), mode="L")
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
@@ -78,14 +83,14 @@ class ExpressionPngs:
         self,
         video_id: str,
         frame_names: Sequence[str],
-        masks: Mapping[str, np.ndarray],
+        masks: Mapping[str, MaskStack],
         compress_level: int,
     ) -> Entries:
-        """Members of one video; ``masks``: ``{exp_id: [T, H, W] bool}`` in archive order."""
+        """Members of one video; ``masks``: ``{exp_id: [T, H, W]}`` in archive order."""
         entries = []
         for exp_id, stack in masks.items():
             folder = f"{safe_component(video_id, 'video id')}/{safe_component(exp_id, 'exp id')}"
-            for frame_name, mask in zip(frame_names, stack, strict=True):
+            for frame_name, mask in zip(frame_names, iter_frames(stack), strict=True):
                 name = f"{self.prefix}{folder}/{safe_component(frame_name, 'frame name')}.png"
                 entries.append((name, encode_png(mask, compress_level)))
         return entries
@@ -127,28 +132,30 @@ class AnnotatorLabelPngs:
         self,
         video_id: str,
         frame_names: Sequence[str],
-        masks: Mapping[str, np.ndarray],
+        masks: Mapping[str, MaskStack],
         compress_level: int,
     ) -> Entries:
-        """Members of one video: ``len(frame_names)`` PNGs per annotator."""
+        """Members of one video: ``len(frame_names)`` PNGs per annotator (``masks``:
+        ``{exp_id: [T, H, W]}``), merged frame by frame."""
         entries = []
         video = safe_component(video_id, "video id")
         for annotator, exp_ids in self.groups[video_id].items():
-            labels = merge_labels([masks[e] for e in exp_ids])
-            for frame_name, frame_labels in zip(frame_names, labels, strict=True):
+            objects = zip(*(iter_frames(masks[e]) for e in exp_ids), strict=True)
+            for frame_name, frame_masks in zip(frame_names, objects, strict=True):
                 name = (
                     f"{annotator_dir(annotator)}/{video}/{safe_component(frame_name, 'frame')}.png"
                 )
-                entries.append((name, encode_label_png(frame_labels, compress_level)))
+                labels = merge_labels(frame_masks)
+                entries.append((name, encode_label_png(labels, compress_level)))
         return entries
 
 
 def merge_labels(masks: Sequence[np.ndarray]) -> np.ndarray:
-    """``[T, H, W] uint8`` labels of object masks: ``i + 1`` where ``masks[i]`` is the first to
-    cover a pixel, 0 where none does.
+    """``uint8`` labels of object masks: ``i + 1`` where ``masks[i]`` is the first to cover a
+    pixel, 0 where none does.
 
     Args:
-        masks: per object, ``[T, H, W] bool``.
+        masks: per object, bool masks of one shape (``[H, W]``: a frame; ``[T, H, W]``: a video).
     """
     labels = np.zeros(masks[0].shape, dtype=np.uint8)
     for obj_idx in reversed(range(len(masks))):
@@ -163,7 +170,7 @@ class ArchiveWriter(Protocol):
         self,
         video_id: str,
         frame_names: Sequence[str],
-        masks: Mapping[str, np.ndarray],
+        masks: Mapping[str, MaskStack],
         compress_level: int,
     ) -> Entries: ...
 
@@ -202,7 +209,7 @@ def encode_video_entries(
     """All ``(arcname, png)`` entries of one video.
 
     Args:
-        load: returns the video's frame names and ``{exp_id: [T, H, W] bool}``.
+        load: returns the video's frame names and ``{exp_id: [T, H, W]}`` (runs or bool).
         expected: ``{exp_id: frame_names}`` the archive must contain for this video.
         writer: the member layout.
     Raises:
@@ -246,8 +253,9 @@ def write_archive(
 
     Args:
         path: the ``.zip`` to write.
-        load: per video, its frame names and ``{exp_id: [T, H, W] bool}`` (called in workers,
-            so it must be picklable: a module-level function or a ``functools.partial``).
+        load: per video, its frame names and ``{exp_id: [T, H, W]}`` as runs (decoded a frame
+            at a time) or bool; called in workers, so it must be picklable (a module-level
+            function or a ``functools.partial``).
         expected: ``{video_id: {exp_id: frame_names}}`` — what a complete archive holds
             (usually every video and expression of ``meta_expressions.json``).
         compress_level: PNG zlib level.

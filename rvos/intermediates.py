@@ -305,7 +305,7 @@ class ExpressionRefinement:
         kept_columns: ``[K] int64`` the columns of the stage-1 record whose queries SAM 2 tracked
             (their model query ids: the stage-1 record's ``query_ids[kept_columns]``).
         prompt_frames: ``[K] int64`` frame index where each kept query prompted SAM 2.
-        sam2_masks: ``[T, K, H, W]`` SAM 2 masks per object.
+        sam2_masks: ``[T, K, H, W]`` the tracker's masks per object.
         stage1_union: ``[T, H, W]`` union of the kept queries' stage-1 masks (fusion input).
     """
 
@@ -314,9 +314,10 @@ class ExpressionRefinement:
     sam2_masks: RunLengthMasks
     stage1_union: RunLengthMasks
 
-    def sam2_union(self) -> np.ndarray:
-        """``[T, H, W] bool`` union of the SAM 2 objects (empty when no query was kept)."""
-        return self.sam2_masks.decode().any(axis=1)
+    def sam2_union(self) -> RunLengthMasks:
+        """``[T, H, W]`` union of the tracked objects (empty when no query was kept), computed
+        on the runs."""
+        return self.sam2_masks.union()
 
 
 @dataclass
@@ -345,7 +346,8 @@ STAGE3_KIND = STAGE_KINDS[3]
 
 @dataclass
 class ExpressionFusion:
-    """Stage-3 output for one expression: fused masks and the decision that produced them."""
+    """Stage-3 output for one expression: fused masks ``[T, H, W]`` and the decision that
+    produced them."""
 
     masks: RunLengthMasks
     multi_object: bool

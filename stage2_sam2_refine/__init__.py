@@ -6,7 +6,8 @@ Typical use, one tracker per worker, one session per video, one call per express
 
     refiner = Refiner(build_tracker(options, device="cuda"), options)
     for exp_id, result in refiner.refine_video(frames, proposals, video_id=video_id):
-        ...  # result.masks: [T, K, H, W] bool, result.columns, result.prompt_frames
+        ...  # result.masks: [T, K, H, W] as runs (result.masks.frame(t): [K, H, W] bool),
+        ...  # result.columns, result.prompt_frames
 """
 
 from __future__ import annotations

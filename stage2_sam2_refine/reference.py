@@ -28,6 +28,7 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
+from rvos.masks import RunLengthMasks
 from stage2_sam2_refine.build import SAM2_MODEL_CONFIGS, class_path, resolve_sam2_config
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.prompts import (
@@ -158,4 +159,4 @@ def reference_refine(
             for frame_idx, _, logits in predictor.propagate_in_video(state, reverse=reverse):
                 segments[frame_idx] = (logits > 0).squeeze(1).cpu().numpy()
     stacked = np.stack([segments[t] for t in range(num_frames)])
-    return RefineResult(masks=stacked, columns=queries, prompt_frames=frames)
+    return RefineResult(masks=RunLengthMasks.encode(stacked), columns=queries, prompt_frames=frames)

@@ -13,6 +13,10 @@ Per expression, as ReferDINO-Plus's ``refine_from_refdino.py``:
    frames ``0..f0`` from the reverse pass, ``f0+1..T-1`` from the forward pass (``f0 = 0``: no
    reverse pass).
 
+Each frame's masks are run-length encoded as the tracker hands them over
+(:class:`~rvos.masks.RunLengthBuilder`): an expression's result never exists as a
+``[T, K, H, W]`` array, whatever the length of the video.
+
 This module is written once against the tracker interface (:mod:`stage2_sam2_refine.tracker`):
 the tracker (SAM 2, SAMURAI, ...) is whatever ``stage2.tracker`` names, built with
 :func:`~stage2_sam2_refine.tracker.build_tracker`; it opens a video once for all of its
@@ -30,7 +34,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
-from rvos.masks import RunLengthMasks
+from rvos.masks import RunLengthBuilder, RunLengthMasks
 from stage2_sam2_refine.options import PromptKind, Stage2Options
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
@@ -73,13 +77,14 @@ class RefineResult:
     """The tracker's masks for one expression.
 
     Attributes:
-        masks: ``[T, K, H, W] bool`` one mask stack per kept query (``K = 0``: none kept).
+        masks: ``[T, K, H, W]`` run-length encoded, one mask stack per kept query (``K = 0``:
+            none kept); decode a frame with ``masks.frame(t)`` (``[K, H, W] bool``).
         columns: ``[K] int64`` the kept queries as columns of the stage-1 proposals (``scores[:, c]``),
             ascending; tracked object ``k`` is column ``columns[k]``.
         prompt_frames: ``[K] int64`` the frame where each object was prompted.
     """
 
-    masks: np.ndarray
+    masks: RunLengthMasks
     columns: np.ndarray
     prompt_frames: np.ndarray
 
@@ -87,15 +92,15 @@ class RefineResult:
     def num_objects(self) -> int:
         return int(self.columns.shape[0])
 
-    def union(self) -> np.ndarray:
-        """``[T, H, W] bool`` union over objects (all empty when ``K = 0``)."""
-        return self.masks.any(axis=1)
+    def union(self) -> RunLengthMasks:
+        """``[T, H, W]`` run-length encoded union over objects (all empty when ``K = 0``)."""
+        return self.masks.union()
 
     @classmethod
     def empty(cls, num_frames: int, height: int, width: int) -> RefineResult:
         """The result of an expression without any kept query."""
         return cls(
-            masks=np.zeros((num_frames, 0, height, width), dtype=bool),
+            masks=RunLengthMasks.empty((num_frames, 0, height, width)),
             columns=np.zeros(0, dtype=np.int64),
             prompt_frames=np.zeros(0, dtype=np.int64),
         )
@@ -165,9 +170,11 @@ class Refiner:
             exp_id: named in logs and errors.
             on_frame: called after each tracked frame (see :data:`FrameProgress`).
         Returns:
-            per kept query, the tracker's masks on every frame.
+            per kept query, the tracker's masks on every frame, encoded frame by frame as they
+            are tracked.
         Raises:
             ValueError: shapes that disagree with each other or with the video.
+            RuntimeError: a tracker that skipped frames.
         """
         where = f"video {session.video_id!r}, expression {exp_id!r}"
         scores = np.asarray(scores, dtype=np.float32)
@@ -194,16 +201,16 @@ class Refiner:
 
         prompts = self._prompts(queries, frames, boxes, masks, size=(height, width), where=where)
         total = len(propagation_order(num_frames, frames))
-        out = np.zeros((num_frames, len(queries), height, width), dtype=bool)
-        written = np.zeros(num_frames, dtype=bool)
+        tracked_masks = RunLengthBuilder(num_frames, (len(queries), height, width))
         for done, tracked in enumerate(session.track(prompts), start=1):
-            out[tracked.frame_idx] = tracked.masks  # the reverse pass's f0 comes last and counts
-            written[tracked.frame_idx] = True
+            # the reverse pass's f0 comes last and replaces the forward one
+            tracked_masks.put(tracked.frame_idx, tracked.masks)
             if on_frame is not None:
                 on_frame(done, total)
-        if not written.all():
-            raise RuntimeError(f"{where}: tracking skipped frames {np.flatnonzero(~written)}")
-        return RefineResult(masks=out, columns=queries, prompt_frames=frames)
+        skipped = tracked_masks.missing()
+        if skipped.size:
+            raise RuntimeError(f"{where}: tracking skipped frames {skipped}")
+        return RefineResult(masks=tracked_masks.build(), columns=queries, prompt_frames=frames)
 
     def _prompts(
         self,

@@ -17,7 +17,6 @@ import numpy as np
 from tqdm import tqdm
 
 from rvos import intermediates as im
-from rvos.masks import RunLengthMasks
 from rvos.proposals import Stage1Records
 from rvos.splits import Split
 from rvos.workers import VideoProcessor
@@ -49,21 +48,17 @@ class Stage2Job:
     options: Stage2Options
 
 
-def refinement_record(proposals: im.ExpressionProposals, result: RefineResult):
+def refinement_record(
+    proposals: im.ExpressionProposals, result: RefineResult
+) -> im.ExpressionRefinement:
     """Stage-2 record of one expression: the tracker's masks plus the kept queries' stage-1
-    union."""
+    union, both kept as runs (nothing is decoded)."""
     kept = np.asarray(result.columns, dtype=np.int64)
-    num_frames = proposals.scores.shape[0]
-    height, width = proposals.masks.frame_size
-    if kept.size:
-        stage1_union = proposals.masks.select(kept, axis=1).decode().any(axis=1)
-    else:
-        stage1_union = np.zeros((num_frames, height, width), dtype=bool)
     return im.ExpressionRefinement(
         kept_columns=kept,
         prompt_frames=np.asarray(result.prompt_frames, dtype=np.int64),
-        sam2_masks=RunLengthMasks.encode(result.masks),
-        stage1_union=RunLengthMasks.encode(stage1_union),
+        sam2_masks=result.masks,
+        stage1_union=proposals.masks.select(kept, axis=1).union(),
     )
 
 

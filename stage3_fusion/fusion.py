@@ -8,6 +8,9 @@ Otherwise the output is SAM 2 alone.
 
 The comparisons are done on integers exactly as the original (``area_sam2 * 3 < area_ori * 2``
 and ``cnt * 2 > valid`` for the default 2/3 and 1/2), so ties behave identically.
+
+Masks are taken and given as runs (:class:`~rvos.masks.RunLengthMasks`): the box areas and the
+union are computed on the runs, so no stack of a whole video is decoded at frame size.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from rvos.masks import bounding_box_area
+from rvos.masks import MaskStack, RunLengthMasks, as_run_length
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,14 @@ class FusionResult:
     """Outcome of the fusion rule for one expression.
 
     Attributes:
-        masks: ``[T, H, W] bool`` final masks.
+        masks: ``[T, H, W]`` final masks, run-length encoded.
         multi_object: whether the union with stage 1 was taken.
         frames_sam2_smaller: frames (among ``frames_both_nonempty``) where the SAM 2 box is smaller
             than ``shrink_ratio`` of the stage-1 box.
         frames_both_nonempty: frames where both union masks have a non-empty box.
     """
 
-    masks: np.ndarray
+    masks: RunLengthMasks
     multi_object: bool
     frames_sam2_smaller: int
     frames_both_nonempty: int
@@ -67,8 +70,8 @@ def is_multi_object(
 
 
 def fuse_expression(
-    stage1_union: np.ndarray,
-    sam2_union: np.ndarray,
+    stage1_union: MaskStack,
+    sam2_union: MaskStack,
     *,
     shrink_ratio: Fraction = Fraction(2, 3),
     majority: Fraction = Fraction(1, 2),
@@ -76,22 +79,23 @@ def fuse_expression(
     """Apply the conditional fusion to one expression.
 
     Args:
-        stage1_union: ``[T, H, W] bool`` union of the kept queries' stage-1 masks.
-        sam2_union: ``[T, H, W] bool`` union of the SAM 2 masks of the same queries.
+        stage1_union: ``[T, H, W]`` union of the kept queries' stage-1 masks: runs
+            (:class:`~rvos.masks.RunLengthMasks`) or a bool array.
+        sam2_union: ``[T, H, W]`` union of the SAM 2 masks of the same queries, likewise.
         shrink_ratio, majority: see :func:`is_multi_object` (defaults: ReferDINO-Plus).
     Returns:
         the fused masks and the decision with its two counts.
     """
-    stage1_union = np.asarray(stage1_union, dtype=bool)
-    sam2_union = np.asarray(sam2_union, dtype=bool)
-    if stage1_union.shape != sam2_union.shape:
+    if tuple(stage1_union.shape) != tuple(sam2_union.shape):
         raise ValueError(f"shape mismatch: stage 1 {stage1_union.shape}, SAM 2 {sam2_union.shape}")
-    stage1_areas = np.array([bounding_box_area(m) for m in stage1_union], dtype=np.int64)
-    sam2_areas = np.array([bounding_box_area(m) for m in sam2_union], dtype=np.int64)
+    stage1_union, sam2_union = as_run_length(stage1_union), as_run_length(sam2_union)
     multi, smaller, both = is_multi_object(
-        stage1_areas, sam2_areas, shrink_ratio=shrink_ratio, majority=majority
+        stage1_union.bounding_box_areas(),
+        sam2_union.bounding_box_areas(),
+        shrink_ratio=shrink_ratio,
+        majority=majority,
     )
-    masks = sam2_union | stage1_union if multi else sam2_union.copy()
+    masks = sam2_union.union_with(stage1_union) if multi else sam2_union
     return FusionResult(
         masks=masks, multi_object=multi, frames_sam2_smaller=smaller, frames_both_nonempty=both
     )

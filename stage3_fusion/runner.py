@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rvos import intermediates as im
-from rvos.masks import RunLengthMasks
 from rvos.workers import VideoProcessor
 from stage3_fusion.fusion import fuse_expression
 from stage3_fusion.options import FusionOptions
@@ -29,7 +28,7 @@ class Stage3Job:
 
 
 def fuse_video(stage2: im.Stage2Video, options: FusionOptions) -> im.Stage3Video:
-    """Apply the conditional fusion to every expression of a video."""
+    """Apply the conditional fusion to every expression of a video, on the records' runs."""
     fused = im.Stage3Video(
         video_id=stage2.video_id,
         frame_names=stage2.frame_names,
@@ -38,13 +37,13 @@ def fuse_video(stage2: im.Stage2Video, options: FusionOptions) -> im.Stage3Video
     )
     for exp_id, refinement in stage2.expressions.items():
         result = fuse_expression(
-            refinement.stage1_union.decode(),
+            refinement.stage1_union,
             refinement.sam2_union(),
             shrink_ratio=options.shrink,
             majority=options.major,
         )
         fused.expressions[exp_id] = im.ExpressionFusion(
-            masks=RunLengthMasks.encode(result.masks),
+            masks=result.masks,
             multi_object=result.multi_object,
             frames_sam2_smaller=result.frames_sam2_smaller,
             frames_both_nonempty=result.frames_both_nonempty,
