@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from referdino_plus.config import ConfigError, PipelineConfig, load_config
+from referdino_plus.config import ConfigError, PipelineConfig
 from referdino_plus.demo import summarize, write_outputs, write_summary
 from referdino_plus.runtime import (
     add_single_device_arguments,
@@ -45,6 +45,7 @@ from referdino_plus.segmenter import (
     ProgressCallback,
     Segmenter,
     check_models,
+    load_demo_config,
     with_stage2,
 )
 from rvos.drawing import evenly_spaced
@@ -162,7 +163,7 @@ def folder_preview(source: Path, folder: Path, cfg: PipelineConfig) -> Path:
     with h264_writer(path, size=(height - height % 2, width - width % 2), fps=clip.fps, crf=23) as (
         write
     ):
-        for frame in clip.frames:
+        for frame in clip.frames:  # read one at a time
             write(np.asarray(frame)[: height - height % 2, : width - width % 2])
     return path
 
@@ -429,6 +430,7 @@ class App:
             for index in range(len(request.sentences))
             for t in evenly_spaced(len(clip.frames), self.cfg.app.gallery_frames)
         ]
+        clip.close()  # a video's decoded frames (also deleted if anything above fails)
         return JobResult(folder, folder / "overlay.mp4", zip_masks(folder), gallery, summary)
 
 
@@ -470,7 +472,7 @@ def start(args: argparse.Namespace) -> tuple[App, Any]:
     if importlib.util.find_spec("gradio") is None:
         raise DemoError(INSTALL_HINT, EXIT_USAGE)
     try:
-        cfg = load_config(args.overrides)
+        cfg = load_demo_config(args.overrides)
         gids = None if args.gid is None else [args.gid]
         (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
     except (ConfigError, ValueError) as err:

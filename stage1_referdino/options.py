@@ -4,7 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rvos.options import Autocast, CacheDevice, bounded, check_declared
+from rvos.options import Autocast, CacheDevice, OptionError, bounded, check_declared
+
+
+@dataclass
+class Stage1Window:
+    """The ``stage1.window`` section: long clips in overlapping windows (``stage1_referdino.windows``).
+
+    Attributes:
+        frames: frames per window; ``None``: the whole clip in one pass.
+        overlap: frames consecutive windows share at least, where their queries are matched.
+    """
+
+    SECTION = "stage1.window"
+
+    frames: int | None = bounded(2)
+    overlap: int = bounded(1)
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+        if self.frames is not None and self.overlap >= self.frames:
+            raise OptionError(
+                f"stage1.window.overlap={self.overlap}: expected fewer than "
+                f"stage1.window.frames={self.frames}"
+            )
 
 
 @dataclass
@@ -22,6 +45,7 @@ class Stage1Options:
         feature_cache_device: where a video's backbone features wait between expressions.
         export_legacy: also write ReferDINO-Plus ``<video>.npz``.
         legacy_dir: ReferDINO-Plus ``*.npz`` to import instead of running the model.
+        window: long clips in overlapping windows, or one pass.
     """
 
     SECTION = "stage1"
@@ -36,6 +60,7 @@ class Stage1Options:
     feature_cache_device: CacheDevice
     export_legacy: bool
     legacy_dir: str | None
+    window: Stage1Window
 
     def __post_init__(self) -> None:
         check_declared(self)
