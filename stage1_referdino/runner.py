@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rvos import intermediates as im
+from rvos.frames import FrameFiles
 from rvos.legacy import LegacyVideo, write_legacy_npz
 from rvos.masks import RunLengthMasks
 from rvos.options import CacheDevice
@@ -401,7 +402,7 @@ def windowed_record(
     video is ``[T, Q]`` scores, ``[T, Q, 4]`` boxes and run lengths. With one window of every
     frame, the record equals :func:`one_pass_record`'s bit for bit.
     """
-    height, width = images[0].height, images[0].width
+    height = width = 0  # the first window's first frame tells
     keep_logits = legacy is not None or get_answer_rule(answer).annotator_argmax
     stitched = {exp_id: StitchedExpression(QueryStitcher(windows)) for exp_id in sentences}
     report, close = _reporter(windows, len(sentences), progress=progress, on_progress=on_progress)
@@ -409,6 +410,7 @@ def windowed_record(
         for index, window in enumerate(windows):
             report(index, 0)
             frames = [images[t] for t in range(window.start, window.stop)]
+            height, width = frames[0].height, frames[0].width
             outputs = run_expressions(
                 model,
                 frames,
@@ -522,7 +524,12 @@ def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
 
     def process(video_id: str) -> None:
         entry = split.videos[video_id]
-        images = split.load_frames(video_id)
+        windows = window_spans(entry.num_frames, options.window.frames, options.window.overlap)
+        # One pass needs every frame at once; windows read theirs as they run.
+        if len(windows) == 1:
+            images = split.load_frames(video_id)
+        else:
+            images = FrameFiles(split.frame_paths(video_id))
         legacy = None
         if options.export_legacy:
             size = (images[0].height, images[0].width)

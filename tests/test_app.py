@@ -126,6 +126,13 @@ def test_limits_give_one_line_messages(tmp_path, clip):
     assert str(tmp_path) not in str(caught.value)  # the server's paths stay private
 
 
+def test_the_default_limits_take_long_clips(tmp_path):
+    """1,200 frames (48 s at 25 fps) pass the limits the server runs with by default."""
+    app = make_app(tmp_path, [])
+    long = write_example_clip(tmp_path / "long.mp4", num_frames=1200, size=(32, 48), fps=25)
+    app.check_request(request_for(long, max_frames=1200))
+
+
 def test_missing_checkpoint_names_download_script(tmp_path, clip):
     nowhere = tmp_path / "checkpoints"
     app = make_app(
