@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from referdino_plus.config import load_config  # noqa: E402
 from rvos.frames import FrameFiles  # noqa: E402
 from stage1_referdino.runner import build_stage1_model, stage1_record  # noqa: E402
-from stage1_referdino.windows import window_spans  # noqa: E402
+from stage1_referdino.windows import clip_windows  # noqa: E402
 from stage2_sam2_refine.prompts import prompt_frames, select_queries  # noqa: E402
 from timing import format_table  # noqa: E402
 
@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--windows",
         default="16/4,24/8,12/4",
-        help="window layouts FRAMES/OVERLAP, comma-separated (default: 16/4,24/8,12/4)",
+        help="window layouts FRAMES/SHARED (frames per window, frames neighbours share), "
+        "comma-separated (default: 16/4,24/8,12/4)",
     )
     parser.add_argument("--sentences", type=int, default=6, help="sentences, at most 6")
     return parser.parse_args(argv)
@@ -151,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for layout in args.windows.split(","):
         size, overlap = (int(v) for v in layout.split("/"))
-        window = dataclasses.replace(cfg.stage1.window, frames=size, overlap=overlap)
+        window = dataclasses.replace(cfg.stage1.window, frames=size, overlap=overlap / size)
         windowed, seconds = run(dataclasses.replace(cfg.stage1, window=window))
-        windows = window_spans(len(frames), size, overlap)
+        windows = clip_windows(len(frames), window)
         m = compare(one_pass, windowed, windows, cfg.stage2.score_threshold)
         rows.append(
             [

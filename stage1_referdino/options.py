@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rvos.options import Autocast, CacheDevice, OptionError, bounded, check_declared
+from rvos.options import Autocast, CacheDevice, bounded, check_declared
 
 
 @dataclass
@@ -13,21 +13,17 @@ class Stage1Window:
 
     Attributes:
         frames: frames per window; ``None``: the whole clip in one pass.
-        overlap: frames consecutive windows share at least, where their queries are matched.
+        overlap: the share of a window its neighbour shares at least (rounded to frames, at
+            least one; at most half a window).
     """
 
     SECTION = "stage1.window"
 
     frames: int | None = bounded(2)
-    overlap: int = bounded(1)
+    overlap: float = bounded(1e-3, 0.5)
 
     def __post_init__(self) -> None:
         check_declared(self)
-        if self.frames is not None and self.overlap >= self.frames:
-            raise OptionError(
-                f"stage1.window.overlap={self.overlap}: expected fewer than "
-                f"stage1.window.frames={self.frames}"
-            )
 
 
 @dataclass

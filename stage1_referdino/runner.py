@@ -47,7 +47,7 @@ from stage1_referdino.model import ReferDINO
 from stage1_referdino.model.text_encoder import token_count
 from stage1_referdino.options import Stage1Options
 from stage1_referdino.transforms import preprocess
-from stage1_referdino.windows import QueryStitcher, Window, WindowOutputs, window_spans
+from stage1_referdino.windows import QueryStitcher, Window, WindowOutputs, clip_windows
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def stage1_record(
         per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
         ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
     """
-    windows = window_spans(len(images), options.window.frames, options.window.overlap)
+    windows = clip_windows(len(images), options.window)
     record = one_pass_record if len(windows) == 1 else windowed_record
     return record(
         model,
@@ -524,7 +524,7 @@ def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
 
     def process(video_id: str) -> None:
         entry = split.videos[video_id]
-        windows = window_spans(entry.num_frames, options.window.frames, options.window.overlap)
+        windows = clip_windows(entry.num_frames, options.window)
         # One pass needs every frame at once; windows read theirs as they run.
         if len(windows) == 1:
             images = split.load_frames(video_id)

@@ -6,9 +6,10 @@ default (``stage1.window.frames: null``). With ``stage1.window.frames`` set, a l
 into windows that the model runs one at a time, each as a clip of its own, and the windows'
 queries are stitched into one set per expression over all frames:
 
-- **Layout** (:func:`window_spans`): windows of ``frames`` frames, consecutive ones sharing at
-  least ``overlap`` frames, spread evenly from the first frame to the last (every window is full
-  length; the shared frames differ by at most one between neighbours).
+- **Layout** (:func:`clip_windows`, :func:`window_spans`): windows of ``frames`` frames,
+  consecutive ones sharing at least ``overlap`` of a window (:func:`shared_frames`), spread evenly
+  from the first frame to the last (every window is full length; the shared frames differ by at
+  most one between neighbours).
 - **Ownership** (:attr:`Window.own_start`, :attr:`Window.own_stop`): every frame takes its scores,
   boxes and masks from one window. Of the frames two neighbours share, the earlier window gives the
   first half (rounded down), the later one the rest: each frame comes from the window where it
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from stage1_referdino.options import Stage1Window
+
 
 @dataclass(frozen=True)
 class Window:
@@ -53,6 +56,19 @@ class Window:
     @property
     def num_frames(self) -> int:
         return self.stop - self.start
+
+
+def shared_frames(frames: int, overlap: float) -> int:
+    """Frames windows of ``frames`` frames share at least: ``overlap`` of a window, rounded, at
+    least one (``overlap <= 0.5`` keeps it below ``frames`` for any ``frames >= 2``)."""
+    return max(1, round(frames * overlap))
+
+
+def clip_windows(num_frames: int, options: Stage1Window) -> list[Window]:
+    """The windows ``stage1.window`` lays over a clip of ``num_frames`` frames."""
+    if options.frames is None:
+        return window_spans(num_frames, None, 1)
+    return window_spans(num_frames, options.frames, shared_frames(options.frames, options.overlap))
 
 
 def window_spans(num_frames: int, frames: int | None, overlap: int) -> list[Window]:

@@ -43,8 +43,8 @@ def demo_overrides(tiny_model_overrides) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run_demo(run_cli):
-    def run(*args, check: bool = True) -> subprocess.CompletedProcess:
-        return run_cli("demo", *args, check=check, timeout=600)
+    def run(*args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        return run_cli("demo", *args, check=check, timeout=timeout)
 
     return run
 
@@ -298,7 +298,7 @@ def test_a_long_clip_runs_through_the_demo(tiny_model_overrides, run_demo, tmp_p
     out = tmp_path / "out"
     proc = run_demo(
         "--video", video, "--text", "a square", "--cpu", "--out", out,
-        *tiny_model_overrides, "stage1.short_side=32", "stage1.top_k=1",
+        *tiny_model_overrides, "stage1.short_side=32", "stage1.top_k=1", timeout=3600,
     )  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == num_frames
@@ -307,10 +307,9 @@ def test_a_long_clip_runs_through_the_demo(tiny_model_overrides, run_demo, tmp_p
     assert len(frames) == num_frames
     stderr = proc.stderr.replace("\r", "\n")
     from referdino_plus.segmenter import load_demo_config
-    from stage1_referdino.windows import window_spans
+    from stage1_referdino.windows import clip_windows
 
-    window = load_demo_config([]).stage1.window
-    spans = window_spans(num_frames, window.frames, window.overlap)
+    spans = clip_windows(num_frames, load_demo_config([]).stage1.window)
     last = f"window {len(spans)}/{len(spans)} (frames {spans[-1].start + 1}-{num_frames})"
     assert len(spans) > 1 and last in stderr
     assert list(scratch.iterdir()) == []

@@ -20,12 +20,15 @@ from rvos.proposals import (
     proposals_from_query_masks,
     query_masks,
 )
+from stage1_referdino.options import Stage1Window
 from stage1_referdino.windows import (
     QueryStitcher,
     Window,
     WindowOutputs,
     box_iou,
+    clip_windows,
     match_queries,
+    shared_frames,
     window_spans,
 )
 
@@ -242,12 +245,23 @@ def assert_same_proposals(a, b) -> None:
 def test_window_options_and_their_ranges():
     cfg = load_config([])
     assert cfg.stage1.window.frames is None  # the pipeline runs one pass
-    with pytest.raises(ConfigError, match="stage1.window.overlap=16: expected fewer than"):
-        load_config(["stage1.window.frames=16", "stage1.window.overlap=16"])
+    assert clip_windows(10**4, cfg.stage1.window) == [Window(0, 10**4, 0, 10**4)]
     with pytest.raises(ConfigError, match="stage1.window.frames=1"):
         load_config(["stage1.window.frames=1"])
+    with pytest.raises(ConfigError, match="stage1.window.overlap=0.6"):
+        load_config(["stage1.window.frames=16", "stage1.window.overlap=0.6"])
     with pytest.raises(ConfigError, match="stage1.window.overlap=0"):
         load_config(["stage1.window.frames=16", "stage1.window.overlap=0"])
+
+
+@pytest.mark.parametrize("frames", range(2, 80))
+def test_any_allowed_overlap_shares_at_least_one_frame_and_leaves_one(frames):
+    for overlap in (1e-3, 0.1, 0.25, 1 / 3, 0.5):
+        assert 1 <= shared_frames(frames, overlap) <= frames - 1
+        options = Stage1Window(frames=frames, overlap=overlap)
+        windows = clip_windows(5 * frames, options)
+        assert windows == window_spans(5 * frames, frames, shared_frames(frames, overlap))
+    assert shared_frames(16, 0.25) == 4 and shared_frames(72, 0.25) == 18
 
 
 def test_demo_and_app_run_windows_unless_told_otherwise():
@@ -262,10 +276,12 @@ def test_demo_and_app_run_windows_unless_told_otherwise():
 
 def test_windows_change_the_fingerprint_one_pass_does_not():
     base = stage_fingerprints(load_config([]))
-    assert stage_fingerprints(load_config(["stage1.window.overlap=3"])) == base
+    assert stage_fingerprints(load_config(["stage1.window.overlap=0.1"])) == base
     windowed = stage_fingerprints(load_config(["stage1.window.frames=16"]))
     assert all(windowed[stage] != base[stage] for stage in base)
-    other = stage_fingerprints(load_config(["stage1.window.frames=16", "stage1.window.overlap=3"]))
+    other = stage_fingerprints(
+        load_config(["stage1.window.frames=16", "stage1.window.overlap=0.1"])
+    )
     assert other[1] != windowed[1]
 
 
@@ -322,7 +338,7 @@ def tiny(fixtures_dir: Path):
     return build_stage1_model(cfg.stage1, "cpu"), frames, names, cfg.stage1
 
 
-def with_window(options, frames, overlap=3):
+def with_window(options, frames, overlap=0.375):
     return dataclasses.replace(
         options, window=dataclasses.replace(options.window, frames=frames, overlap=overlap)
     )
@@ -361,7 +377,7 @@ def test_a_windowed_run_reads_window_by_window_and_stitches_its_queries(tiny, mo
     from stage1_referdino import runner
 
     model, frames, names, options = tiny
-    options = with_window(options, 8, overlap=3)
+    options = with_window(options, 8)  # 3 frames shared
     windows = window_spans(NUM_FRAMES, 8, 3)
     assert len(windows) == 4
     reads: list[int] = []
