@@ -100,19 +100,9 @@ def natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def load_clip(
-    path: Path,
-    *,
-    frame_step: int,
-    max_frames: int | None,
-    folder_fps: float,
-    scratch_dir: Path | None = None,
-) -> Clip:
+def load_clip(path: Path, *, frame_step: int, max_frames: int | None, folder_fps: float) -> Clip:
     """Read a video file or a frame folder, keeping every ``frame_step``-th frame.
 
-    Args:
-        scratch_dir: where a video's frames are decoded to (``None``: the system's temporary
-            folder).
     Raises:
         VideoError: missing path, unreadable or corrupt input, no frames, frames of mixed sizes.
     """
@@ -120,13 +110,7 @@ def load_clip(
         raise VideoError(f"{path}: no such file or folder")
     if path.is_dir():
         return read_frame_folder(path, frame_step=frame_step, max_frames=max_frames, fps=folder_fps)
-    return decode_video(
-        path,
-        frame_step=frame_step,
-        max_frames=max_frames,
-        fallback_fps=folder_fps,
-        scratch_dir=scratch_dir,
-    )
+    return decode_video(path, frame_step=frame_step, max_frames=max_frames, fallback_fps=folder_fps)
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -212,17 +196,12 @@ def _ffmpeg_reason(err: Exception) -> str:
 
 
 def decode_video(
-    path: Path,
-    *,
-    frame_step: int,
-    max_frames: int | None,
-    fallback_fps: float,
-    scratch_dir: Path | None = None,
+    path: Path, *, frame_step: int, max_frames: int | None, fallback_fps: float
 ) -> Clip:
     """Decode ``path`` with PyAV (display rotation applied), keeping every ``frame_step``-th frame.
 
-    Each kept frame is written as a lossless PNG into a new temporary folder (the clip's
-    ``scratch``, under ``scratch_dir``), so that memory does not grow with the clip. Frames are
+    Each kept frame is written as a lossless PNG into a new folder in the system's temporary
+    folder (``TMPDIR``; the clip's ``scratch``), so that memory does not grow with the clip. Frames are
     named by their index in the video, zero-padded to 5 digits. A video that breaks off after
     some frames (e.g. a truncated file) keeps the frames decoded so far, with a warning.
 
@@ -235,7 +214,7 @@ def decode_video(
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError) as err:
         raise VideoError(f"{path}: not a readable video ({_ffmpeg_reason(err)})") from None
-    scratch = Path(tempfile.mkdtemp(prefix="clip-", dir=scratch_dir))
+    scratch = Path(tempfile.mkdtemp(prefix="clip-"))
     try:
         with container:
             clip = _decode_into(container, path, scratch, frame_step, max_frames, fallback_fps)

@@ -285,6 +285,12 @@ def _reporter(
     return report, (bar.close if bar is not None else lambda: None)
 
 
+def frame_size(images: Sequence[Image.Image]) -> tuple[int, int]:
+    """``(H, W)`` of the first frame (read once: a sequence may decode it on each access)."""
+    first = images[0]
+    return first.height, first.width
+
+
 def one_pass_record(
     model: ReferDINO,
     images: Sequence[Image.Image],
@@ -307,7 +313,7 @@ def one_pass_record(
     (only run lengths come back), in a background thread while the model runs the next sentence;
     on the CPU, in line, as before (:func:`proposals_from_outputs`).
     """
-    height, width = images[0].height, images[0].width
+    height, width = frame_size(images)
     record = im.Stage1Video(video_id, list(frame_names), height, width)
     merge_logits: dict[str, np.ndarray] = {}
     report, close = _reporter(windows, len(sentences), progress=progress, on_progress=on_progress)
@@ -410,7 +416,7 @@ def windowed_record(
         for index, window in enumerate(windows):
             report(index, 0)
             frames = [images[t] for t in range(window.start, window.stop)]
-            height, width = frames[0].height, frames[0].width
+            height, width = frame_size(frames)
             outputs = run_expressions(
                 model,
                 frames,
