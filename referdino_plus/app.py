@@ -44,6 +44,7 @@ from referdino_plus.segmenter import (
     DemoError,
     ProgressCallback,
     Segmenter,
+    StageProgress,
     check_models,
     load_demo_config,
     with_stage2,
@@ -61,6 +62,8 @@ OUT_OF_MEMORY_HINT = (
     "use fewer frames (a larger frame step, a smaller max frames), a smaller SAM 2, or run the "
     "app with --cpu"
 )
+# The step a job reports while it decodes (a video) or checks (a frame folder) the clip.
+READING = "reading the clip"
 # The page's SAM 2 choice that keeps stage2.model and stage2.checkpoint.
 CONFIGURED_SAM2 = "configured"
 GENERATED_EXAMPLE = "moving shapes (generated)"
@@ -391,12 +394,18 @@ class App:
         self.check_request(request)
         cfg = self.job_config(request)
         check_models(cfg)
+
+        def frame_read(done: int, total: int | None) -> None:
+            if progress is not None:
+                progress(StageProgress(READING, done, total or request.max_frames, "frame"))
+
         try:
             clip = load_clip(
                 request.source,
                 frame_step=request.frame_step,
                 max_frames=request.max_frames,
                 folder_fps=cfg.demo.fps,
+                on_frame=frame_read,
             )
         except VideoError as err:
             raise DemoError(self.user_words(err, request.source)) from None

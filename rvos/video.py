@@ -100,17 +100,38 @@ def natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def load_clip(path: Path, *, frame_step: int, max_frames: int | None, folder_fps: float) -> Clip:
+FrameCallback = Callable[[int, int | None], None]
+
+
+def load_clip(
+    path: Path,
+    *,
+    frame_step: int,
+    max_frames: int | None,
+    folder_fps: float,
+    on_frame: FrameCallback | None = None,
+) -> Clip:
     """Read a video file or a frame folder, keeping every ``frame_step``-th frame.
 
+    Args:
+        on_frame: called after each frame decoded (a video) or checked (a folder) with
+            ``(frames done, frames in all)`` (``None`` when a video does not say).
     Raises:
         VideoError: missing path, unreadable or corrupt input, no frames, frames of mixed sizes.
     """
     if not path.exists():
         raise VideoError(f"{path}: no such file or folder")
     if path.is_dir():
-        return read_frame_folder(path, frame_step=frame_step, max_frames=max_frames, fps=folder_fps)
-    return decode_video(path, frame_step=frame_step, max_frames=max_frames, fallback_fps=folder_fps)
+        return read_frame_folder(
+            path, frame_step=frame_step, max_frames=max_frames, fps=folder_fps, on_frame=on_frame
+        )
+    return decode_video(
+        path,
+        frame_step=frame_step,
+        max_frames=max_frames,
+        fallback_fps=folder_fps,
+        on_frame=on_frame,
+    )
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -152,7 +173,14 @@ def clip_duration(path: Path, *, folder_fps: float) -> float | None:
     return None
 
 
-def read_frame_folder(folder: Path, *, frame_step: int, max_frames: int | None, fps: float) -> Clip:
+def read_frame_folder(
+    folder: Path,
+    *,
+    frame_step: int,
+    max_frames: int | None,
+    fps: float,
+    on_frame: FrameCallback | None = None,
+) -> Clip:
     """The ``.jpg``/``.jpeg``/``.png`` images of ``folder`` in natural order, subsampled.
 
     Each kept frame is decoded once here, to check it (a truncated file is found only by
@@ -176,7 +204,9 @@ def read_frame_folder(folder: Path, *, frame_step: int, max_frames: int | None, 
             dynamic_ncols=True,
             delay=1,
         )
-        for path, (size, reason) in zip(files, checked, strict=True):
+        for done, (path, (size, reason)) in enumerate(zip(files, checked, strict=True), 1):
+            if on_frame is not None:
+                on_frame(done, len(files))
             if size is None:
                 raise VideoError(f"frame {path} is {reason}")
             if first_size is None:
@@ -196,7 +226,12 @@ def _ffmpeg_reason(err: Exception) -> str:
 
 
 def decode_video(
-    path: Path, *, frame_step: int, max_frames: int | None, fallback_fps: float
+    path: Path,
+    *,
+    frame_step: int,
+    max_frames: int | None,
+    fallback_fps: float,
+    on_frame: FrameCallback | None = None,
 ) -> Clip:
     """Decode ``path`` with PyAV (display rotation applied), keeping every ``frame_step``-th frame.
 
@@ -217,7 +252,9 @@ def decode_video(
     scratch = Path(tempfile.mkdtemp(prefix="clip-"))
     try:
         with container:
-            clip = _decode_into(container, path, scratch, frame_step, max_frames, fallback_fps)
+            clip = _decode_into(
+                container, path, scratch, frame_step, max_frames, fallback_fps, on_frame
+            )
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -231,6 +268,7 @@ def _decode_into(
     frame_step: int,
     max_frames: int | None,
     fallback_fps: float,
+    on_frame: FrameCallback | None,
 ) -> Clip:
     """:func:`decode_video`'s frames from the open ``container``, written into ``scratch``."""
     import av
@@ -264,6 +302,8 @@ def _decode_into(
                 files.append(scratch / f"{names[-1]}.png")
                 image.save(files[-1], compress_level=SCRATCH_PNG_LEVEL)
                 bar.update()
+                if on_frame is not None:
+                    on_frame(len(files), total)
                 if max_frames is not None and len(files) >= max_frames:
                     break
         except av.FFmpegError as err:

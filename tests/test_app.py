@@ -17,6 +17,7 @@ from referdino_plus.app import (
     CONFIGURED_SAM2,
     GENERATED_EXAMPLE,
     INSTALL_HINT,
+    READING,
     App,
     JobRequest,
     parse_args,
@@ -222,7 +223,8 @@ def test_a_job_writes_the_demo_outputs_and_a_zip(tmp_path, clip, tiny_model_over
     assert len(result.gallery) == 2 * 4 and all(path.is_file() for path, _ in result.gallery)
 
     steps = [e.step for e in events]
-    assert steps.index(STAGE1) < steps.index(STAGE2) < steps.index(STAGE3)
+    assert steps.index(READING) < steps.index(STAGE1) < steps.index(STAGE2) < steps.index(STAGE3)
+    assert [e.done for e in events if e.step == READING] == list(range(1, NUM_FRAMES + 1))
     for step in (STAGE1, STAGE2):
         fractions = [e.fraction for e in events if e.step == step]
         assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -195,7 +195,11 @@ def test_a_video_is_read_back_with_the_pixels_it_decodes_to(tmp_path):
     """The kept frames go to lossless PNGs in a temporary folder, read when indexed; closing the
     clip deletes them."""
     path = write_clip(tmp_path / "clip.mp4", num_frames=7)
-    clip = decode_video(path, frame_step=2, max_frames=None, fallback_fps=10)
+    calls = []
+    clip = decode_video(
+        path, frame_step=2, max_frames=None, fallback_fps=10, on_frame=lambda *a: calls.append(a)
+    )
+    assert calls == [(done, 4) for done in range(1, 5)]
     with av.open(str(path)) as container:
         decoded = [f.to_image() for f in container.decode(container.streams.video[0])]
     assert len(clip.frames) == 4 and clip.frames.paths[0].parent == clip.scratch
@@ -213,7 +217,11 @@ def test_a_frame_folder_is_read_when_indexed(tmp_path, fixtures_dir):
     from stage2_sam2_refine.predictor import load_frames
 
     source = fixtures_dir / "referdino_tiny" / "frames"
-    clip = read_frame_folder(source, frame_step=10, max_frames=None, fps=10)
+    calls = []
+    clip = read_frame_folder(
+        source, frame_step=10, max_frames=None, fps=10, on_frame=lambda *a: calls.append(a)
+    )
+    assert calls == [(done, 4) for done in range(1, 5)]
     assert clip.scratch is None and clip.size == (540, 960) and len(clip.frames) == 4
     paths = sorted(source.glob("*.jpg"))[::10]
     from_files, _, _ = load_frames(paths, 64)
