@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from referdino_plus.config import ConfigError, PipelineConfig, load_config
+from referdino_plus.config import ConfigError, PipelineConfig
 from referdino_plus.demo import summarize, write_outputs, write_summary
 from referdino_plus.runtime import (
     add_single_device_arguments,
@@ -44,7 +44,9 @@ from referdino_plus.segmenter import (
     DemoError,
     ProgressCallback,
     Segmenter,
+    StageProgress,
     check_models,
+    load_demo_config,
     with_stage2,
 )
 from rvos.drawing import evenly_spaced
@@ -60,6 +62,8 @@ OUT_OF_MEMORY_HINT = (
     "use fewer frames (a larger frame step, a smaller max frames), a smaller SAM 2, or run the "
     "app with --cpu"
 )
+# The step a job reports while it decodes (a video) or checks (a frame folder) the clip.
+READING = "reading the clip"
 # The page's SAM 2 choice that keeps stage2.model and stage2.checkpoint.
 CONFIGURED_SAM2 = "configured"
 GENERATED_EXAMPLE = "moving shapes (generated)"
@@ -162,7 +166,7 @@ def folder_preview(source: Path, folder: Path, cfg: PipelineConfig) -> Path:
     with h264_writer(path, size=(height - height % 2, width - width % 2), fps=clip.fps, crf=23) as (
         write
     ):
-        for frame in clip.frames:
+        for frame in clip.frames:  # read one at a time
             write(np.asarray(frame)[: height - height % 2, : width - width % 2])
     return path
 
@@ -390,12 +394,18 @@ class App:
         self.check_request(request)
         cfg = self.job_config(request)
         check_models(cfg)
+
+        def frame_read(done: int, total: int | None) -> None:
+            if progress is not None:
+                progress(StageProgress(READING, done, total or request.max_frames, "frame"))
+
         try:
             clip = load_clip(
                 request.source,
                 frame_step=request.frame_step,
                 max_frames=request.max_frames,
                 folder_fps=cfg.demo.fps,
+                on_frame=frame_read,
             )
         except VideoError as err:
             raise DemoError(self.user_words(err, request.source)) from None
@@ -429,6 +439,7 @@ class App:
             for index in range(len(request.sentences))
             for t in evenly_spaced(len(clip.frames), self.cfg.app.gallery_frames)
         ]
+        clip.close()  # a video's decoded frames (also deleted if anything above fails)
         return JobResult(folder, folder / "overlay.mp4", zip_masks(folder), gallery, summary)
 
 
@@ -470,7 +481,7 @@ def start(args: argparse.Namespace) -> tuple[App, Any]:
     if importlib.util.find_spec("gradio") is None:
         raise DemoError(INSTALL_HINT, EXIT_USAGE)
     try:
-        cfg = load_config(args.overrides)
+        cfg = load_demo_config(args.overrides)
         gids = None if args.gid is None else [args.gid]
         (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
     except (ConfigError, ValueError) as err:

@@ -116,12 +116,14 @@ class VisualizeOptions:
 
 @dataclass
 class DemoOptions:
-    """The ``demo`` section: the overlay video of ``run_pipeline.py demo``."""
+    """The ``demo`` section: the overlay video of ``run_pipeline.py demo`` and the stage-1
+    windows of ``demo`` and ``app``."""
 
     SECTION = "demo"
 
     fps: float = bounded(1e-3)
     crf: int = bounded(0, 51)  # libx264's scale
+    window_frames: int | None = bounded(2)  # stage1.window.frames of demo and app
 
     def __post_init__(self) -> None:
         check_declared(self)

@@ -8,7 +8,10 @@
 (``.jpg``/``.jpeg``/``.png``, in natural name order: ``2.jpg`` before ``10.jpg``). The three stages
 run in this process on one device, configured by ``configs/pipeline.yaml`` and the same
 ``key=value`` overrides as the pipeline (``stage1.*``/``stage2.*`` choose the models,
-``stage3.*`` the fusion rule, ``visualize.*``/``demo.*`` the drawing). ``DIR`` receives:
+``stage3.*`` the fusion rule, ``visualize.*``/``demo.*`` the drawing). A clip of any length
+runs: stage 1 takes it in windows of ``demo.window_frames`` frames (``stage1.window.frames=null``:
+one pass), and frames are read when needed (a video is decoded once into a temporary folder).
+``DIR`` receives:
 
 - ``overlay.mp4``: the frames with each sentence's masks in its colour (H.264, yuv420p);
 - ``masks/<sentence index>/<frame>.png``: the fused masks, mode L, 0/255, frame size; a video's
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions, load_config
+from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions
 from referdino_plus.runtime import (
     add_single_device_arguments,
     first_stray_override,
@@ -47,6 +50,7 @@ from referdino_plus.segmenter import (
     StageProgress,
     TqdmProgress,
     check_models,
+    load_demo_config,
 )
 from rvos.archive import encode_png
 from rvos.drawing import caption_band, color_of, hex_color, overlay_masks, pad_to_even
@@ -61,8 +65,8 @@ DEFAULT_OUT_ROOT = Path("work") / "demo"
 # The step write_outputs reports progress for.
 WRITING = "writing outputs"
 OUT_OF_MEMORY_HINT = (
-    "use fewer frames (--frame-step N, --max-frames N), a smaller stage1.short_side, "
-    "stage2.offload_video_to_cpu=true, or --cpu"
+    "use a smaller demo.window_frames or stage1.short_side, stage2.offload_video_to_cpu=true, "
+    "fewer frames (--frame-step N, --max-frames N), or --cpu"
 )
 
 
@@ -265,7 +269,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise DemoError(f"--out {out_dir}: exists and is not a folder")
     try:
-        cfg = load_config(args.overrides)
+        cfg = load_demo_config(args.overrides)
         gids = None if args.gid is None else [args.gid]
         (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
     except (ConfigError, ValueError) as err:
@@ -313,6 +317,7 @@ def run_demo(args: argparse.Namespace) -> Path:
             crf=cfg.demo.crf,
             progress=bars,
         )
+    clip.close()  # a video's decoded frames (also deleted if anything above fails)
     write_summary(out_dir / "summary.json", summary)
     return out_dir
 

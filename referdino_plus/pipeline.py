@@ -111,6 +111,9 @@ def stage_fingerprints(cfg: PipelineConfig) -> Fingerprints:
         stage1_part = {"legacy_dir": stage1.legacy_dir, "obj_threshold": stage1.obj_threshold}
     else:
         stage1_part = _numeric(stage1)
+        if stage1.window.frames is None:
+            # One pass, as before windows existed: the records keep their fingerprint.
+            stage1_part.pop("window")
     stage1_fields = {"stage1": stage1_part, "revision": STAGE1_REVISION}
     # The answer rule changes the records' answers. Records of the rule every run used before
     # rules were selectable keep their fingerprint, so existing MeViS work is not recomputed.

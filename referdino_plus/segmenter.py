@@ -3,8 +3,12 @@
 :class:`Segmenter` holds the models (ReferDINO, the tracker) on its device, loads each on first
 use and either keeps it for the next clip (the app) or releases it as soon as its stage is done
 (the command-line demo, which runs once). Each stage reports its progress to a callback
-(:class:`StageProgress`): stage 1 after each sentence, stage 2 after each frame the tracker
-propagates, stage 3 once. :class:`TqdmProgress` shows those as progress bars on a terminal.
+(:class:`StageProgress`): stage 1 in frames, when a window starts and after each of its sentences,
+stage 2 after each frame the tracker propagates, stage 3 once. :class:`TqdmProgress` shows those
+as progress bars on a terminal.
+
+Both read clips of any length: :func:`load_demo_config` runs stage 1 in windows of
+``demo.window_frames`` (README: Windowed stage 1), and the clip's frames are read when needed.
 
 Problems a user can fix (a missing checkpoint, out of memory) raise :class:`DemoError` with a
 one-line message.
@@ -24,7 +28,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from referdino_plus.config import PipelineConfig, to_plain
+from referdino_plus.config import PipelineConfig, load_config, to_plain
 from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
 from rvos.progress import progress_bar
 from rvos.video import Clip
@@ -37,6 +41,9 @@ OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory")
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 # The steps a job reports progress for, in order.
 STAGE1, STAGE2, STAGE3 = "stage 1 (ReferDINO)", "stage 2 (SAM 2)", "stage 3 (fusion)"
+# demo and app run stage 1 in windows of demo.window_frames; a stage1.window.frames=... the user
+# gives comes later and wins.
+DEMO_WINDOW = "stage1.window.frames=${demo.window_frames}"
 Model = TypeVar("Model")
 
 
@@ -121,6 +128,16 @@ class Segmentation:
     stage1: Stage1Video
     stage2: Stage2Video
     stage3: Stage3Video
+
+
+def load_demo_config(overrides: Sequence[str]) -> PipelineConfig:
+    """The configuration of ``demo`` and ``app``: the pipeline's, with stage 1 in windows of
+    ``demo.window_frames`` unless ``overrides`` set ``stage1.window.frames``.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a value out of range.
+    """
+    return load_config([DEMO_WINDOW, *overrides])
 
 
 def check_models(cfg: PipelineConfig) -> None:
@@ -276,16 +293,16 @@ class Segmenter:
         """Stages 1-3 on ``clip`` for each sentence (``exp_id`` = its index as a string).
 
         Args:
-            clip: the decoded frames (the tracker reads them from memory).
+            clip: the frames (stage 1 reads a window at a time, the tracker a frame at a time).
             sentences: as written (ReferDINO tokenizes the raw text).
             cfg: ``stage1``/``stage2`` choose the models and their options, ``stage3`` the
                 fusion rule.
-            progress: told after each sentence (stage 1), each propagated frame (stage 2) and
-                at the end of stage 3.
+            progress: told in frames when a stage-1 window starts and after each of its
+                sentences, after each propagated frame (stage 2) and at the end of stage 3.
         Raises:
             DemoError: a model that cannot be loaded, or out of memory.
         """
-        from stage1_referdino.runner import stage1_record, warn_dropped_tokens
+        from stage1_referdino.runner import Stage1Progress, stage1_record, warn_dropped_tokens
         from stage2_sam2_refine.runner import stage2_record
         from stage3_fusion.runner import fuse_video
 
@@ -294,16 +311,17 @@ class Segmenter:
         expressions = {str(index): text for index, text in enumerate(sentences)}
         # The app calls from a server thread, whose current CUDA device is not bound.
         with self._lock, self._current_device():
-            report(StageProgress(STAGE1, 0, count, "sentence", "loading the model"))
+            num_frames = len(clip.frames)
+            report(StageProgress(STAGE1, 0, num_frames, "frame", "loading the model"))
             model = self.stage1_model(cfg)
             warn_dropped_tokens(model, expressions, lambda exp_id: f"sentence {int(exp_id) + 1}")
-            report(
-                StageProgress(STAGE1, 0, count, "sentence", f"encoding {len(clip.frames)} frames")
-            )
 
-            def sentence_done(exp_id: str) -> None:
-                done = int(exp_id) + 1
-                report(StageProgress(STAGE1, done, count, "sentence", f"sentence {done}/{count}"))
+            def stage1_done(update: Stage1Progress) -> None:
+                report(
+                    StageProgress(
+                        STAGE1, update.frames_done, num_frames, "frame", stage1_detail(update)
+                    )
+                )
 
             with explain_out_of_memory(self.device, self.out_of_memory_hint):
                 stage1 = stage1_record(
@@ -313,7 +331,7 @@ class Segmenter:
                     cfg.stage1,
                     video_id=clip.name,
                     frame_names=list(clip.frame_names),
-                    on_expression=sentence_done,
+                    on_progress=stage1_done,
                 )
             del model
             if not self.keep_models:
@@ -344,6 +362,24 @@ class Segmenter:
             stage3 = fuse_video(stage2, cfg.stage3)
             report(StageProgress(STAGE3, count, count, "sentence", "done"))
         return Segmentation(stage1, stage2, stage3)
+
+
+def stage1_detail(update: Any) -> str:
+    """Where stage 1 is, for people: ``sentence 2/3`` in one pass; ``window 2/5 (frames
+    61-132), sentence 2/3`` in windows (``update``: a
+    :class:`~stage1_referdino.runner.Stage1Progress`)."""
+    count = update.num_expressions
+    if update.expressions_done == 0:
+        sentence = f"encoding {update.window.num_frames} frames"
+    else:
+        sentence = f"sentence {update.expressions_done}/{count}"
+    if update.num_windows == 1:
+        return sentence
+    window = update.window
+    return (
+        f"window {update.window_index + 1}/{update.num_windows} "
+        f"(frames {window.start + 1}-{window.stop}), {sentence}"
+    )
 
 
 def with_stage2(cfg: PipelineConfig, **changes: Any) -> PipelineConfig:

@@ -1,9 +1,12 @@
-"""Checking that a split's frames decode, before any model loads.
+"""Frames as files: checking that they decode, and reading them one at a time.
 
-Every listed frame is decoded in full (a truncated JPEG has a valid header; only decoding finds
-it), by a pool of threads (the decoders release the GIL). Frames that decoded once are recorded
-in a small JSON cache by path, size and modification time, so that a rerun checks only what
-changed.
+:func:`check_frames` checks a split's frames before any model loads. Every listed frame is decoded
+in full (a truncated JPEG has a valid header; only decoding finds it), by a pool of threads (the
+decoders release the GIL). Frames that decoded once are recorded in a small JSON cache by path,
+size and modification time, so that a rerun checks only what changed.
+
+:class:`FrameFiles` is a clip whose frames are decoded when indexed, so that a long clip is never
+held decoded whole.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import overload
 
 from PIL import Image, UnidentifiedImageError
 
@@ -26,7 +30,52 @@ CACHE_VERSION = 1
 _NAMED = 5  # problems named per video, the rest counted
 
 
-def _decode(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+class FrameError(OSError):
+    """A frame file that cannot be read; the message is one line naming it."""
+
+
+class FrameFiles(Sequence[Image.Image]):
+    """Frames kept as image files, each decoded as an RGB image when indexed (nothing cached).
+
+    What stage 1 (a window at a time) and the trackers (a frame at a time) read: the pixels are
+    those of ``Image.open(path).convert("RGB")``, the same as frames decoded up front.
+
+    Args:
+        paths: the frames' files, in order.
+    """
+
+    def __init__(self, paths: Iterable[os.PathLike | str]) -> None:
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> Image.Image: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> FrameFiles: ...
+
+    def __getitem__(self, index: int | slice) -> Image.Image | FrameFiles:
+        if isinstance(index, slice):
+            return FrameFiles(self.paths[index])
+        return read_rgb(self.paths[index])
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """The image file ``path`` decoded as RGB.
+
+    Raises:
+        FrameError: a missing or unreadable file (the message names it).
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise FrameError(f"frame {path} is unreadable ({err})") from None
+
+
+def decoded_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """``((H, W), None)`` if ``path`` decodes in full, else ``(None, reason)``."""
     try:
         with Image.open(path) as image:
@@ -103,7 +152,7 @@ def check_frames(
                 todo.append(path)
     workers = threads or max(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_decode, todo)
+        results = pool.map(decoded_size, todo)
         bar = progress_bar(
             results, total=len(todo), desc="checking frames", unit="frame", disable=not progress
         )

@@ -208,6 +208,57 @@ def proposals_from_outputs(
     )
 
 
+def query_masks(
+    mask_logits, frame_size: tuple[int, int], *, frames_per_chunk: int = 8
+) -> RunLengthMasks:
+    """``[T, N, H, W]`` masks of every query, encoded as :func:`proposals_from_outputs` encodes a
+    record's (the same runs; on the device when ``mask_logits`` is a GPU tensor).
+
+    Args:
+        mask_logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor on any device).
+        frame_size: ``(H, W)``.
+    """
+    every = np.arange(np.shape(mask_logits)[1], dtype=np.int64)
+    columns = (every, list(range(every.size)), [], frame_size, frames_per_chunk)
+    encode = _encode_on_device_or_host if _is_gpu_tensor(mask_logits) else _encode_on_host
+    masks, _ = encode(mask_logits, *columns)
+    return masks
+
+
+def proposals_from_query_masks(
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    masks: RunLengthMasks,
+    *,
+    top_k: int | None,
+    obj_threshold: float,
+    answer: str = THRESHOLD_OR_TOP1,
+    frames_per_chunk: int = 8,
+) -> ExpressionProposals:
+    """One expression's stage-1 record from every query's masks already encoded
+    (:func:`query_masks`): the record :func:`proposals_from_outputs` makes from their logits.
+
+    Args:
+        scores: ``[T, N] float32``; boxes: ``[T, N, 4] float32``.
+        masks: ``[T, N, H, W]`` every query's masks.
+        top_k, obj_threshold, answer: as :func:`proposals_from_outputs`.
+        frames_per_chunk: frames of the answer decoded at a time (bounds memory).
+    """
+    kept = kept_query_ids(scores, top_k)
+    chosen = get_answer_rule(answer).select(scores, obj_threshold)
+    answer_parts = []
+    for start in range(0, masks.shape[0], frames_per_chunk):
+        frames = masks.select(slice(start, start + frames_per_chunk)).select(chosen, axis=1)
+        answer_parts.append(RunLengthMasks.encode(frames.decode().any(axis=1)))
+    return ExpressionProposals(
+        scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
+        boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
+        masks=masks.select(kept, axis=1),
+        query_ids=kept,
+        answer=RunLengthMasks.concatenate(answer_parts),
+    )
+
+
 def _is_gpu_tensor(value) -> bool:
     """Whether ``value`` is a torch tensor on a device other than the CPU (no torch import)."""
     device = getattr(value, "device", None)

@@ -4,13 +4,18 @@ The Swin backbone and input projections do not depend on the sentence, so a vide
 computed once (:meth:`ReferDINO.encode_video`) and every expression runs on them
 (:meth:`ReferDINO.infer_features`): bit-identical to running ``infer`` per expression, as the
 original inference script does.
+
+A video longer than ``stage1.window.frames`` runs window by window (:mod:`stage1_referdino.windows`):
+each window's frames are read, encoded once and run for every expression before the next window is
+read, so that only one window's frames and features are held; each expression's queries are
+stitched across the windows as they come.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +26,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from rvos import intermediates as im
+from rvos.frames import FrameFiles
 from rvos.legacy import LegacyVideo, write_legacy_npz
+from rvos.masks import RunLengthMasks
 from rvos.options import CacheDevice
 from rvos.proposals import (
     THRESHOLD_OR_TOP1,
     Stage1Records,
     answer_logits,
     apply_annotator_argmax,
+    get_answer_rule,
     proposals_from_outputs,
+    proposals_from_query_masks,
+    query_masks,
 )
 from rvos.splits import Split, Video
 from rvos.workers import VideoProcessor
@@ -37,6 +47,7 @@ from stage1_referdino.model import ReferDINO
 from stage1_referdino.model.text_encoder import token_count
 from stage1_referdino.options import Stage1Options
 from stage1_referdino.transforms import preprocess
+from stage1_referdino.windows import QueryStitcher, Window, WindowOutputs, clip_windows
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +96,7 @@ class RawOutputs:
 
 def run_expressions(
     model: ReferDINO,
-    images: list[Image.Image],
+    images: Sequence[Image.Image],
     expressions: Mapping[str, str],
     *,
     short_side: int,
@@ -104,6 +115,7 @@ def run_expressions(
     video = preprocess(images, short_side=short_side)
     storage = "cpu" if feature_cache_device == CacheDevice.cpu else None
     features = model.encode_video(video, storage_device=storage)
+    del video  # the features are all the expressions need
     for exp_id, sentence in expressions.items():
         out = model.infer_features(features, sentence)
         yield (
@@ -157,9 +169,39 @@ def build_stage1_model(options: Stage1Options, device: str) -> ReferDINO:
     )
 
 
+@dataclass(frozen=True)
+class Stage1Progress:
+    """How far stage 1 is on a video: which window, and how many of its expressions are done.
+
+    Attributes:
+        window: the window the model runs on (one pass: one window of every frame).
+        window_index: its index, of ``num_windows``.
+        num_windows: windows of the video.
+        expressions_done: expressions finished on this window, of ``num_expressions``.
+        num_expressions: expressions of the video.
+        num_frames: frames of the video.
+    """
+
+    window: Window
+    window_index: int
+    num_windows: int
+    expressions_done: int
+    num_expressions: int
+    num_frames: int
+
+    @property
+    def frames_done(self) -> float:
+        """Frames whose outputs are made: those of earlier windows, and this window's share."""
+        owned = self.window.own_stop - self.window.own_start
+        return self.window.own_start + owned * self.expressions_done / self.num_expressions
+
+
+Stage1ProgressCallback = Callable[[Stage1Progress], None]
+
+
 def stage1_record(
     model: ReferDINO,
-    images: list[Image.Image],
+    images: Sequence[Image.Image],
     sentences: Mapping[str, str],
     options: Stage1Options,
     *,
@@ -169,31 +211,113 @@ def stage1_record(
     progress: bool = False,
     answer: str = THRESHOLD_OR_TOP1,
     video: Video | None = None,
-    on_expression: Callable[[str], None] | None = None,
+    on_progress: Stage1ProgressCallback | None = None,
 ) -> im.Stage1Video:
     """Stage-1 record of one video: ReferDINO on every sentence, the frames encoded once.
 
-    On a GPU, each sentence's masks are upsampled, thresholded and run-length encoded on the GPU
-    (only run lengths come back), in a background thread while the model runs the next sentence;
-    on the CPU, in line, as before (:func:`proposals_from_outputs`).
+    In one pass (:func:`one_pass_record`), or window by window when the video is longer than
+    ``options.window.frames`` (:func:`windowed_record`).
 
     Args:
-        images: the video's RGB frames, in the order of ``frame_names``.
+        images: the video's RGB frames, in the order of ``frame_names`` (any sequence: a window
+            reads only its own).
         sentences: ``exp_id -> sentence``.
         options: the ``stage1`` section (``short_side``, ``top_k``, ``obj_threshold``,
-            ``feature_cache_device``).
+            ``feature_cache_device``, ``window``).
         legacy: if given, each expression's raw outputs are added to it (legacy export).
-        progress: show a progress bar over the sentences.
+        progress: show a progress bar over the sentences (and windows).
         answer: the stage-1 answer rule (:data:`rvos.proposals.ANSWER_RULES`).
         video: the split's video; needed by a rule that merges annotators' objects.
-        on_expression: called with each ``exp_id`` once its record is made.
+        on_progress: told when a window starts and after each of its sentences.
     Returns:
         per sentence, the top queries' ``[T, K]`` scores, ``[T, K, 4]`` boxes and
         ``[T, K, H, W]`` masks at frame size, and ReferDINO's own answer.
     """
-    height, width = images[0].height, images[0].width
+    windows = clip_windows(len(images), options.window)
+    record = one_pass_record if len(windows) == 1 else windowed_record
+    return record(
+        model,
+        images,
+        sentences,
+        options,
+        windows=windows,
+        video_id=video_id,
+        frame_names=frame_names,
+        legacy=legacy,
+        progress=progress,
+        answer=answer,
+        video=video,
+        on_progress=on_progress,
+    )
+
+
+def _reporter(
+    windows: Sequence[Window],
+    num_expressions: int,
+    *,
+    progress: bool,
+    on_progress: Stage1ProgressCallback | None,
+) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """``(report(window_index, expressions_done), close())`` for ``on_progress`` and, with
+    ``progress``, a bar over the (window, sentence) pairs."""
+    bar = None
+    if progress:
+        unit = "sentence" if len(windows) == 1 else "window-sentence"
+        total = len(windows) * num_expressions
+        bar = tqdm(total=total, desc="stage 1 (ReferDINO)", unit=unit)
+    num_frames = windows[-1].stop
+
+    def report(window_index: int, expressions_done: int) -> None:
+        if bar is not None and expressions_done:
+            bar.update()
+        if on_progress is not None:
+            on_progress(
+                Stage1Progress(
+                    windows[window_index],
+                    window_index,
+                    len(windows),
+                    expressions_done,
+                    num_expressions,
+                    num_frames,
+                )
+            )
+
+    return report, (bar.close if bar is not None else lambda: None)
+
+
+def frame_size(images: Sequence[Image.Image]) -> tuple[int, int]:
+    """``(H, W)`` of the first frame (read once: a sequence may decode it on each access)."""
+    first = images[0]
+    return first.height, first.width
+
+
+def one_pass_record(
+    model: ReferDINO,
+    images: Sequence[Image.Image],
+    sentences: Mapping[str, str],
+    options: Stage1Options,
+    *,
+    windows: Sequence[Window],
+    video_id: str,
+    frame_names: list[str],
+    legacy: LegacyVideo | None,
+    progress: bool,
+    answer: str,
+    video: Video | None,
+    on_progress: Stage1ProgressCallback | None,
+) -> im.Stage1Video:
+    """:func:`stage1_record` in one pass: the model sees every frame at once (``windows`` is
+    the one window of every frame), as ReferDINO's MeViS inference.
+
+    On a GPU, each sentence's masks are upsampled, thresholded and run-length encoded on the GPU
+    (only run lengths come back), in a background thread while the model runs the next sentence;
+    on the CPU, in line, as before (:func:`proposals_from_outputs`).
+    """
+    height, width = frame_size(images)
     record = im.Stage1Video(video_id, list(frame_names), height, width)
     merge_logits: dict[str, np.ndarray] = {}
+    report, close = _reporter(windows, len(sentences), progress=progress, on_progress=on_progress)
+    done = 0
 
     def make_proposals(raw: RawOutputs) -> im.ExpressionProposals:
         return proposals_from_outputs(
@@ -207,10 +331,12 @@ def stage1_record(
         )
 
     def record_done(exp_id: str, proposals: im.ExpressionProposals) -> None:
+        nonlocal done
         record.expressions[exp_id] = proposals
-        if on_expression is not None:
-            on_expression(exp_id)
+        done += 1
+        report(0, done)
 
+    report(0, 0)
     with torch.inference_mode(), MaskWriter(background=model.device.type == "cuda") as writer:
         outputs = run_expressions(
             model,
@@ -219,10 +345,6 @@ def stage1_record(
             short_side=options.short_side,
             feature_cache_device=options.feature_cache_device,
         )
-        if progress:
-            outputs = tqdm(
-                outputs, total=len(sentences), desc="stage 1 (ReferDINO)", unit="sentence"
-            )
         for exp_id, raw in outputs:
             for done_id, proposals in writer.submit(exp_id, make_proposals, raw):
                 record_done(done_id, proposals)
@@ -235,6 +357,109 @@ def stage1_record(
                 legacy.expressions[exp_id] = raw.legacy_arrays()
         for done_id, proposals in writer.finish():
             record_done(done_id, proposals)
+    close()
+    if merge_logits:
+        if video is None:
+            raise ValueError(f"answer rule {answer!r} needs the split's video to merge annotators")
+        apply_annotator_argmax(record, merge_logits, video)
+    return record
+
+
+@dataclass
+class StitchedExpression:
+    """One expression's stitched outputs, gathered window by window (:func:`windowed_record`).
+
+    Attributes:
+        stitcher: matches each window's queries to the running ones.
+        scores: per window, ``[t, Q] float32`` of the frames it owns.
+        boxes: per window, ``[t, Q, 4] float32``.
+        masks: per window, ``[t, Q, H, W]`` run-length masks of every query.
+        mask_logits: per window, ``[t, Q, h, w] float32`` (only for the legacy export or an
+            answer rule that merges annotators: these hold a whole video's logits).
+    """
+
+    stitcher: QueryStitcher
+    scores: list[np.ndarray] = dataclasses.field(default_factory=list)
+    boxes: list[np.ndarray] = dataclasses.field(default_factory=list)
+    masks: list[RunLengthMasks] = dataclasses.field(default_factory=list)
+    mask_logits: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def windowed_record(
+    model: ReferDINO,
+    images: Sequence[Image.Image],
+    sentences: Mapping[str, str],
+    options: Stage1Options,
+    *,
+    windows: Sequence[Window],
+    video_id: str,
+    frame_names: list[str],
+    legacy: LegacyVideo | None,
+    progress: bool,
+    answer: str,
+    video: Video | None,
+    on_progress: Stage1ProgressCallback | None,
+) -> im.Stage1Video:
+    """:func:`stage1_record` window by window (:mod:`stage1_referdino.windows`).
+
+    Windows outside, expressions inside: each window's frames are read and encoded once for
+    every expression, then dropped. Each expression's outputs are stitched as they come, and the
+    masks of the frames a window owns are run-length encoded at once, so what grows with the
+    video is ``[T, Q]`` scores, ``[T, Q, 4]`` boxes and run lengths. With one window of every
+    frame, the record equals :func:`one_pass_record`'s bit for bit.
+    """
+    height = width = 0  # the first window's first frame tells
+    keep_logits = legacy is not None or get_answer_rule(answer).annotator_argmax
+    stitched = {exp_id: StitchedExpression(QueryStitcher(windows)) for exp_id in sentences}
+    report, close = _reporter(windows, len(sentences), progress=progress, on_progress=on_progress)
+    with torch.inference_mode():
+        for index, window in enumerate(windows):
+            report(index, 0)
+            frames = [images[t] for t in range(window.start, window.stop)]
+            height, width = frame_size(frames)
+            outputs = run_expressions(
+                model,
+                frames,
+                sentences,
+                short_side=options.short_side,
+                feature_cache_device=options.feature_cache_device,
+            )
+            del frames
+            for done, (exp_id, raw) in enumerate(outputs, start=1):
+                entry = stitched[exp_id]
+                owned = entry.stitcher.add(WindowOutputs(raw.scores, raw.boxes, raw.mask_logits))
+                entry.scores.append(owned.scores)
+                entry.boxes.append(owned.boxes)
+                entry.masks.append(query_masks(owned.mask_logits, (height, width)))
+                if keep_logits:
+                    entry.mask_logits.append(owned.mask_logits.cpu().numpy())
+                report(index, done)
+    close()
+    record = im.Stage1Video(video_id, list(frame_names), height, width)
+    merge_logits: dict[str, np.ndarray] = {}
+    for exp_id, entry in stitched.items():
+        scores, boxes = np.concatenate(entry.scores), np.concatenate(entry.boxes)
+        record.expressions[exp_id] = proposals_from_query_masks(
+            scores,
+            boxes,
+            RunLengthMasks.concatenate(entry.masks),
+            top_k=options.top_k,
+            obj_threshold=options.obj_threshold,
+            answer=answer,
+        )
+        if keep_logits:
+            mask_logits = np.concatenate(entry.mask_logits)
+            logits = answer_logits(
+                scores, mask_logits, answer=answer, obj_threshold=options.obj_threshold
+            )
+            if logits is not None:
+                merge_logits[exp_id] = logits
+            if legacy is not None:
+                legacy.expressions[exp_id] = {
+                    "scores": scores,
+                    "boxes": boxes,
+                    "masks": mask_logits,
+                }
     if merge_logits:
         if video is None:
             raise ValueError(f"answer rule {answer!r} needs the split's video to merge annotators")
@@ -305,7 +530,12 @@ def build_video_processor(job: Stage1Job, device: str) -> VideoProcessor:
 
     def process(video_id: str) -> None:
         entry = split.videos[video_id]
-        images = split.load_frames(video_id)
+        windows = clip_windows(entry.num_frames, options.window)
+        # One pass needs every frame at once; windows read theirs as they run.
+        if len(windows) == 1:
+            images = split.load_frames(video_id)
+        else:
+            images = FrameFiles(split.frame_paths(video_id))
         legacy = None
         if options.export_legacy:
             size = (images[0].height, images[0].width)

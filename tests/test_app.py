@@ -17,6 +17,7 @@ from referdino_plus.app import (
     CONFIGURED_SAM2,
     GENERATED_EXAMPLE,
     INSTALL_HINT,
+    READING,
     App,
     JobRequest,
     parse_args,
@@ -126,6 +127,13 @@ def test_limits_give_one_line_messages(tmp_path, clip):
     assert str(tmp_path) not in str(caught.value)  # the server's paths stay private
 
 
+def test_the_default_limits_take_long_clips(tmp_path):
+    """1,200 frames (48 s at 25 fps) pass the limits the server runs with by default."""
+    app = make_app(tmp_path, [])
+    long = write_example_clip(tmp_path / "long.mp4", num_frames=1200, size=(32, 48), fps=25)
+    app.check_request(request_for(long, max_frames=1200))
+
+
 def test_missing_checkpoint_names_download_script(tmp_path, clip):
     nowhere = tmp_path / "checkpoints"
     app = make_app(
@@ -215,7 +223,8 @@ def test_a_job_writes_the_demo_outputs_and_a_zip(tmp_path, clip, tiny_model_over
     assert len(result.gallery) == 2 * 4 and all(path.is_file() for path, _ in result.gallery)
 
     steps = [e.step for e in events]
-    assert steps.index(STAGE1) < steps.index(STAGE2) < steps.index(STAGE3)
+    assert steps.index(READING) < steps.index(STAGE1) < steps.index(STAGE2) < steps.index(STAGE3)
+    assert [e.done for e in events if e.step == READING] == list(range(1, NUM_FRAMES + 1))
     for step in (STAGE1, STAGE2):
         fractions = [e.fraction for e in events if e.step == step]
         assert fractions == sorted(fractions) and fractions[-1] == 1.0

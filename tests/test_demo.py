@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from referdino_plus.demo import DemoError, check_sentences, parse_args
@@ -42,8 +43,8 @@ def demo_overrides(tiny_model_overrides) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run_demo(run_cli):
-    def run(*args, check: bool = True) -> subprocess.CompletedProcess:
-        return run_cli("demo", *args, check=check, timeout=600)
+    def run(*args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        return run_cli("demo", *args, check=check, timeout=timeout)
 
     return run
 
@@ -190,6 +191,51 @@ def test_frame_folder_rejects_mixed_sizes(tmp_path):
         read_frame_folder(tmp_path, frame_step=1, max_frames=None, fps=10)
 
 
+def test_a_video_is_read_back_with_the_pixels_it_decodes_to(tmp_path):
+    """The kept frames go to lossless PNGs in a temporary folder, read when indexed; closing the
+    clip deletes them."""
+    path = write_clip(tmp_path / "clip.mp4", num_frames=7)
+    calls = []
+    clip = decode_video(
+        path, frame_step=2, max_frames=None, fallback_fps=10, on_frame=lambda *a: calls.append(a)
+    )
+    assert calls == [(done, 4) for done in range(1, 5)]
+    with av.open(str(path)) as container:
+        decoded = [f.to_image() for f in container.decode(container.streams.video[0])]
+    assert len(clip.frames) == 4 and clip.frames.paths[0].parent == clip.scratch
+    for index, frame in enumerate(clip.frames):
+        assert frame.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(frame), np.asarray(decoded[2 * index]))
+    scratch = clip.scratch
+    with clip:
+        pass
+    assert clip.scratch is None and not scratch.exists()
+
+
+def test_a_frame_folder_is_read_when_indexed(tmp_path, fixtures_dir):
+    """Frames stay files; the tracker gets the same tensor from the clip as from the JPEGs."""
+    from stage2_sam2_refine.predictor import load_frames
+
+    source = fixtures_dir / "referdino_tiny" / "frames"
+    calls = []
+    clip = read_frame_folder(
+        source, frame_step=10, max_frames=None, fps=10, on_frame=lambda *a: calls.append(a)
+    )
+    assert calls == [(done, 4) for done in range(1, 5)]
+    assert clip.scratch is None and clip.size == (540, 960) and len(clip.frames) == 4
+    paths = sorted(source.glob("*.jpg"))[::10]
+    from_files, _, _ = load_frames(paths, 64)
+    from_clip, _, _ = load_frames(clip.frames, 64)
+    assert torch.equal(from_clip, from_files)
+    clip.close()
+    assert source.is_dir()  # a frame folder is never deleted
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "0.jpg").write_bytes((source / "00000.jpg").read_bytes()[:2000])
+    with pytest.raises(VideoError, match=r"frame .*0\.jpg is unreadable"):
+        read_frame_folder(broken, frame_step=1, max_frames=None, fps=10)
+
+
 def test_sentences_and_arguments():
     assert check_sentences(["the  dog. ", "a cat"]) == ["the  dog. ", "a cat"]  # as written
     with pytest.raises(DemoError, match="#1 is empty"):
@@ -235,3 +281,43 @@ def test_make_try_runs_offline_on_the_bundled_models(tmp_path):
     assert len(frames) == 12
     for sentence in summary["sentences"]:
         assert len(list((out / sentence["masks"]).glob("*.png"))) == 12
+
+
+@pytest.mark.slow
+def test_a_long_clip_runs_through_the_demo(tiny_model_overrides, run_demo, tmp_path, monkeypatch):
+    """1,200 frames on the tiny models: nothing refuses the clip, stage 1 runs in windows
+    (demo.window_frames) and reports its frames, and the video's decoded frames are deleted."""
+    num_frames, size = 1200, (32, 48)
+    video = tmp_path / "long.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
+        for t in range(num_frames):
+            pixels = np.full((*size, 3), 60, dtype=np.uint8)
+            x = t % (size[1] - 12)
+            pixels[8:24, x : x + 12] = (220, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    out = tmp_path / "out"
+    proc = run_demo(
+        "--video", video, "--text", "a square", "--cpu", "--out", out,
+        *tiny_model_overrides, "stage1.short_side=32", "stage1.top_k=1", timeout=3600,
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == num_frames
+    assert len(list((out / "masks" / "0").glob("*.png"))) == num_frames
+    frames, _, _ = read_video(out / "overlay.mp4")
+    assert len(frames) == num_frames
+    stderr = proc.stderr.replace("\r", "\n")
+    from referdino_plus.segmenter import load_demo_config
+    from stage1_referdino.windows import clip_windows
+
+    spans = clip_windows(num_frames, load_demo_config([]).stage1.window)
+    last = f"window {len(spans)}/{len(spans)} (frames {spans[-1].start + 1}-{num_frames})"
+    assert len(spans) > 1 and last in stderr
+    assert list(scratch.iterdir()) == []
