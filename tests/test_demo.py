@@ -320,4 +320,4 @@ def test_a_long_clip_runs_through_the_demo(tiny_model_overrides, run_demo, tmp_p
     spans = clip_windows(num_frames, load_demo_config([]).stage1.window)
     last = f"window {len(spans)}/{len(spans)} (frames {spans[-1].start + 1}-{num_frames})"
     assert len(spans) > 1 and last in stderr
-    assert list(scratch.iterdir()) == []
+    assert not list(scratch.glob("clip-*"))  # the decoded frames are gone
