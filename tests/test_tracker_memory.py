@@ -7,10 +7,9 @@ frames, with ``stage2.feature_cache_frames`` = :data:`CACHE_FRAMES`:
   (never walked whole), and an unreadable or odd frame still names the video and the file;
 - the shared feature cache never holds more than the bound, and a pass never holds more than a
   fixed number of tracked outputs per object, whatever the clip's length;
-- the masks and scores are bit-identical to SAM 2's own per-expression propagation (which keeps
-  every frame and every output), for mask, box and click prompts late in the clip (long reverse
-  passes) on different frames, with SAM 2's default memory and with a strided one, and to
-  SAMURAI keeping everything.
+- the masks and scores are bit-identical to SAM 2's own propagation (which keeps every frame and
+  every output), for a mask, a box and clicks on three frames late in the clip (a long reverse
+  pass), with memories of two shapes, and to SAMURAI keeping everything.
 
 SAM 3's counterpart is in ``tests/test_sam3.py``.
 """
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 from sam2.utils.misc import load_video_frames
 
+from stage2_sam2_refine import samurai
 from stage2_sam2_refine.options import Tracker
 from stage2_sam2_refine.predictor import (
     SharedFeatureVideoPredictor,
@@ -35,15 +35,17 @@ from stage2_sam2_refine.predictor import (
 from stage2_sam2_refine.reference import build_reference_predictor
 from stage2_sam2_refine.tracker import ObjectPrompt, build_tracker, propagation_order
 
-NUM_FRAMES, HEIGHT, WIDTH = 96, 48, 64
+NUM_FRAMES, HEIGHT, WIDTH = 56, 48, 64
 CACHE_FRAMES = 8  # stage2.feature_cache_frames here: far fewer than the clip's frames
 CPU = torch.device("cpu")
 
-# SAM 2's memory settings tried, and how far back it then reads tracked outputs: the previous
-# frame and 5 more spatial memories every `stride` frames (1 + 5 * stride back: tiny SAM 2.1 has
-# num_maskmem 7), and the object pointers of `max_obj_ptrs_in_encoder - 1` frames.
+# SAM 2 memory settings tried (shorter than SAM 2.1's, so that a short clip goes far beyond them),
+# and how far back SAM 2 then reads tracked outputs: the previous frame and 5 more spatial
+# memories every `stride` frames (1 + 5 * stride back: tiny SAM 2.1 has num_maskmem 7), and the
+# object pointers of `max_obj_ptrs_in_encoder - 1` frames. (SAM 2.1's own: stride 1 and 16
+# pointers, 15 frames back.)
 MEMORIES = {
-    "default": ({}, 15),  # stride 1, 16 pointers: the pointers reach furthest
+    "pointers": ({"max_obj_ptrs_in_encoder": 8}, 7),  # the pointers reach furthest
     "strided": ({"memory_temporal_stride_for_eval": 2, "max_obj_ptrs_in_encoder": 4}, 11),
 }
 
@@ -54,21 +56,19 @@ def _square(top: int, left: int, size: int = 12) -> np.ndarray:
     return mask
 
 
-# Each case is one expression's prompts, all late in the clip so that the reverse pass is long.
-PROMPTS = {
-    "mask and box on two frames": [
-        ObjectPrompt(obj_id=3, frame_idx=52, box=np.array([30, 6, 44, 20], np.float32)),
-        ObjectPrompt(obj_id=1, frame_idx=40, mask=_square(8, 20)),
-    ],
-    "clicks": [
-        ObjectPrompt(
-            obj_id=0,
-            frame_idx=60,
-            points=np.array([[40, 30], [42, 33], [5, 5]], np.float32),
-            labels=np.array([1, 1, 0], np.int32),
-        )
-    ],
-}
+# One expression: three objects prompted on three frames, with a mask, a box and clicks, in the
+# second half of the clip (so that the reverse pass is long).
+PROMPTS = [
+    ObjectPrompt(obj_id=3, frame_idx=28, box=np.array([30, 6, 44, 20], np.float32)),
+    ObjectPrompt(obj_id=1, frame_idx=20, mask=_square(8, 20)),
+    ObjectPrompt(
+        obj_id=0,
+        frame_idx=30,
+        points=np.array([[46, 14], [48, 17], [5, 5]], np.float32),
+        labels=np.array([1, 1, 0], np.int32),
+    ),
+]
+FIRST_PROMPTED = 20
 
 
 def _pixels(t: int, rng: np.random.Generator) -> np.ndarray:
@@ -203,48 +203,64 @@ def assert_same_steps(ours, reference) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("memory", list(MEMORIES))
 def test_bounded_sam2_equals_sam2_keeping_everything(memory, trackers, stock, clip, monkeypatch):
-    """Every expression of one bounded session (a lazy clip, 8 frames of features, outputs out of
-    reach dropped) gives SAM 2's own per-expression masks and scores; what it holds stays within
-    the bound, far below what SAM 2 holds."""
+    """A bounded session (a lazy clip, 8 frames of features, outputs out of reach dropped) gives
+    SAM 2's own masks and scores; what it holds stays within the bound, far below what SAM 2
+    holds."""
     tracker = trackers["sam2"]
     reach = _memory(monkeypatch, memory, tracker.predictor, stock)
     assert tracker.predictor.memory_reach() == reach
     frames = LazyClip(clip)
     session = tracker.open_video(frames, video_id="clip")
     held = Held(monkeypatch, tracker.predictor, session.video)
-    for case, prompts in PROMPTS.items():
-        ours = list(session.track(prompts))
-        first = min(p.frame_idx for p in prompts)
-        assert [(f.frame_idx, f.reverse) for f in ours] == propagation_order(NUM_FRAMES, [first])
-        masks = np.stack([f.masks for f in ours])
-        assert 0 < masks.mean() < 0.5, f"{case}: random weights that track nothing test nothing"
-        assert_same_steps(ours, keeping_everything(stock, str(clip[0].parent), prompts))
+    ours = list(session.track(PROMPTS))
+    assert [(f.frame_idx, f.reverse) for f in ours] == propagation_order(
+        NUM_FRAMES, [FIRST_PROMPTED]
+    )
+    masks = np.stack([f.masks for f in ours])
+    assert masks.shape == (NUM_FRAMES + 1, 3, HEIGHT, WIDTH)  # f0 twice
+    assert 0 < masks.mean() < 0.5, "random weights that track nothing test nothing"
+    assert_same_steps(ours, keeping_everything(stock, str(clip[0].parent), PROMPTS))
     # at most: the frames within reach of the last one, the new one, and (in the forward pass)
-    # those the reverse pass will read; SAM 2 itself holds every tracked frame (up to 95 here)
-    assert held.outputs == 2 * reach + 1 < NUM_FRAMES // 2
+    # those the reverse pass will read; SAM 2 itself holds every tracked frame (55 of object 1)
+    assert held.outputs == 2 * reach + 1 < NUM_FRAMES - FIRST_PROMPTED - 1
     assert held.features == CACHE_FRAMES
     # frames dropped from the cache were decoded again (one more read: the size, on opening)
     assert len(frames.reads) == session.video.decoded_frames + 1 > NUM_FRAMES
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("memory", list(MEMORIES))
-def test_bounded_samurai_equals_samurai_keeping_everything(memory, trackers, clip, monkeypatch):
+def test_bounded_samurai_equals_samurai_keeping_everything(trackers, clip, monkeypatch):
     """SAMURAI selects memories among admitted frames at any distance: what it may still select
     (the pointers' window and the 6 most recent admitted frames) is kept, and the masks are those
-    of SAMURAI keeping every output and every frame's features."""
+    of SAMURAI keeping every output and every frame's features.
+
+    The tiny model's scores pass SAMURAI's thresholds on every frame; here only every fifth frame
+    is admitted (a rule on each frame alone, as the thresholds on its own scores), so that the
+    selection reaches beyond the pointers' window."""
     tracker = trackers["samurai"]
     predictor: SharedFeatureVideoPredictor = tracker.predictor
-    _memory(monkeypatch, memory, predictor)
+    _memory(monkeypatch, "pointers", predictor)  # 7 frames of pointers, 7 admitted ones searched
+    monkeypatch.setattr(
+        samurai, "admits_to_memory", lambda candidate, **_: candidate.frame_idx % 5 == 0
+    )
     session = tracker.open_video(LazyClip(clip), video_id="clip")
     held = Held(monkeypatch, predictor, session.video)
     unbounded = predictor.open_video(clip, video_id="clip")  # every frame's features
     window = predictor.max_obj_ptrs_in_encoder - 1
     admitted = predictor.num_maskmem - 1
-    for prompts in PROMPTS.values():
-        ours = list(session.track(prompts))
-        assert_same_steps(ours, keeping_everything(predictor, unbounded, prompts))
-    assert held.outputs <= 2 * (window + admitted) + 1
+    far: list[int] = []  # frames kept as admitted memories only (beyond the pointers' window)
+    in_reach = predictor.tracked_frames_in_reach
+
+    def recording(outputs, *, frame_idx, reverse):
+        kept = in_reach(outputs, frame_idx=frame_idx, reverse=reverse)
+        far.extend(t for t in kept if (frame_idx - t) * (-1 if reverse else 1) >= window)
+        return kept
+
+    monkeypatch.setattr(predictor, "tracked_frames_in_reach", recording)
+    ours = list(session.track(PROMPTS))
+    assert_same_steps(ours, keeping_everything(predictor, unbounded, PROMPTS))
+    assert far, "no admitted frame beyond the pointers' window: nothing tested the selection"
+    assert held.outputs <= 2 * (window + admitted) + 1 < NUM_FRAMES - FIRST_PROMPTED - 1
     assert held.features == CACHE_FRAMES
 
 
