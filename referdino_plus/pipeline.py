@@ -52,6 +52,7 @@ STAGE_NAMES = {1: "stage 1 (ReferDINO)", 2: "stage 2 (SAM 2)", 3: "stage 3 (fusi
 _NON_NUMERIC_KEYS = {
     "export_legacy",
     "feature_cache_device",
+    "feature_cache_frames",
     "offload_video_to_cpu",
     "offload_state_to_cpu",
     "retry_offloaded_on_oom",

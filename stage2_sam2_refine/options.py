@@ -71,6 +71,8 @@ class Stage2Options:
         offload_state_to_cpu: tracking memories stay in host memory.
         retry_offloaded_on_oom: redo a video that runs out of GPU memory with everything offloaded.
         feature_cache_device: where shared per-frame image features wait.
+        feature_cache_frames: most frames whose image features a video keeps (least recently
+            used dropped first, computed again when needed); ``None``: every frame's.
         samurai: SAMURAI's hyper-parameters.
         released: each tracker's released weights, the defaults of ``model`` and ``checkpoint``.
     """
@@ -89,6 +91,7 @@ class Stage2Options:
     offload_state_to_cpu: bool
     retry_offloaded_on_oom: bool
     feature_cache_device: CacheDevice
+    feature_cache_frames: int | None = bounded(1)
     samurai: SamuraiOptions
     released: dict[str, TrackerWeights]
 

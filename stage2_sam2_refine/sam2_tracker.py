@@ -96,14 +96,23 @@ class Sam2Session:
         predictor.reset_state(state)
         for prompt in prompts:
             _add_prompt(predictor, state, prompt)
+        start = min(prompt.frame_idx for prompt in prompts)  # where both passes start
         for reverse in (False, True):
             for frame_idx, _, mask_logits in predictor.propagate_in_video(state, reverse=reverse):
-                yield TrackedFrame(
+                frame = TrackedFrame(
                     frame_idx=frame_idx,
                     reverse=reverse,
                     masks=(mask_logits > 0).squeeze(1).cpu().numpy(),
                     scores=_presence_logits(state, frame_idx),
                 )
+                # read: what no later step of either pass can read goes
+                predictor.drop_unreachable_outputs(
+                    state,
+                    frame_idx=frame_idx,
+                    reverse=reverse,
+                    reverse_from=start if not reverse and start > 0 else None,
+                )
+                yield frame
 
 
 def _each_step_in(
@@ -177,6 +186,7 @@ class Sam2Tracker:
             offload_video_to_cpu=offload or options.offload_video_to_cpu,
             offload_state_to_cpu=offload or options.offload_state_to_cpu,
             feature_cache_device=CacheDevice.cpu if offload else options.feature_cache_device,
+            feature_cache_frames=options.feature_cache_frames,
         )
         autocast = None if options.autocast is None else AUTOCAST_DTYPES[options.autocast]
         return Sam2Session(self.predictor, video, autocast=autocast)

@@ -5,19 +5,26 @@ SAM 3 (arXiv 2511.16719) is a detector and a SAM 2-style memory tracker on one v
 masks, boxes or clicks. This module puts it behind :mod:`stage2_sam2_refine.tracker`'s interface
 with transformers' public video API:
 
-- :meth:`Sam3Tracker.open_video`: ``Sam3TrackerVideoProcessor.init_video_session`` resizes and
-  normalises the video's frames once;
+- :meth:`Sam3Tracker.open_video`: ``Sam3TrackerVideoProcessor.init_video_session`` makes the
+  session; its frames (``session.processed_frames``) are a :class:`LazyFrames`, which decodes,
+  resizes and normalises a frame with the processor when the vision encoder needs it, and holds
+  none;
 - :meth:`Sam3Session.track`, per expression: ``reset_tracking_data`` forgets the previous
   expression's prompts and memories (and keeps frames and features), each prompt is added with
   ``add_inputs_to_inference_session`` and its frame run at once (``model(inference_session,
   frame_idx)``), then ``propagate_in_video_iterator`` runs forward from the earliest prompted
   frame and in reverse from it; ``post_process_masks`` upsamples each frame's mask logits to the
-  frame size and keeps ``> 0``.
+  frame size and keeps ``> 0``. After each step, the tracked outputs that SAM 3's memory can no
+  longer read (:func:`memory_reach` frames back; prompted frames are kept, and what the reverse
+  pass reads of the forward pass) are dropped from the session
+  (:meth:`Sam3Session.drop_unreachable_outputs`), so a pass holds a bounded number of them.
 
 The vision backbone runs once per frame per video, for every expression and both directions: the
 session's vision-feature cache (``session.cache``, a plain attribute) is replaced by a
-:class:`VideoFeatureCache`, transformers' cache class keeping every frame of the video on
-``stage2.feature_cache_device``. The tracking itself is transformers' code, unchanged.
+:class:`VideoFeatureCache`, which keeps the ``stage2.feature_cache_frames`` most recently used
+frames on ``stage2.feature_cache_device`` (a frame dropped from it is decoded and encoded again
+when needed: the same features). The tracking itself is transformers' code, unchanged, and the
+masks are bit-identical to its own propagation on a fresh session (tested).
 
 Weights: a transformers folder (``config.json``, ``*.safetensors``, the processor's
 ``processor_config.json``) or a hub id (``facebook/sam3``, gated); :func:`checkpoint_problem` says
@@ -27,11 +34,11 @@ in one line what is wrong with either before anything loads.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,56 +245,98 @@ def build(options: Stage2Options, *, device: str | torch.device = "cpu") -> Sam3
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _feature_cache_class() -> type:
-    """:class:`VideoFeatureCache` (defined on first use: older transformers lack its parent)."""
-    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
-        Sam3TrackerVideoInferenceCache,
-    )
+class VideoFeatureCache:
+    """The vision features of a video's most recently used frames, kept for all its expressions
+    (in place of transformers' session cache, ``session.cache``).
 
-    class VideoFeatureCache(Sam3TrackerVideoInferenceCache):
-        """Every frame's vision features of one video, kept for all its expressions.
+    transformers' session reads and fills it through ``get_vision_features`` and
+    ``cache_vision_features`` (and empties it with ``clear_all``); its own cache keeps the last
+    ``max_vision_features_cache_size`` frames by index, with the tracking state, and copies the
+    frame-independent positional encodings (about 110 MB at SAM 3's 1008 px) per frame whenever
+    it is not on the model's device. This one keeps features on ``feature_device``, drops the
+    least recently used frame beyond ``max_frames`` (transformers computes it again when asked:
+    the same features), and keeps one copy of the positional encodings, on the model's device.
 
-        transformers' cache, sized to the whole video (it keeps the last
-        ``max_vision_features_cache_size`` frames) and on its own device (it keeps features with
-        the tracking state); the positional encodings are kept once, on the model's device: they
-        depend on the feature shape only, and the parent would copy them (about 110 MB at SAM 3's
-        1008 px) per frame whenever the cache is not on the model's device.
+    Args:
+        inference_device: where the model runs.
+        feature_device: where features wait between uses.
+        max_frames: most frames kept; None: every frame.
+    """
 
-        Args:
-            inference_device: where the model runs.
-            feature_device: where features wait between uses.
-            num_frames: the video's length.
-        """
+    def __init__(
+        self,
+        *,
+        inference_device: torch.device,
+        feature_device: torch.device,
+        max_frames: int | None,
+    ) -> None:
+        self.inference_device = inference_device
+        self.feature_device = feature_device
+        self.max_frames = max_frames
+        # frame_idx -> vision_feats (one [H_l * W_l, 1, C_l] tensor per level), least recent first
+        self.features: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
+        self.position_encodings: list[torch.Tensor] | None = None
 
-        def __init__(
-            self, *, inference_device: torch.device, feature_device: torch.device, num_frames: int
-        ) -> None:
-            super().__init__(
-                inference_device=inference_device,
-                inference_state_device=feature_device,
-                max_vision_features_cache_size=num_frames,
-            )
-            self.position_encodings: list[torch.Tensor] | None = None
+    def cache_vision_features(self, frame_idx: int, features: dict) -> None:
+        """Keep one frame's ``vision_feats`` (and, once, the ``vision_pos_embeds``)."""
+        if self.position_encodings is None:
+            self.position_encodings = [
+                p.to(self.inference_device) for p in features["vision_pos_embeds"]
+            ]
+        self.features[frame_idx] = [
+            f.to(self.feature_device, non_blocking=True) for f in features["vision_feats"]
+        ]
+        self.features.move_to_end(frame_idx)
+        while self.max_frames is not None and len(self.features) > self.max_frames:
+            self.features.popitem(last=False)
 
-        def cache_vision_features(self, frame_idx: int, features: dict) -> None:
-            if self.position_encodings is None:
-                self.position_encodings = [
-                    p.to(self.inference_device) for p in features["vision_pos_embeds"]
-                ]
-            super().cache_vision_features(frame_idx, {"vision_feats": features["vision_feats"]})
+    def get_vision_features(self, frame_idx: int) -> dict | None:
+        """One frame's features on the model's device, or None; it becomes the most recent."""
+        cached = self.features.get(frame_idx)
+        if cached is None:
+            return None
+        self.features.move_to_end(frame_idx)
+        return {
+            "vision_feats": [f.to(self.inference_device, non_blocking=True) for f in cached],
+            "vision_pos_embeds": self.position_encodings,
+        }
 
-        def get_vision_features(self, frame_idx: int) -> dict | None:
-            cached = super().get_vision_features(frame_idx)
-            if cached is None:
-                return None
-            return {**cached, "vision_pos_embeds": self.position_encodings}
+    def clear_all(self) -> None:
+        self.features.clear()
 
-    return VideoFeatureCache
+
+def _rgb_frame(frame: Frame, *, video_id: str, index: int) -> Image.Image:
+    """One frame decoded to RGB.
+
+    Raises:
+        OSError: a missing or unreadable frame (the message names the video and the file).
+    """
+    if isinstance(frame, Image.Image):
+        return frame.convert("RGB")
+    try:
+        with Image.open(frame) as img:
+            return img.convert("RGB")
+    except OSError as err:
+        raise OSError(f"video {video_id!r}: cannot read frame {os.fspath(frame)}: {err}") from err
+
+
+def _frame_name(frame: Frame, index: int) -> str:
+    return f"#{index}" if isinstance(frame, Image.Image) else os.fspath(frame)
+
+
+def _check_size(video_id: str, frame: Frame, index: int, image: Image.Image, first: tuple):
+    """Raise ``ValueError`` naming the video and the frame unless ``image`` is ``first``'s
+    ``(W, H)``."""
+    if image.size != first:
+        raise ValueError(
+            f"video {video_id!r}: frame {_frame_name(frame, index)} is {image.width}x"
+            f"{image.height}, the first frame is {first[0]}x{first[1]}"
+        )
 
 
 def load_rgb_frames(frames: Sequence[Frame], *, video_id: str) -> list[Image.Image]:
-    """The frames decoded to RGB, all of one size.
+    """The frames decoded to RGB, all of one size, all at once (:class:`LazyFrames` decodes one
+    at a time).
 
     Raises:
         ValueError: no frames, or frames of different sizes.
@@ -295,24 +344,110 @@ def load_rgb_frames(frames: Sequence[Frame], *, video_id: str) -> list[Image.Ima
     """
     if len(frames) == 0:
         raise ValueError(f"video {video_id!r}: no frames to load")
-    images = []
-    for index, frame in enumerate(frames):
-        if isinstance(frame, Image.Image):
-            name, image = f"#{index}", frame.convert("RGB")
-        else:
-            name = os.fspath(frame)
-            try:
-                with Image.open(frame) as img:
-                    image = img.convert("RGB")
-            except OSError as err:
-                raise OSError(f"video {video_id!r}: cannot read frame {name}: {err}") from err
-        if images and image.size != images[0].size:
-            raise ValueError(
-                f"video {video_id!r}: frame {name} is {image.width}x{image.height}, the first "
-                f"frame is {images[0].width}x{images[0].height}"
-            )
+    images: list[Image.Image] = []
+    for index in range(len(frames)):
+        frame = frames[index]
+        image = _rgb_frame(frame, video_id=video_id, index=index)
+        if images:
+            _check_size(video_id, frame, index, image, images[0].size)
         images.append(image)
     return images
+
+
+class LazyFrames(Mapping):
+    """A video's frames as transformers' session reads them (``processed_frames``: ``len()`` and
+    ``[frame_idx]``), each decoded and processed by SAM 3's video processor when asked for and
+    not kept: the session asks for a frame only to run the vision encoder on it, which
+    :class:`VideoFeatureCache` spares for the frames it holds.
+
+    A frame processed alone is bit-identical to the same frame processed with the whole video
+    (the processor resizes and normalises frame by frame; tested).
+
+    Args:
+        frames: the frames in order (only ``len()`` and indexing are used).
+        processor: SAM 3's processor.
+        video_id: named in errors.
+        size: ``(W, H)`` every frame must have (the first frame's).
+        processing_device: where the processor works.
+        storage_device: where a processed frame is handed over (as the session stores frames).
+        dtype: the session's dtype.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Frame],
+        processor: Sam3TrackerVideoProcessor,
+        *,
+        video_id: str,
+        size: tuple[int, int],
+        processing_device: torch.device,
+        storage_device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.frames = frames
+        self.processor = processor
+        self.video_id = video_id
+        self.size = size
+        self.processing_device = processing_device
+        self.storage_device = storage_device
+        self.dtype = dtype
+        self.decoded_frames = 0  # frames processed so far (a frame encoded again is again)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self)))
+
+    def __contains__(self, frame_idx: object) -> bool:
+        return isinstance(frame_idx, int) and 0 <= frame_idx < len(self)
+
+    def __getitem__(self, frame_idx: int) -> torch.Tensor:
+        """``[3, S, S]`` frame ``frame_idx`` as transformers' processor makes it.
+
+        Raises:
+            KeyError: no such frame.
+            OSError: the frame cannot be read; ValueError: it is not of the first frame's size.
+        """
+        if frame_idx not in self:
+            raise KeyError(frame_idx)
+        frame = self.frames[frame_idx]
+        image = _rgb_frame(frame, video_id=self.video_id, index=frame_idx)
+        _check_size(self.video_id, frame, frame_idx, image, self.size)
+        processed = self.processor.video_processor(
+            videos=[image], device=self.processing_device, return_tensors="pt"
+        )
+        self.decoded_frames += 1
+        return processed.pixel_values_videos[0][0].to(self.storage_device, dtype=self.dtype)
+
+
+def _first_frame_size(frames: Sequence[Frame], *, video_id: str) -> tuple[int, int]:
+    """``(W, H)`` of the first frame (from the file's header for a path).
+
+    Raises:
+        ValueError: no frames. OSError: an unreadable first frame.
+    """
+    if len(frames) == 0:
+        raise ValueError(f"video {video_id!r}: no frames to load")
+    first = frames[0]
+    if isinstance(first, Image.Image):
+        return first.size
+    try:
+        with Image.open(first) as img:
+            return img.size
+    except OSError as err:
+        raise OSError(f"video {video_id!r}: cannot read frame {os.fspath(first)}: {err}") from err
+
+
+def memory_reach(model: Sam3TrackerVideoModel) -> int:
+    """How far back SAM 3's memory attention reads tracked (non-conditioning) outputs, in frames
+    from the frame being tracked, in the direction of the pass (transformers'
+    ``_gather_memory_frame_outputs``: the ``num_maskmem - 1`` previous frames;
+    ``_get_object_pointers``: pointers of up to ``max_object_pointers_in_encoder - 1`` previous
+    frames); 0 without memory (``num_maskmem = 0``). Prompted frames are read wherever they are."""
+    if model.num_maskmem == 0:
+        return 0
+    return max(model.num_maskmem - 1, model.config.max_object_pointers_in_encoder - 1)
 
 
 class Sam3Tracker:
@@ -347,34 +482,47 @@ class Sam3Tracker:
     def open_video(
         self, frames: Sequence[Frame], *, video_id: str, offload: bool = False
     ) -> Sam3Session:
-        """Decode and normalise a video once for all of its expressions.
+        """Open a video for all of its expressions; its frames are decoded and processed when
+        the vision encoder needs them (:class:`LazyFrames`), its features kept for the
+        ``stage2.feature_cache_frames`` most recently used frames (:class:`VideoFeatureCache`).
 
         Args:
-            frames: the video's frames in order (image paths or PIL images).
+            frames: the video's frames in order (image paths or PIL images; only ``len()`` and
+                indexing are used, and only the first frame is read here).
             video_id: named in log and error messages.
             offload: frames, tracking state and features in host memory, whatever the options
                 say (``stage2.offload_video_to_cpu``, ``offload_state_to_cpu``,
                 ``feature_cache_device``).
         """
         options, device, cpu = self.options, self.device, torch.device("cpu")
-        images = load_rgb_frames(frames, video_id=video_id)
+        width, height = _first_frame_size(frames, video_id=video_id)
         on_cpu = offload or options.offload_video_to_cpu
         features_on_cpu = offload or options.feature_cache_device == CacheDevice.cpu
         session = self.processor.init_video_session(
-            video=images,
+            video=None,  # given below, frame by frame
             inference_device=device,
             inference_state_device=cpu if offload or options.offload_state_to_cpu else device,
             processing_device=cpu if on_cpu else device,
             video_storage_device=cpu if on_cpu else device,
-            max_vision_features_cache_size=len(images),
             dtype=torch.float32,  # the weights' (CUDA mixed precision is autocast's)
         )
-        # Replaced, not configured: the session's own cache sits with the tracking state and
-        # copies the frame-independent positional encodings per frame.
-        session.cache = _feature_cache_class()(
+        # Replaced, not configured: the session would keep every processed frame
+        # (``processed_frames``, read with len() and [frame_idx] only), and its own cache sits with
+        # the tracking state and copies the frame-independent positional encodings per frame.
+        session.processed_frames = LazyFrames(
+            frames,
+            self.processor,
+            video_id=video_id,
+            size=(width, height),
+            processing_device=cpu if on_cpu else device,
+            storage_device=cpu if on_cpu else device,
+            dtype=torch.float32,
+        )
+        session.video_height, session.video_width = height, width
+        session.cache = VideoFeatureCache(
             inference_device=device,
             feature_device=cpu if features_on_cpu else device,
-            num_frames=len(images),
+            max_frames=options.feature_cache_frames,
         )
         return Sam3Session(self, session, video_id=video_id)
 
@@ -451,9 +599,47 @@ class Sam3Session:
                         f"video {self.video_id!r}: SAM 3 propagated frame {frame.frame_idx} "
                         f"(reverse={reverse}) where {expected} was due"
                     )
+                self.drop_unreachable_outputs(
+                    frame_idx=frame.frame_idx,
+                    reverse=reverse,
+                    reverse_from=first if not reverse and first > 0 else None,
+                )
                 yield frame
         if next(steps, None) is not None:
             raise RuntimeError(f"video {self.video_id!r}: SAM 3's propagation stopped early")
+
+    def drop_unreachable_outputs(
+        self, *, frame_idx: int, reverse: bool, reverse_from: int | None
+    ) -> int:
+        """After the step on ``frame_idx`` of a pass, drop every object's tracked outputs
+        (``output_dict_per_obj[obj_idx]["non_cond_frame_outputs"]``: memory features, masks at
+        the model's input size, pointer, score) that no later step can read, so that a pass holds
+        a bounded number of them whatever the length of the video.
+
+        Later steps of the pass read at most :func:`memory_reach` frames back from the frame
+        they track, so only the outputs at most ``reach - 1`` frames behind ``frame_idx`` (in the
+        direction of the pass) are kept; frames ahead of it are left alone (the pass writes them
+        before it reads them), as are prompted frames. A forward pass followed by a reverse pass
+        from ``reverse_from`` (``f0``) also keeps the outputs that pass's first step reads,
+        ``f0 + 1`` to ``f0 + reach``.
+
+        Returns:
+            how many outputs were dropped (all objects together).
+        """
+        reach = memory_reach(self.tracker.model)
+        sign = -1 if reverse else 1
+        dropped = 0
+        for obj_output_dict in self.inference_session.output_dict_per_obj.values():
+            outputs = obj_output_dict["non_cond_frame_outputs"]
+            for t in list(outputs):
+                behind = (frame_idx - t) * sign
+                read_later = behind < reach or (
+                    reverse_from is not None and reverse_from < t <= reverse_from + reach
+                )
+                if behind >= 0 and not read_later:
+                    del outputs[t]
+                    dropped += 1
+        return dropped
 
     def _check(self, prompts: list[ObjectPrompt]) -> None:
         where = f"video {self.video_id!r}"

@@ -52,6 +52,7 @@ where each value's source is given.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -502,6 +503,40 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
             start_frame_idx=start_frame_idx,
             max_frame_num_to_track=max_frame_num_to_track,
             reverse=reverse,
+        )
+
+    # ---- tracked outputs out of reach --------------------------------------------------------
+
+    def tracked_frames_in_reach(
+        self, outputs: dict[int, dict[str, Any]], *, frame_idx: int, reverse: bool
+    ) -> set[int]:
+        """The frames among one object's tracked outputs that SAMURAI's later steps may still
+        read (see :meth:`SharedFeatureVideoPredictor.drop_unreachable_outputs`): the object
+        pointers' frames, the ``max_obj_ptrs_in_encoder - 1`` up to ``frame_idx`` (at least
+        ``frame_idx``, the next step's previous frame), and the ``num_maskmem - 1`` most recent
+        frames admitted to the memory (:func:`admits_to_memory`) at any distance.
+
+        Admission depends on a frame's own scores only, so a frame past both is never selected
+        again: a later step selects among the frames it admits first, the most recent ones.
+        """
+        sign = -1 if reverse else 1
+        behind = sorted(
+            (t for t in outputs if (frame_idx - t) * sign >= 0),
+            key=lambda t: (frame_idx - t) * sign,
+        )
+        pointers = self.max_obj_ptrs_in_encoder - 1 if self.use_obj_ptrs_in_encoder else 0
+        window = max(1, pointers)
+        near = {t for t in behind if (frame_idx - t) * sign < window}
+        admitted = (t for t in behind if self._admits(memory_candidate(t, outputs[t])))
+        return near | set(itertools.islice(admitted, self.num_maskmem - 1))
+
+    def _admits(self, candidate: MemoryCandidate) -> bool:
+        """Whether a past frame passes SAMURAI's memory thresholds."""
+        return admits_to_memory(
+            candidate,
+            iou_threshold=self.samurai.memory_bank_iou_threshold,
+            obj_score_threshold=self.samurai.memory_bank_obj_score_threshold,
+            kf_score_threshold=self.samurai.memory_bank_kf_score_threshold,
         )
 
     # ---- one object on one frame -------------------------------------------------------------

@@ -6,8 +6,11 @@ tracker is chosen by name with ``stage2.tracker`` (:data:`TRACKERS`).
 
 A tracker is a loaded model (:class:`VideoTracker`, built once per worker). It opens a video once
 (:meth:`VideoTracker.open_video`) into a :class:`TrackingSession`, which serves every expression
-of that video: frames are decoded and each frame's image features computed once, whatever the
-number of expressions and propagation passes. For one expression, :meth:`TrackingSession.track`
+of that video: each frame's image features are computed once, whatever the number of expressions
+and propagation passes (up to ``stage2.feature_cache_frames`` frames; beyond, the least recently
+used are computed again). What a session holds is bounded in the number of frames: a frame is
+decoded when its features are computed (the frames are only indexed, never walked whole), and of
+the tracked frames' outputs only those the tracker's memory can still read are kept. For one expression, :meth:`TrackingSession.track`
 takes the objects' prompts (:class:`ObjectPrompt`: a mask, a box or clicks, each on one frame),
 forgets the previous expression's, and yields each frame's masks and scores
 (:class:`TrackedFrame`) in :func:`propagation_order`: forward from the earliest prompted frame to
@@ -131,7 +134,8 @@ class TrackingSession(Protocol):
     def track(self, prompts: Sequence[ObjectPrompt]) -> Iterator[TrackedFrame]:
         """Track the prompted objects over the whole video, in :func:`propagation_order`.
 
-        Prompts of earlier calls are forgotten; the video's frames and image features are kept.
+        Prompts of earlier calls are forgotten; the video's image features are kept (a bounded
+        number of frames' worth). Each frame's masks are handed on as yielded, not kept.
         """
         ...
 
@@ -148,7 +152,8 @@ class VideoTracker(Protocol):
         """Open a video for all of its expressions.
 
         Args:
-            frames: the video's frames, in order.
+            frames: the video's frames, in order; only ``len(frames)`` and ``frames[t]`` are used
+                (a sequence that decodes a frame when indexed keeps the video out of memory).
             video_id: named in log and error messages.
             offload: keep frames, features and memories in host memory (e.g. after running out of
                 device memory), whatever the options say.

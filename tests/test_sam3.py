@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,98 @@ def test_prompts_that_do_not_fit_the_video_are_refused(tracker, frames):
             next(session.track(prompts))
 
 
+# ----------------------------------------------------------------------------- long videos
+
+LONG_FRAMES = 6
+BOUNDED_PROMPTS = [  # two objects on two frames, a reverse pass
+    ObjectPrompt(
+        obj_id=4,
+        frame_idx=3,
+        points=np.array([[40, 22]], np.float32),
+        labels=np.array([1], np.int32),
+    ),
+    ObjectPrompt(obj_id=1, frame_idx=2, mask=square_mask(12, 22)),
+]
+
+
+@pytest.fixture(scope="module")
+def long_frames() -> list[Image.Image]:
+    """Six frames of a bright square moving right over noise."""
+    rng = np.random.default_rng(1)
+    images = []
+    for t in range(LONG_FRAMES):
+        pixels = rng.integers(0, 80, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+        pixels[12:32, 10 + 6 * t : 30 + 6 * t] = 230
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+class IndexedFrames(Sequence):
+    """Frames handed out by index only (counted); walking them whole fails."""
+
+    def __init__(self, images: list[Image.Image]) -> None:
+        self.images = images
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        if not isinstance(index, int):
+            raise AssertionError(f"the clip was sliced ({index!r})")
+        self.reads.append(index)
+        return self.images[index]
+
+    def __iter__(self):
+        raise AssertionError("the whole clip was walked")
+
+
+@pytest.mark.slow
+def test_a_bounded_session_equals_transformers_own_propagation(
+    tracker, sam3_options, long_frames, monkeypatch
+):
+    """Frames processed when the backbone needs them, two frames of features, tracked outputs
+    out of reach dropped (SAM 3's memory shortened to the previous frame, so that six frames show
+    it): masks and scores are those of transformers' own propagation, which keeps every processed
+    frame and every output."""
+    model = tracker.model
+    monkeypatch.setattr(model, "num_maskmem", 2)  # read on every frame, as the next one
+    monkeypatch.setattr(model.config, "max_object_pointers_in_encoder", 2)
+    assert sam3.memory_reach(model) == 1
+    options = dataclasses.replace(sam3_options, feature_cache_frames=2)
+    frames = IndexedFrames(long_frames)
+    session = sam3.Sam3Tracker(model, tracker.processor, options).open_video(
+        frames, video_id="clip"
+    )
+    assert frames.reads == [0] and session.num_frames == LONG_FRAMES
+    inference_session = session.inference_session
+    held = {"outputs": 0, "features": 0}
+    drop = session.drop_unreachable_outputs
+
+    def measuring(**kwargs):
+        per_object = inference_session.output_dict_per_obj.values()
+        outputs = max(len(o["non_cond_frame_outputs"]) for o in per_object)
+        held["outputs"] = max(held["outputs"], outputs)
+        held["features"] = max(held["features"], len(inference_session.cache.features))
+        return drop(**kwargs)
+
+    monkeypatch.setattr(session, "drop_unreachable_outputs", measuring)
+    calls = BackboneCalls(model)
+    try:
+        ours = list(session.track(BOUNDED_PROMPTS))
+    finally:
+        calls.close()
+    masks = np.stack([f.masks for f in ours])
+    assert 0 < masks.mean() < 1, "random weights that segment nothing or everything test nothing"
+    reference = transformers_reference(model, tracker.processor, long_frames, BOUNDED_PROMPTS)
+    assert_same_steps(ours, reference)
+    # the frame within reach, the new one, and the one the reverse pass will read (transformers
+    # holds every tracked frame: 5 of object 4)
+    assert held == {"outputs": 3, "features": 2}
+    # frames dropped from the cache were processed and encoded again
+    assert inference_session.processed_frames.decoded_frames == calls.count > LONG_FRAMES
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -277,6 +370,7 @@ def test_existing_sam2_records_keep_their_fingerprint():
         not in {
             "released",
             "feature_cache_device",
+            "feature_cache_frames",
             "offload_video_to_cpu",
             "offload_state_to_cpu",
             "retry_offloaded_on_oom",
