@@ -20,7 +20,7 @@ PYTHON_VERSION ?= 3.12
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 # setup installs the project with its `app` extra (gradio: run_pipeline.py app).
-.PHONY: setup try test test-fast lint format bench wheelhouse gpu-check screenshot clean
+.PHONY: setup try test test-fast lint format bench bench-long wheelhouse gpu-check screenshot clean
 
 # The set-up, in order: PyTorch first (sam2 builds against it), sam2, the rest, this project.
 define SETUP
@@ -77,6 +77,12 @@ format:
 bench: $(PY)
 	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage1_backbone_reuse.py --frames 3 --expressions 6
 	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_l --frames 3 --objects 1,1,1,1,1,1
+
+# Long clips (README "Long videos"): peak memory of the demo and of stages 1-3 on generated clips
+# of 120 and 1,200 frames, tiny models; every frame must come out (about 20 minutes on 2 cores).
+# Real-size models: benchmarks/bench_long_video.py --models real --frames 8,80 --size 640x360
+bench-long: $(PY)
+	$(PY) benchmarks/bench_long_video.py
 
 wheelhouse: $(PY)
 	$(PY) benchmarks/wheelhouse.py download --python-version $(PYTHON_VERSION) --dest $(WHEELHOUSE)
