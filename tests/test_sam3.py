@@ -238,11 +238,11 @@ def test_prompts_that_do_not_fit_the_video_are_refused(tracker, frames):
 # ----------------------------------------------------------------------------- long videos
 
 LONG_FRAMES = 6
-BOUNDED_PROMPTS = [  # two objects on two frames, a reverse pass
+BOUNDED_PROMPTS = [  # two objects on two frames; the reverse pass from frame 2 reads frame 3
     ObjectPrompt(
         obj_id=4,
-        frame_idx=3,
-        points=np.array([[40, 22]], np.float32),
+        frame_idx=4,
+        points=np.array([[44, 22]], np.float32),
         labels=np.array([1], np.int32),
     ),
     ObjectPrompt(obj_id=1, frame_idx=2, mask=square_mask(12, 22)),
