@@ -281,6 +281,22 @@ class IndexedFrames(Sequence):
         raise AssertionError("the whole clip was walked")
 
 
+def test_frame_sizes_are_checked_up_front_in_a_list(frames, tmp_path):
+    """A list of frames is checked when the video is opened (file headers only); a sequence that
+    decodes frames when indexed only for its first frame (the others when decoded)."""
+    small = tmp_path / "small.png"
+    Image.new("RGB", (10, 20)).save(small)
+    assert sam3.video_size(frames, video_id="clip") == (WIDTH, HEIGHT)
+    with pytest.raises(ValueError, match=r"'clip': frame .*small.png is 10x20, the first frame"):
+        sam3.video_size([frames[0], small], video_id="clip")
+    with pytest.raises(OSError, match=r"'clip': cannot read frame .*missing.png"):
+        sam3.video_size((frames[0], tmp_path / "missing.png"), video_id="clip")
+    with pytest.raises(ValueError, match="'clip': no frames"):
+        sam3.video_size([], video_id="clip")
+    lazy = IndexedFrames([frames[0], Image.new("RGB", (10, 20))])
+    assert sam3.video_size(lazy, video_id="clip") == (WIDTH, HEIGHT) and lazy.reads == [0]
+
+
 @pytest.mark.slow
 def test_a_bounded_session_equals_transformers_own_propagation(
     tracker, sam3_options, long_frames, monkeypatch
