@@ -2,10 +2,12 @@
 
 :class:`Sam2Tracker` is the :class:`~stage2_sam2_refine.tracker.VideoTracker` around a built
 :class:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor` (SAM 2's own predictor with a
-per-video feature cache). A video it opens (:class:`Sam2Session`) is decoded once, each frame's
-image features are computed once, and for every expression SAM 2's own calls run:
-``add_new_mask`` / ``add_new_points_or_box`` per object, then ``propagate_in_video`` forward and
-in reverse.
+per-video feature cache). In a video it opens (:class:`Sam2Session`), a frame is decoded when its
+image features are computed, and they are computed once (for the ``stage2.feature_cache_frames``
+most recently used frames); for every expression SAM 2's own calls run: ``add_new_mask`` /
+``add_new_points_or_box`` per object, then ``propagate_in_video`` forward and in reverse, and
+after each step the tracked outputs no later step can read are dropped
+(:meth:`~stage2_sam2_refine.predictor.SharedFeatureVideoPredictor.drop_unreachable_outputs`).
 
 Variants of SAM 2's tracking (e.g. :mod:`stage2_sam2_refine.samurai`) subclass the predictor and
 reuse this module's :func:`build_sam2_tracker` with their class.
@@ -105,7 +107,7 @@ class Sam2Session:
                     masks=(mask_logits > 0).squeeze(1).cpu().numpy(),
                     scores=_presence_logits(state, frame_idx),
                 )
-                # read: what no later step of either pass can read goes
+                # the step's scores are read: drop what no later step of either pass reads
                 predictor.drop_unreachable_outputs(
                     state,
                     frame_idx=frame_idx,

@@ -421,22 +421,42 @@ class LazyFrames(Mapping):
         return processed.pixel_values_videos[0][0].to(self.storage_device, dtype=self.dtype)
 
 
-def _first_frame_size(frames: Sequence[Frame], *, video_id: str) -> tuple[int, int]:
-    """``(W, H)`` of the first frame (from the file's header for a path).
+def _header_size(frame: Frame, *, video_id: str, index: int) -> tuple[int, int]:
+    """``(W, H)`` of a frame, from the file's header only for a path.
 
     Raises:
-        ValueError: no frames. OSError: an unreadable first frame.
+        OSError: a missing or unreadable frame (the message names the video and the file).
+    """
+    if isinstance(frame, Image.Image):
+        return frame.size
+    try:
+        with Image.open(frame) as img:
+            return img.size
+    except OSError as err:
+        raise OSError(f"video {video_id!r}: cannot read frame {os.fspath(frame)}: {err}") from err
+
+
+def video_size(frames: Sequence[Frame], *, video_id: str) -> tuple[int, int]:
+    """``(W, H)`` of the video, checked up front where that is cheap: every frame of a list or
+    tuple held in memory (file headers, image sizes), else the first frame only (a sequence that
+    decodes frames when indexed is not walked; :class:`LazyFrames` checks each when it decodes it).
+
+    Raises:
+        ValueError: no frames, or frames of different sizes.
+        OSError: a missing or unreadable frame (the message names the video and the file).
     """
     if len(frames) == 0:
         raise ValueError(f"video {video_id!r}: no frames to load")
-    first = frames[0]
-    if isinstance(first, Image.Image):
-        return first.size
-    try:
-        with Image.open(first) as img:
-            return img.size
-    except OSError as err:
-        raise OSError(f"video {video_id!r}: cannot read frame {os.fspath(first)}: {err}") from err
+    first = _header_size(frames[0], video_id=video_id, index=0)
+    if isinstance(frames, list | tuple):
+        for index, frame in enumerate(frames[1:], start=1):
+            width, height = _header_size(frame, video_id=video_id, index=index)
+            if (width, height) != first:
+                raise ValueError(
+                    f"video {video_id!r}: frame {_frame_name(frame, index)} is {width}x{height}, "
+                    f"the first frame is {first[0]}x{first[1]}"
+                )
+    return first
 
 
 def memory_reach(model: Sam3TrackerVideoModel) -> int:
@@ -488,14 +508,14 @@ class Sam3Tracker:
 
         Args:
             frames: the video's frames in order (image paths or PIL images; only ``len()`` and
-                indexing are used, and only the first frame is read here).
+                indexing are used; here only sizes are read: see :func:`video_size`).
             video_id: named in log and error messages.
             offload: frames, tracking state and features in host memory, whatever the options
                 say (``stage2.offload_video_to_cpu``, ``offload_state_to_cpu``,
                 ``feature_cache_device``).
         """
         options, device, cpu = self.options, self.device, torch.device("cpu")
-        width, height = _first_frame_size(frames, video_id=video_id)
+        width, height = video_size(frames, video_id=video_id)
         on_cpu = offload or options.offload_video_to_cpu
         features_on_cpu = offload or options.feature_cache_device == CacheDevice.cpu
         session = self.processor.init_video_session(

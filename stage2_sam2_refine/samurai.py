@@ -45,6 +45,11 @@ Differences from the published code, all deliberate:
   there are more prompted frames than ``max_cond_frames_in_attn``);
 - ``memory_temporal_stride_for_eval`` is ignored, as in SAMURAI mode of the published code.
 
+Memory selected among admitted frames at any distance still leaves the memory bounded in the
+number of frames: between steps, the tracker keeps, per object, only what SAMURAI may still
+select (:meth:`SamuraiVideoPredictor.tracked_frames_in_reach`: the object pointers' frames and the
+``num_maskmem - 1`` most recent admitted frames) and drops the rest.
+
 Selecting it: ``stage2.tracker=samurai`` (:func:`build`: SAM 2's tracker with
 :class:`SamuraiVideoPredictor`), with the ``stage2.samurai`` section of ``configs/pipeline.yaml``,
 where each value's source is given.

@@ -238,11 +238,11 @@ def test_prompts_that_do_not_fit_the_video_are_refused(tracker, frames):
 # ----------------------------------------------------------------------------- long videos
 
 LONG_FRAMES = 6
-BOUNDED_PROMPTS = [  # two objects on two frames, a reverse pass
+BOUNDED_PROMPTS = [  # two objects on two frames; the reverse pass from frame 2 reads frame 3
     ObjectPrompt(
         obj_id=4,
-        frame_idx=3,
-        points=np.array([[40, 22]], np.float32),
+        frame_idx=4,
+        points=np.array([[44, 22]], np.float32),
         labels=np.array([1], np.int32),
     ),
     ObjectPrompt(obj_id=1, frame_idx=2, mask=square_mask(12, 22)),
@@ -279,6 +279,22 @@ class IndexedFrames(Sequence):
 
     def __iter__(self):
         raise AssertionError("the whole clip was walked")
+
+
+def test_frame_sizes_are_checked_up_front_in_a_list(frames, tmp_path):
+    """A list of frames is checked when the video is opened (file headers only); a sequence that
+    decodes frames when indexed only for its first frame (the others when decoded)."""
+    small = tmp_path / "small.png"
+    Image.new("RGB", (10, 20)).save(small)
+    assert sam3.video_size(frames, video_id="clip") == (WIDTH, HEIGHT)
+    with pytest.raises(ValueError, match=r"'clip': frame .*small.png is 10x20, the first frame"):
+        sam3.video_size([frames[0], small], video_id="clip")
+    with pytest.raises(OSError, match=r"'clip': cannot read frame .*missing.png"):
+        sam3.video_size((frames[0], tmp_path / "missing.png"), video_id="clip")
+    with pytest.raises(ValueError, match="'clip': no frames"):
+        sam3.video_size([], video_id="clip")
+    lazy = IndexedFrames([frames[0], Image.new("RGB", (10, 20))])
+    assert sam3.video_size(lazy, video_id="clip") == (WIDTH, HEIGHT) and lazy.reads == [0]
 
 
 @pytest.mark.slow
