@@ -49,7 +49,14 @@ from PIL import Image
 from rvos.checkpoints import CheckpointError
 from rvos.options import CacheDevice
 from stage2_sam2_refine.options import Stage2Options
-from stage2_sam2_refine.tracker import Frame, ObjectPrompt, TrackedFrame, propagation_order
+from stage2_sam2_refine.tracker import (
+    Frame,
+    ObjectPrompt,
+    TrackedFrame,
+    check_frame_headers,
+    frame_name,
+    propagation_order,
+)
 
 if TYPE_CHECKING:
     from transformers import Sam3TrackerVideoModel, Sam3TrackerVideoProcessor
@@ -320,16 +327,12 @@ def _rgb_frame(frame: Frame, *, video_id: str, index: int) -> Image.Image:
         raise OSError(f"video {video_id!r}: cannot read frame {os.fspath(frame)}: {err}") from err
 
 
-def _frame_name(frame: Frame, index: int) -> str:
-    return f"#{index}" if isinstance(frame, Image.Image) else os.fspath(frame)
-
-
 def _check_size(video_id: str, frame: Frame, index: int, image: Image.Image, first: tuple):
     """Raise ``ValueError`` naming the video and the frame unless ``image`` is ``first``'s
     ``(W, H)``."""
     if image.size != first:
         raise ValueError(
-            f"video {video_id!r}: frame {_frame_name(frame, index)} is {image.width}x"
+            f"video {video_id!r}: frame {frame_name(frame, index)} is {image.width}x"
             f"{image.height}, the first frame is {first[0]}x{first[1]}"
         )
 
@@ -421,42 +424,17 @@ class LazyFrames(Mapping):
         return processed.pixel_values_videos[0][0].to(self.storage_device, dtype=self.dtype)
 
 
-def _header_size(frame: Frame, *, video_id: str, index: int) -> tuple[int, int]:
-    """``(W, H)`` of a frame, from the file's header only for a path.
-
-    Raises:
-        OSError: a missing or unreadable frame (the message names the video and the file).
-    """
-    if isinstance(frame, Image.Image):
-        return frame.size
-    try:
-        with Image.open(frame) as img:
-            return img.size
-    except OSError as err:
-        raise OSError(f"video {video_id!r}: cannot read frame {os.fspath(frame)}: {err}") from err
-
-
 def video_size(frames: Sequence[Frame], *, video_id: str) -> tuple[int, int]:
-    """``(W, H)`` of the video, checked up front where that is cheap: every frame of a list or
-    tuple held in memory (file headers, image sizes), else the first frame only (a sequence that
-    decodes frames when indexed is not walked; :class:`LazyFrames` checks each when it decodes it).
+    """``(W, H)`` of the video, checked up front where that is cheap
+    (:func:`~stage2_sam2_refine.tracker.check_frame_headers`; :class:`LazyFrames` checks each
+    other frame when it decodes it).
 
     Raises:
         ValueError: no frames, or frames of different sizes.
         OSError: a missing or unreadable frame (the message names the video and the file).
     """
-    if len(frames) == 0:
-        raise ValueError(f"video {video_id!r}: no frames to load")
-    first = _header_size(frames[0], video_id=video_id, index=0)
-    if isinstance(frames, list | tuple):
-        for index, frame in enumerate(frames[1:], start=1):
-            width, height = _header_size(frame, video_id=video_id, index=index)
-            if (width, height) != first:
-                raise ValueError(
-                    f"video {video_id!r}: frame {_frame_name(frame, index)} is {width}x{height}, "
-                    f"the first frame is {first[0]}x{first[1]}"
-                )
-    return first
+    height, width = check_frame_headers(frames, video_id=video_id)
+    return width, height
 
 
 def memory_reach(model: Sam3TrackerVideoModel) -> int:

@@ -46,6 +46,56 @@ if TYPE_CHECKING:
 Frame = str | os.PathLike | Image.Image
 
 
+def frame_name(frame: Frame, index: int) -> str:
+    """How error messages name a frame: its path, or ``#index`` for an image in memory."""
+    return f"#{index}" if isinstance(frame, Image.Image) else os.fspath(frame)
+
+
+def frame_header_size(frame: Frame, *, video_id: str, index: int) -> tuple[int, int]:
+    """``(H, W)`` of a frame, read from the file's header only (no pixels are decoded).
+
+    Raises:
+        OSError: a missing or unreadable frame (the message names the video and the file).
+    """
+    if isinstance(frame, Image.Image):
+        return frame.height, frame.width
+    try:
+        with Image.open(frame) as img:
+            return img.height, img.width
+    except OSError as err:
+        name = frame_name(frame, index)
+        raise OSError(f"video {video_id!r}: cannot read frame {name}: {err}") from err
+
+
+def check_frame_size(video_id: str, name: str, size: tuple[int, int], first: tuple[int, int]):
+    """Raise ``ValueError`` naming the video and the frame unless ``size == first`` (``(H, W)``
+    of the frame and of the video's first frame)."""
+    if size != first:
+        raise ValueError(
+            f"video {video_id!r}: frame {name} is {size[1]}x{size[0]}, "
+            f"the first frame is {first[1]}x{first[0]}"
+        )
+
+
+def check_frame_headers(frames: Sequence[Frame], *, video_id: str) -> tuple[int, int]:
+    """``(H, W)`` of the video, checked up front where that is cheap: every frame of a list or
+    tuple held in memory (file headers, image sizes), else the first frame only (a sequence that
+    decodes frames when indexed is not walked; its frames are checked when decoded).
+
+    Raises:
+        ValueError: no frames, or frames of different sizes.
+        OSError: a missing or unreadable frame (the message names the video and the file).
+    """
+    if len(frames) == 0:
+        raise ValueError(f"video {video_id!r}: no frames to load")
+    first = frame_header_size(frames[0], video_id=video_id, index=0)
+    if isinstance(frames, list | tuple):
+        for index, frame in enumerate(frames[1:], start=1):
+            size = frame_header_size(frame, video_id=video_id, index=index)
+            check_frame_size(video_id, frame_name(frame, index), size, first)
+    return first
+
+
 @dataclass(frozen=True)
 class ObjectPrompt:
     """One object's prompt on one frame; exactly one of ``mask``, ``box`` and ``points`` is set.
