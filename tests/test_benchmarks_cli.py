@@ -15,7 +15,8 @@ from benchmark_layouts import write_mevis_v2, write_ref_davis17, write_ref_youtu
 from PIL import Image
 
 from rvos import intermediates as im
-from rvos.davis import STATISTICS, davis_palette
+from rvos.davis import davis_palette
+from rvos.scores import STATISTICS
 
 pytestmark = pytest.mark.slow
 

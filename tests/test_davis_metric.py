@@ -16,15 +16,15 @@ import pytest
 from benchmark_layouts import encode_labels, write_ref_davis17
 from PIL import Image
 
-from rvos.davis import (
-    ObjectScore,
-    davis_palette,
+from rvos.davis import davis_palette
+from rvos.davis_metric import (
     evaluate_davis17,
     ground_truth_objects,
     match_objects,
     predicted_objects,
     statistics,
 )
+from rvos.scores import ObjectScore
 from rvos.splits import DataError, Split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

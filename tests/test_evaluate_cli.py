@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rvos.evaluation import evaluate_archive
+from rvos.mevis_metric import evaluate_archive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

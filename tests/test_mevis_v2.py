@@ -10,8 +10,8 @@ import pytest
 from benchmark_layouts import write_mevis_v2
 from PIL import Image
 
-from rvos.evaluation import evaluate_mevis_v2
 from rvos.mevis import MevisSplit
+from rvos.mevis_metric import evaluate_mevis_v2
 from rvos.proposals import proposals_from_outputs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
