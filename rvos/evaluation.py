@@ -81,7 +81,9 @@ def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
     """
 
     def default(dest: str, key: str) -> str:
-        return f"default: {STANDALONE[dest]}" if standalone else f"default: the benchmark's {key}"
+        return (
+            f"default: {STANDALONE[dest]}" if standalone else f"default: the configuration's {key}"
+        )
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -94,7 +96,7 @@ def build_parser(prog: str, *, standalone: bool) -> argparse.ArgumentParser:
         type=Path,
         required=standalone,
         help="split with meta_expressions.json and mask_dict.json (or, with --layout, that "
-        "layout's folder)" + ("" if standalone else "; default: the benchmark's data.root"),
+        "layout's folder)" + ("" if standalone else "; default: the configuration's data.root"),
     )
     parser.add_argument(
         "--layout",
