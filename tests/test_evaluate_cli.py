@@ -19,6 +19,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from text_tables import assert_percent, read_table
 
+from rvos.evaluation import evaluate
+from rvos.mevis import MevisSplit
 from rvos.mevis_metric import evaluate_archive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +204,14 @@ def test_missed_object_on_one_frame(split: Path, tmp_path: Path) -> None:
     assert result.per_expression[("vid_b", "0")].f == 0.5
     # Mean over 4 expressions: (1 + 1 + 1 + 0.5) / 4.
     assert result.j == result.f == result.jf == 0.875
+
+
+def test_a_metric_is_looked_up_by_name(split: Path, tmp_path: Path) -> None:
+    pred = _write_folder(tmp_path / "pred", _perfect_files())
+    result = evaluate("mevis_v2", pred, MevisSplit(split), jobs=1, progress=False)
+    assert result.summary() == {"J": 1.0, "F": 1.0, "J&F": 1.0, "T-acc": 1.0, "J&F-T": 1.0}
+    with pytest.raises(ValueError, match=r"^unknown metric 'mevis3' \(known: davis17, mevis, "):
+        evaluate("mevis3", pred, MevisSplit(split), jobs=1, progress=False)
 
 
 def test_missing_mask_dict_is_a_clear_error(split: Path, tmp_path: Path) -> None:
