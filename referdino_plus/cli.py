@@ -5,6 +5,7 @@
     run_pipeline.py demo --video PATH --text SENTENCE [--text ...] [options] [key=value ...]
     run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
     run_pipeline.py finish RECORD      (a launcher=slurm run submitted with launcher.wait=false)
+    run_pipeline.py evaluate PRED [data=<benchmark>] [--data-root DIR] [--json OUT] [key=value ...]
 
 ``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
 ``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
@@ -44,6 +45,8 @@ commands:
   app      the demo in a browser page: run_pipeline.py app --help
   finish   wait for the tasks of a launcher=slurm run and write its archives:
            run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.wait=false prints it)
+  evaluate score an archive with its benchmark's metric:
+           run_pipeline.py evaluate PRED.zip data=<benchmark> (run_pipeline.py evaluate --help)
 
 launcher=slurm (key=value) submits the stages to a SLURM cluster: see README "Running on a cluster".
 """
@@ -228,6 +231,49 @@ def finish_command(argv: Sequence[str]) -> int:
     return report_result(result)
 
 
+def evaluate_command(argv: Sequence[str]) -> int:
+    """``evaluate PRED [data=<benchmark>] [key=value ...]``: score an archive with its benchmark's
+    metric (:mod:`rvos.evaluation`). The benchmark's configuration, composed as for a run,
+    gives the split (``data.root``), its layout and metric, and the processes
+    (``evaluation.jobs``); ``--data-root``, ``--layout``, ``--metric`` and ``--jobs`` override
+    them. Returns the exit status (0 scored, 1 a missing or unreadable prediction or ground
+    truth, 2 bad arguments)."""
+    from rvos.evaluation import build_parser, run
+
+    parser = build_parser("run_pipeline.py evaluate", standalone=False)
+    parser.epilog = (
+        "key=value: overrides of configs/pipeline.yaml, anywhere on the line: data=<benchmark> "
+        "(configs/data/<benchmark>.yaml) picks the split, its layout and its metric"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    setup_logging(args.quiet)
+    from referdino_plus.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(overrides)
+    except ConfigError as err:
+        logger.error("%s", err)
+        return 2
+    benchmark = {
+        "data_root": cfg.data.root,
+        "layout": cfg.data.layout,
+        "metric": cfg.data.metric,
+        "jobs": cfg.evaluation.jobs,
+    }
+    for dest, value in benchmark.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    if args.metric is None:
+        logger.error(
+            "data.metric=null: this benchmark is not scored here (no local ground truth); "
+            "name a metric with --metric or data.metric"
+        )
+        return 2
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -241,4 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return app_main(argv[1:])
     if argv[:1] == ["finish"]:
         return finish_command(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        return evaluate_command(argv[1:])
     return run_command(argv)

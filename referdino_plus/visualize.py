@@ -27,8 +27,8 @@ from rvos.drawing import (
     mask_strip,
     save_png,
 )
-from rvos.evaluation import BenchmarkResult
 from rvos.progress import progress_bar
+from rvos.scores import BenchmarkResult
 from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ JF_PLOT_NAME = "jf_per_video.png"
 
 def per_video_jf(per_expression: Mapping[tuple[str, str], Any]) -> dict[str, float]:
     """``{video_id: mean J&F over its expressions}`` from ``{(video_id, exp_id): score}`` where
-    each score has a ``jf`` attribute (:class:`rvos.evaluation.ExpressionScore`,
-    :class:`rvos.davis.ObjectScore`)."""
+    each score has a ``jf`` attribute (:class:`rvos.scores.ExpressionScore`,
+    :class:`rvos.scores.ObjectScore`)."""
     sums: dict[str, list[float]] = {}
     for (video_id, _), score in per_expression.items():
         sums.setdefault(video_id, []).append(float(score.jf))

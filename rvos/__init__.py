@@ -9,9 +9,15 @@
 - :mod:`rvos.legacy`: ReferDINO-Plus ``Annotations_intermediate/*.npz`` reader and writer.
 - :mod:`rvos.masks`: binary-mask helpers (run-length codec, bounding boxes, logit upsampling).
 - :mod:`rvos.archive`: submission archives of PNG masks, one member layout per benchmark.
-- :mod:`rvos.metrics`, :mod:`rvos.evaluation`: the official MeViS J&F (and MeViS v2's
-  accuracies), on an archive; the metrics by name.
-- :mod:`rvos.davis`: Ref-DAVIS17's indexed masks and the DAVIS 2017 unsupervised evaluation.
+- :mod:`rvos.davis`: Ref-DAVIS17's indexed masks (DAVIS palette).
+- :mod:`rvos.archive_reader`: reading a prediction archive's PNG masks, member by member.
+- :mod:`rvos.metrics`: J and F of one frame, as the official MeViS/DAVIS evaluation.
+- :mod:`rvos.mevis_metric`, :mod:`rvos.davis_metric`: an archive scored with the official MeViS
+  J&F (and MeViS v2's accuracies), or with the DAVIS 2017 unsupervised protocol.
+- :mod:`rvos.scores`: what a metric returns: the scores, their JSON and their table.
+- :mod:`rvos.evaluation`: the metrics by name, and the evaluator's command line.
+- :mod:`rvos.registry`: the named entries a benchmark picks (layouts, answer rules, writers,
+  metrics).
 - :mod:`rvos.video`: reading clips and writing H.264 videos.
 - :mod:`rvos.drawing`: overlays, captions, strips and plots of masks.
 - :mod:`rvos.fonts`: text in pictures in any script (per-character font fallback, emoji).

@@ -41,6 +41,7 @@ from rvos.davis import annotator_dir, encode_label_png
 from rvos.io import atomic_output, safe_component
 from rvos.masks import MaskStack, iter_frames
 from rvos.progress import progress_bar
+from rvos.registry import Registry
 from rvos.splits import Video
 
 logger = logging.getLogger(__name__)
@@ -177,11 +178,14 @@ class ArchiveWriter(Protocol):
 
 MEVIS_WRITER = ExpressionPngs(prefix="")
 # data.archive -> (the split's videos -> writer). Add an entry for another benchmark's members.
-ARCHIVE_WRITERS: dict[str, Callable[[Mapping[str, Video]], ArchiveWriter]] = {
-    "mevis": lambda videos: MEVIS_WRITER,
-    "ref_youtube_vos": lambda videos: ExpressionPngs(prefix="Annotations/"),
-    "ref_davis17": AnnotatorLabelPngs.for_videos,
-}
+ARCHIVE_WRITERS: Registry[Callable[[Mapping[str, Video]], ArchiveWriter]] = Registry(
+    "archive writer",
+    {
+        "mevis": lambda videos: MEVIS_WRITER,
+        "ref_youtube_vos": lambda videos: ExpressionPngs(prefix="Annotations/"),
+        "ref_davis17": AnnotatorLabelPngs.for_videos,
+    },
+)
 
 
 def build_archive_writer(name: str, videos: Mapping[str, Video]) -> ArchiveWriter:
@@ -190,13 +194,7 @@ def build_archive_writer(name: str, videos: Mapping[str, Video]) -> ArchiveWrite
     Raises:
         ValueError: an unknown name (listing the known ones), or a split it cannot write.
     """
-    try:
-        build = ARCHIVE_WRITERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown archive writer {name!r} (known: {', '.join(sorted(ARCHIVE_WRITERS))})"
-        ) from None
-    return build(videos)
+    return ARCHIVE_WRITERS.lookup(name)(videos)
 
 
 def encode_video_entries(

@@ -26,6 +26,7 @@ from rvos import intermediates as im
 from rvos.intermediates import ExpressionProposals, Stage1Video
 from rvos.legacy import LegacyVideo, read_legacy_npz
 from rvos.masks import RunLengthMasks, upsample_mask_logits
+from rvos.registry import Registry
 from rvos.splits import DataError, Split, Video
 
 # ReferDINO's Ref-DAVIS17 merge (eval/inference_davis.py): per pixel, the background scores this,
@@ -94,25 +95,23 @@ class AnswerRule:
 
 THRESHOLD_OR_TOP1 = "threshold_or_top1"
 # data.answer -> rule. Add an entry for another benchmark's rule.
-ANSWER_RULES: dict[str, AnswerRule] = {
-    rule.name: rule
-    for rule in (
-        AnswerRule(THRESHOLD_OR_TOP1, answer_query_ids, annotator_argmax=False),
-        AnswerRule("threshold_or_none", threshold_query_ids, annotator_argmax=False),
-        AnswerRule("top1", top1_query_ids, annotator_argmax=False),
-        AnswerRule("top1_per_annotator", top1_query_ids, annotator_argmax=True),
-    )
-}
+ANSWER_RULES: Registry[AnswerRule] = Registry(
+    "stage-1 answer rule",
+    {
+        rule.name: rule
+        for rule in (
+            AnswerRule(THRESHOLD_OR_TOP1, answer_query_ids, annotator_argmax=False),
+            AnswerRule("threshold_or_none", threshold_query_ids, annotator_argmax=False),
+            AnswerRule("top1", top1_query_ids, annotator_argmax=False),
+            AnswerRule("top1_per_annotator", top1_query_ids, annotator_argmax=True),
+        )
+    },
+)
 
 
 def get_answer_rule(name: str) -> AnswerRule:
     """The rule registered as ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return ANSWER_RULES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown stage-1 answer rule {name!r} (known: {', '.join(sorted(ANSWER_RULES))})"
-        ) from None
+    return ANSWER_RULES.lookup(name)
 
 
 def check_answer_rule(name: str, split: Split) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from rvos.io import safe_component
+from rvos.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -153,19 +154,10 @@ REF_DAVIS17_LAYOUT = SplitLayout(
 )
 
 # data.layout -> layout. Add an entry for another benchmark's files.
-SPLIT_LAYOUTS: dict[str, SplitLayout] = {
-    layout.name: layout for layout in (MEVIS_LAYOUT, REF_YOUTUBE_VOS_LAYOUT, REF_DAVIS17_LAYOUT)
-}
-
-
-def get_layout(name: str) -> SplitLayout:
-    """The layout registered as ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return SPLIT_LAYOUTS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown split layout {name!r} (known: {', '.join(sorted(SPLIT_LAYOUTS))})"
-        ) from None
+SPLIT_LAYOUTS: Registry[SplitLayout] = Registry(
+    "split layout",
+    {layout.name: layout for layout in (MEVIS_LAYOUT, REF_YOUTUBE_VOS_LAYOUT, REF_DAVIS17_LAYOUT)},
+)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -264,7 +256,7 @@ class Split:
 
     def __init__(self, root: str | Path, layout: SplitLayout | str) -> None:
         self.root = Path(root)
-        self.layout = get_layout(layout) if isinstance(layout, str) else layout
+        self.layout = SPLIT_LAYOUTS.lookup(layout) if isinstance(layout, str) else layout
         meta_path = self.root / self.layout.meta_file
         entries = _read_videos_field(meta_path, self.layout.title)
         if self.layout.excluded_meta_file is not None:

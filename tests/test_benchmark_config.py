@@ -1,6 +1,7 @@
 """``data=<benchmark>``: one configuration selects layout, answer rule, archive and metric."""
 
 import pytest
+from text_tables import read_table
 
 from referdino_plus.config import ConfigError, compose_config, load_config
 from referdino_plus.pipeline import check_benchmark, format_scores, stage_fingerprints
@@ -68,9 +69,12 @@ def test_score_table_grows_the_benchmark_columns():
             "stage1.zip": {"J": 0.5, "F": 0.5, "J&F": 0.5, "N-acc": 1.0, "T-acc": 0.25},
             "fused.zip": {"J": 0.6, "F": 0.7, "J&F": 0.65},
         }
-    ).splitlines()
-    assert table[0].split() == ["archive", "J", "F", "J&F", "N-acc", "T-acc"]
-    assert table[1].split() == ["stage1.zip", "50.00", "50.00", "50.00", "100.00", "25.00"]
-    assert table[2].split() == ["fused.zip", "60.00", "70.00", "65.00", "-", "-"]
+    )
+    assert read_table(table, row_label=True) == [
+        {"": "stage1.zip", "J": "50.00", "F": "50.00", "J&F": "50.00", "N-acc": "100.00",
+         "T-acc": "25.00"},
+        {"": "fused.zip", "J": "60.00", "F": "70.00", "J&F": "65.00", "N-acc": "-", "T-acc": "-"},
+    ]  # fmt: skip
     davis = format_scores({"fused.zip": {"J&F": 0.5, "J": 0.4, "J-Recall": 0.3, "F": 0.6}})
-    assert davis.splitlines()[0].split() == ["archive", "J", "F", "J&F", "J-Recall"]
+    [row] = read_table(davis, row_label=True)
+    assert list(row) == ["", "J", "F", "J&F", "J-Recall"]

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from benchmark_layouts import write_mevis_v2, write_ref_davis17, write_ref_youtube_vos
 from PIL import Image
+from text_tables import assert_percent, read_table
 
 from rvos import intermediates as im
-from rvos.davis import STATISTICS, davis_palette
+from rvos.davis import davis_palette
+from rvos.scores import STATISTICS
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +37,18 @@ def run_benchmark(run_cli, tiny_model_overrides, tmp_path, root, data, *extra):
         f"submission_dir={tmp_path / 'submissions'}",
         *extra,
     )
+
+
+def score_table(stdout: str, report: dict) -> list[dict[str, str]]:
+    """The run's printed score table: a row per archive, each score its report's, rounded."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("archive"))
+    rows = read_table("\n".join(lines[start : start + 1 + len(ARCHIVES)]), row_label=True)
+    assert [row[""] for row in rows] == list(ARCHIVES)
+    for row in rows:
+        for name, cell in list(row.items())[1:]:
+            assert_percent(cell, report["scores"][row[""]][name])
+    return rows
 
 
 def read_png(archive: zipfile.ZipFile, name: str) -> Image.Image:
@@ -120,8 +134,8 @@ def test_ref_davis17_valid(run_cli, tiny_model_overrides, tmp_path):
     for scores in report["scores"].values():
         assert set(scores) == set(STATISTICS)
         assert all(0.0 <= scores[k] <= 1.0 for k in ("J", "F", "J&F", "J-Recall", "F-Recall"))
-    header = next(line for line in proc.stdout.splitlines() if line.startswith("archive"))
-    assert header.split()[1:] == ["J", "F", "J&F", "J-Recall", "J-Decay", "F-Recall", "F-Decay"]
+    columns = list(score_table(proc.stdout, report)[0])[1:]
+    assert columns == ["J", "F", "J&F", "J-Recall", "J-Decay", "F-Recall", "F-Decay"]
 
     # stage1.zip holds each annotator's objects merged from the stage-1 answers, which the
     # answer rule made disjoint: decoding an annotator's PNGs gives back its answers exactly.
@@ -180,7 +194,12 @@ def test_mevis_v2_valid_u(run_cli, tiny_model_overrides, tmp_path):
     assert stage1 == {"J": 0.5, "F": 0.5, "J&F": 0.5, "N-acc": 1.0, "T-acc": 0.0, "J&F-T": 0.0}
     for name in ("stage2.zip", "fused.zip"):
         assert set(report["scores"][name]) == {"J", "F", "J&F", "N-acc", "T-acc", "J&F-T"}
-    header = next(line for line in proc.stdout.splitlines() if line.startswith("archive"))
-    assert header.split()[1:] == ["J", "F", "J&F", "N-acc", "T-acc", "J&F-T"]
-    row = next(line for line in proc.stdout.splitlines() if line.startswith("stage1.zip"))
-    assert row.split()[1:] == ["50.00", "50.00", "50.00", "100.00", "0.00", "0.00"]
+    assert score_table(proc.stdout, report)[0] == {
+        "": "stage1.zip",
+        "J": "50.00",
+        "F": "50.00",
+        "J&F": "50.00",
+        "N-acc": "100.00",
+        "T-acc": "0.00",
+        "J&F-T": "0.00",
+    }

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from text_tables import assert_percent, read_table
 
 from rvos.drawing import jf_plot_size
 
@@ -127,6 +128,30 @@ def test_full_run_writes_archives_scores_and_pictures(full_run, run_dir):
         assert image.size[1] > 3 * 48
     with Image.open(pictures / "jf_per_video.png") as image:
         assert image.size == jf_plot_size(2)
+
+
+def test_score_table_has_a_row_per_archive_and_the_evaluator_agrees(
+    full_run, run_cli, overrides, run_dir, tmp_path
+):
+    """The printed table holds each archive's reported scores, rounded; ``evaluate`` on an
+    archive of the run scores it as the run did."""
+    report = json.loads((run_dir / "work" / "report.json").read_text())
+    lines = full_run.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("archive"))
+    rows = read_table("\n".join(lines[start : start + 1 + len(report["scores"])]), row_label=True)
+    assert [row[""] for row in rows] == list(report["scores"])
+    for row in rows:
+        assert list(row)[1:] == ["J", "F", "J&F"]
+        for name in ("J", "F", "J&F"):
+            assert_percent(row[name], report["scores"][row[""]][name])
+    out_json = tmp_path / "fused.json"
+    fused = run_dir / "submissions" / "fused.zip"
+    proc = run_cli("evaluate", fused, *overrides, "--jobs", "1", "--json", out_json)
+    [row] = read_table(proc.stdout)
+    [fused_row] = [{k: v for k, v in r.items() if k} for r in rows if r[""] == "fused.zip"]
+    assert row == fused_row
+    scores = json.loads(out_json.read_text())
+    assert {k: scores[k] for k in ("J", "F", "J&F")} == report["scores"]["fused.zip"]
 
 
 def test_rerun_resumes_and_a_changed_setting_recomputes_its_stages(

@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 from benchmark_layouts import encode_labels, write_ref_davis17
 from PIL import Image
+from text_tables import assert_percent, read_table
 
-from rvos.davis import (
-    ObjectScore,
-    davis_palette,
+from rvos.davis import davis_palette
+from rvos.davis_metric import (
     evaluate_davis17,
     ground_truth_objects,
     match_objects,
     predicted_objects,
     statistics,
 )
+from rvos.scores import ObjectScore
 from rvos.splits import DataError, Split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -223,40 +224,50 @@ def test_annotators_are_scored_then_averaged(davis_split, tmp_path):
     assert result.per_expression[("bike-packing", "anno_1/2")] == MISSED
 
 
-def test_command_line_prints_each_annotator(davis_split, tmp_path):
+COMMANDS = {
+    # The benchmark by name, as the pipeline takes it: layout and metric from its configuration.
+    "application": ["run_pipeline.py", "evaluate", "data=ref_davis17_valid"],
+    "standalone": [
+        "-m",
+        "stage3_fusion.evaluate",
+        "--layout",
+        "ref_davis17",
+        "--metric",
+        "davis17",
+    ],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_line_prints_each_annotator(davis_split, tmp_path, command):
     root, gt = davis_split
     pred = tmp_path / "pred"
-    for k in range(4):
-        write_predictions(pred, k, gt)
+    write_predictions(pred, 0, gt)  # perfect
+    write_predictions(pred, 1, np.where(gt == 2, 0, gt))  # object 2 missed
+    shifted = labels_of(
+        square(3, 4, 7, k=8, size=ARCHIVE_SIZE), square(3, 24, 40, k=10, size=ARCHIVE_SIZE)
+    )
+    write_predictions(pred, 2, shifted)  # object 1 shifted: J = (7/9 + 1) / 2, not a round number
+    write_predictions(pred, 3, gt)
     out_json = tmp_path / "scores.json"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "stage3_fusion.evaluate", str(pred), "--data-root", str(root),
-            "--layout", "ref_davis17", "--metric", "davis17", "--jobs", "1", "--json", str(out_json),
+            sys.executable, *COMMANDS[command], str(pred), "--data-root", str(root),
+            "--jobs", "1", "--json", str(out_json),
         ],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert lines[0].split() == ["J&F", "J", "J-Recall", "J-Decay", "F", "F-Recall", "F-Decay"]
-    assert [line.split()[0] for line in lines[1:]] == [
-        "anno_0",
-        "anno_1",
-        "anno_2",
-        "anno_3",
-        "avg",
-    ]
-    assert lines[-1].split()[1:] == [
-        "100.00",
-        "100.00",
-        "100.00",
-        "0.00",
-        "100.00",
-        "100.00",
-        "0.00",
-    ]
+    rows = read_table(proc.stdout, row_label=True)
+    assert [row[""] for row in rows] == ["anno_0", "anno_1", "anno_2", "anno_3", "avg"]
+    assert list(rows[0])[1:] == ["J&F", "J", "J-Recall", "J-Decay", "F", "F-Recall", "F-Decay"]
     scores = json.loads(out_json.read_text())
-    assert scores["J&F"] == 1.0
+    expected = [*(scores["annotators"][f"anno_{k}"] for k in range(4)), scores]
+    for row, fractions in zip(rows, expected, strict=True):
+        for name, cell in list(row.items())[1:]:
+            assert_percent(cell, fractions[name])
+    assert rows[2]["J"] == "88.89"  # (7/9 + 1) / 2
+    assert rows[1]["J&F"] == "50.00" and rows[0]["J-Decay"] == "0.00"
     assert scores["annotators"]["anno_2"]["per_object"]["bike-packing"]["1"]["F"] == 1.0
 
 

@@ -1,4 +1,5 @@
-"""``python -m stage3_fusion.evaluate`` on a tiny MeViS split built in a temporary folder."""
+"""The evaluator's command lines (``python -m stage3_fusion.evaluate``, ``run_pipeline.py evaluate``)
+on a tiny MeViS split built in a temporary folder."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from text_tables import assert_percent, read_table
 
-from rvos.evaluation import evaluate_archive
+from rvos.evaluation import evaluate
+from rvos.mevis import MevisSplit
+from rvos.mevis_metric import evaluate_archive
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,9 +130,21 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
+def _evaluate(*args: str | Path) -> subprocess.CompletedProcess:
+    """``run_pipeline.py evaluate``: the application's command."""
+    return subprocess.run(
+        [sys.executable, "run_pipeline.py", "evaluate", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def _table(stdout: str) -> dict[str, str]:
-    header, values = stdout.strip().splitlines()[-2:]
-    return dict(zip(header.split(), values.split(), strict=True))
+    """The one row of J, F and J&F the command printed (columns aligned under their names)."""
+    [row] = read_table(stdout)
+    return row
 
 
 def test_perfect_zip_scores_100(split: Path, tmp_path: Path) -> None:
@@ -190,6 +206,14 @@ def test_missed_object_on_one_frame(split: Path, tmp_path: Path) -> None:
     assert result.j == result.f == result.jf == 0.875
 
 
+def test_a_metric_is_looked_up_by_name(split: Path, tmp_path: Path) -> None:
+    pred = _write_folder(tmp_path / "pred", _perfect_files())
+    result = evaluate("mevis_v2", pred, MevisSplit(split), jobs=1, progress=False)
+    assert result.summary() == {"J": 1.0, "F": 1.0, "J&F": 1.0, "T-acc": 1.0, "J&F-T": 1.0}
+    with pytest.raises(ValueError, match=r"^unknown metric 'mevis3' \(known: davis17, mevis, "):
+        evaluate("mevis3", pred, MevisSplit(split), jobs=1, progress=False)
+
+
 def test_missing_mask_dict_is_a_clear_error(split: Path, tmp_path: Path) -> None:
     (split / "mask_dict.json").unlink()
     pred = _write_folder(tmp_path / "pred", _perfect_files())
@@ -229,6 +253,74 @@ def test_predictions_of_another_split_exit_non_zero(split: Path, tmp_path: Path)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "no video of the split" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "split_given_by",
+    ["--data-root", "data.root"],
+)
+def test_application_command_scores_as_the_standalone_one(
+    split: Path, tmp_path: Path, split_given_by: str
+) -> None:
+    files = _perfect_files()
+    files["vid_b/0/00001.png"] = _png(np.zeros(VIDEOS["vid_b"][0], dtype=bool))  # J = F = 1/2
+    pred = _write_folder(tmp_path / "pred", files)
+    standalone = _run(pred, "--data-root", split, "--jobs", "1", "--json", tmp_path / "a.json")
+    where = ["--data-root", split] if split_given_by == "--data-root" else [f"data.root={split}"]
+    app = _evaluate(pred, *where, "evaluation.jobs=1", "--json", tmp_path / "b.json")
+    assert standalone.returncode == app.returncode == 0, app.stderr
+    # Mean over 4 expressions: (1 + 1 + 1 + 0.5) / 4.
+    assert (
+        _table(app.stdout)
+        == _table(standalone.stdout)
+        == {
+            "J": "87.50",
+            "F": "87.50",
+            "J&F": "87.50",
+        }
+    )
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
+
+def test_application_command_takes_the_metric_of_the_benchmark(split: Path, tmp_path: Path) -> None:
+    """``data=mevis_v2_valid_u`` scores with MeViS v2's metric (its accuracies), ``--metric``
+    overrides it; a benchmark without a local metric is refused in one line."""
+    pred = _write_folder(tmp_path / "pred", _perfect_files())
+    v2 = _evaluate(pred, "data=mevis_v2_valid_u", f"data.root={split}", "--jobs", "1")
+    assert v2.returncode == 0, v2.stderr
+    # Every expression of this split has a target: T-acc and J&F-T, no N-acc.
+    assert _table(v2.stdout) == {
+        "J": "100.00",
+        "F": "100.00",
+        "J&F": "100.00",
+        "T-acc": "100.00",
+        "J&F-T": "100.00",
+    }
+    v1 = _evaluate(pred, "data=mevis_v2_valid_u", f"data.root={split}", "--metric", "mevis")
+    assert v1.returncode == 0 and list(_table(v1.stdout)) == ["J", "F", "J&F"]
+    unscored = _evaluate(pred, "data=ref_youtube_vos_valid", "--data-root", split)
+    assert unscored.returncode == 2 and unscored.stdout == ""
+    assert "data.metric=null" in unscored.stderr and "Traceback" not in unscored.stderr
+    unknown = _evaluate(pred, "data=mevis_v3", "--data-root", split)
+    assert unknown.returncode == 2 and "Could not find 'data/mevis_v3'" in unknown.stderr
+
+
+def test_table_shows_rounded_percentages(split: Path, tmp_path: Path) -> None:
+    """J and F differ and neither is a whole percentage: each is rounded to two decimals."""
+    files = _perfect_files()
+    # vid_a/0 frame 0 predicted one row too low: J and F of that frame fall below 1.
+    files["vid_a/0/00000.png"] = _png(_box(VIDEOS["vid_a"][0], 1, 3, 1, 3))
+    pred = _write_folder(tmp_path / "pred", files)
+    out_json = tmp_path / "scores.json"
+    proc = _run(pred, "--data-root", split, "--jobs", "1", "--json", out_json)
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(out_json.read_text())
+    row = _table(proc.stdout)
+    assert scores["J"] != scores["F"] and scores["J"] < 1
+    for name in ("J", "F", "J&F"):
+        assert_percent(row[name], scores[name])
+    # One expression of four has one frame of three at J = 2 / 6 (IoU of the shifted box).
+    assert scores["J"] == pytest.approx((3 + (2 + 1 / 3) / 3) / 4)
 
 
 # ----------------------------------------------------------------------------- damaged archives

@@ -5,6 +5,7 @@ import os
 import zipfile
 
 import numpy as np
+from text_tables import read_table
 
 from referdino_plus.archives import archive_is_current, archive_stamp, set_aside_stale_archives
 from referdino_plus.config import compose_config, load_config
@@ -77,8 +78,10 @@ def test_pending_videos_after_a_crash(tmp_path, make_stage1):
 
 
 def test_score_table_is_in_percent():
-    table = format_scores({"fused.zip": {"J": 0.5512, "F": 0.6, "J&F": 0.5756}})
-    assert table.splitlines()[1].split() == ["fused.zip", "55.12", "60.00", "57.56"]
+    table = format_scores({"fused.zip": {"J": 0.55126, "F": 0.6, "J&F": 0.57563}})
+    assert read_table(table, row_label=True) == [
+        {"": "fused.zip", "J": "55.13", "F": "60.00", "J&F": "57.56"}
+    ]
 
 
 def test_config_composes_after_sam2_was_imported():

@@ -7,7 +7,7 @@ import pytest
 from benchmark_layouts import write_ref_davis17, write_ref_youtube_vos
 
 from rvos.mevis import MevisSplit
-from rvos.splits import DataError, Split, get_layout
+from rvos.splits import SPLIT_LAYOUTS, DataError, Split
 
 SIZE = (8, 10)
 YTVOS_VALID = {
@@ -91,7 +91,7 @@ def test_every_layout_refuses_unsafe_ids(tmp_path, layout, field, value, message
     else:
         root = write_ref_davis17(tmp_path, davis_videos(), size=SIZE)
         video_id = "blackswan"
-    meta_path = root / get_layout(layout).meta_file
+    meta_path = root / SPLIT_LAYOUTS.lookup(layout).meta_file
     meta = json.loads(meta_path.read_text())
     entry = meta["videos"][video_id]
     if field == "video":
