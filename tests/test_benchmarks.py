@@ -504,9 +504,8 @@ def test_the_memory_check_runs_the_stage1_worker_both_ways(tmp_path) -> None:
     memory give the same records."""
     from rvos.options import CacheDevice
 
-    args = gpu_check.parse_args(
-        ["--cpu", "--frames", "3", "--expressions", "2", "--frame-size", "64x48"]
-    )
+    sizes = "--frames 3 --expressions 2 --frame-size 64x48 --short-frames 2 --autocast-frames 2"
+    args = gpu_check.parse_args(["--cpu", *sizes.split()])
     setup = gpu_check.prepare(args, tmp_path)
     assert setup.device == "cpu" and not setup.on_gpu
     auto = gpu_check.run_stage1_worker(setup, "auto", CacheDevice.auto)
