@@ -91,10 +91,12 @@ wheelhouse: $(PY)
 	$(PY) benchmarks/wheelhouse.py download --python-version $(PYTHON_VERSION) --dest $(WHEELHOUSE)
 
 # On a machine with a CUDA GPU: speed, agreement and fallbacks at real size, the tests marked gpu
-# (tests/gpu); the figures are printed at the end. Without a GPU they skip, saying why.
+# (tests/gpu); the figures are printed at the end. Without a GPU they skip, saying why. No pytest
+# plug-ins of the machine are loaded; xunit1: each comparison's measured values in the junit file.
 gpu-check:
-	$(GPU_CHECK_PYTHON) benchmarks/wheelhouse.py run --wheelhouse $(WHEELHOUSE) -- \
-	    -m pytest -m gpu tests/gpu --durations=0 --junitxml=$(GPU_CHECK_REPORT)
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(GPU_CHECK_PYTHON) benchmarks/wheelhouse.py run \
+	    --wheelhouse $(WHEELHOUSE) -- -m pytest -m gpu tests/gpu --durations=0 \
+	    --junitxml=$(GPU_CHECK_REPORT) -o junit_family=xunit1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -297,8 +297,9 @@ def test_wheelhouse_missing_packages_and_no_wheels_say_what_to_do(tmp_path, monk
 
 def run_gpu_tests(*args: str, env: dict[str, str], junit: Path | None = None):
     """``python -m pytest *args tests/gpu`` in a fresh process (the GPU tests' own session, with
-    their summary), with ``env`` added to this one's; ``junit``: ``{test name: outcome}``, the
-    outcome ``"passed"``, ``"failure"``, ``"error"`` or ``"skipped: <reason>"``."""
+    their summary, and no plug-ins: as make gpu-check runs them), with ``env`` added to this
+    one's; ``junit``: ``{test name: outcome}``, the outcome ``"passed"``, ``"failure"``,
+    ``"error"`` or ``"skipped: <reason>"``."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, "tests/gpu"]
     if junit is not None:
         command += [f"--junitxml={junit}", "-o", "junit_family=xunit1"]
@@ -308,7 +309,7 @@ def run_gpu_tests(*args: str, env: dict[str, str], junit: Path | None = None):
         capture_output=True,
         text=True,
         timeout=1800,
-        env={**os.environ, **env},
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **env},
     )
     outcomes = {}
     if junit is not None and junit.is_file():
