@@ -17,10 +17,12 @@ WHEELHOUSE     ?= wheelhouse
 PYTHON_VERSION ?= 3.12
 # make gpu-check: this project's .venv if there is one, else the machine's own Python (with its
 # PyTorch; the rest, pytest included, comes from $(WHEELHOUSE)). The results go to a junit file;
-# the sizes can be changed with GPU_CHECK_ARGS (see benchmarks/gpu_check.py), e.g.
-# make gpu-check GPU_CHECK_ARGS="--frames 30 --work-dir work/gpu-check".
-GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
-GPU_CHECK_REPORT ?= work/gpu-check.xml
+# the sizes can be changed with GPU_CHECK_ARGS (see benchmarks/gpu_check.py) and tests left out
+# with pytest's -k, e.g. make gpu-check GPU_CHECK_ARGS="--frames 30 --work-dir work/gpu-check"
+# GPU_CHECK_PYTEST_ARGS='-k "not demo and not gids"'.
+GPU_CHECK_PYTHON      ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_REPORT      ?= work/gpu-check.xml
+GPU_CHECK_PYTEST_ARGS ?=
 
 # setup installs the project with its `app` extra (gradio: run_pipeline.py app).
 .PHONY: setup try test test-fast lint format bench bench-long wheelhouse gpu-check screenshot clean
@@ -96,7 +98,7 @@ wheelhouse: $(PY)
 gpu-check:
 	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(GPU_CHECK_PYTHON) benchmarks/wheelhouse.py run \
 	    --wheelhouse $(WHEELHOUSE) -- -m pytest -m gpu tests/gpu --durations=0 \
-	    --junitxml=$(GPU_CHECK_REPORT) -o junit_family=xunit1
+	    --junitxml=$(GPU_CHECK_REPORT) -o junit_family=xunit1 $(GPU_CHECK_PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
