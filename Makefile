@@ -16,8 +16,13 @@ SAM2_BUILD_CUDA ?= 0
 WHEELHOUSE     ?= wheelhouse
 PYTHON_VERSION ?= 3.12
 # make gpu-check: this project's .venv if there is one, else the machine's own Python (with its
-# PyTorch; the rest comes from $(WHEELHOUSE)).
-GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+# PyTorch; the rest, pytest included, comes from $(WHEELHOUSE)). The results go to a junit file;
+# the sizes can be changed with GPU_CHECK_ARGS (see benchmarks/gpu_check.py) and tests left out
+# with pytest's -k, e.g. make gpu-check GPU_CHECK_ARGS="--frames 30 --work-dir work/gpu-check"
+# GPU_CHECK_PYTEST_ARGS='-k "not demo and not gids"'.
+GPU_CHECK_PYTHON      ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_REPORT      ?= work/gpu-check.xml
+GPU_CHECK_PYTEST_ARGS ?=
 
 # setup installs the project with its `app` extra (gradio: run_pipeline.py app).
 .PHONY: setup try test test-fast lint format bench bench-long wheelhouse gpu-check screenshot clean
@@ -87,9 +92,13 @@ bench-long: $(PY)
 wheelhouse: $(PY)
 	$(PY) benchmarks/wheelhouse.py download --python-version $(PYTHON_VERSION) --dest $(WHEELHOUSE)
 
-# On a machine with a CUDA GPU: speed, agreement and fallbacks at real size (benchmarks/gpu_check.py).
+# On a machine with a CUDA GPU: speed, agreement and fallbacks at real size, the tests marked gpu
+# (tests/gpu); the figures are printed at the end. Without a GPU they skip, saying why. No pytest
+# plug-ins of the machine are loaded; xunit1: each comparison's measured values in the junit file.
 gpu-check:
-	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --wheelhouse $(WHEELHOUSE)
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(GPU_CHECK_PYTHON) benchmarks/wheelhouse.py run \
+	    --wheelhouse $(WHEELHOUSE) -- -m pytest -m gpu tests/gpu --durations=0 \
+	    --junitxml=$(GPU_CHECK_REPORT) -o junit_family=xunit1 $(GPU_CHECK_PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,8 +1,8 @@
-"""GPU check: speed, agreement and fallbacks of the pipeline at real size (``make gpu-check``).
+"""The GPU check's sizes, bars, measurements and comparisons; the tests are ``tests/gpu/``.
 
-One script for a machine with CUDA GPUs; it downloads nothing. On a generated 720p clip with
-real-size models and random weights (ReferDINO ``mevis_swinb``, SAM 2.1 Hiera-L: see
-``real_size.py``) it prints:
+``make gpu-check`` runs the tests marked ``gpu`` on a machine with CUDA GPUs; they download
+nothing. On a generated 720p clip with real-size models and random weights (ReferDINO
+``mevis_swinb``, SAM 2.1 Hiera-L: see ``real_size.py``) they measure and compare:
 
 1. speed: per stage, frames/s and expression-frames/s, peak GPU memory, and the share of each
    component (stage 1: backbone / text encoder, transformer and heads / mask post-processing;
@@ -18,13 +18,9 @@ real-size models and random weights (ReferDINO ``mevis_swinb``, SAM 2.1 Hiera-L:
 5. with two or more GPUs, ``run_pipeline.py --gids`` over all of them against ``--gids 0``;
 6. the demo with ``--gid`` on the last GPU.
 
-It exits non-zero on any disagreement. Without a GPU it says so in one line and exits 0.
-
-On a machine whose Python has PyTorch but none of our other packages (an offline cluster node),
-make the wheels elsewhere with ``make wheelhouse PYTHON_VERSION=3.12``, copy ``wheelhouse/``
-next to this project, and run ``make gpu-check`` (or ``python3 benchmarks/gpu_check.py``): the
-missing packages are installed from there into ``wheelhouse/site-py3.12`` (``pip install
---no-index --no-deps``), and the machine's PyTorch is left alone.
+The figures are printed at the end of the run (:func:`render`). ``GPU_CHECK_ARGS`` changes the
+sizes (:func:`build_parser`); with ``--cpu`` the same tests run on the CPU with the tiny fixture
+models, and those that need CUDA skip (``tests/test_benchmarks.py`` runs them so).
 """
 
 from __future__ import annotations
@@ -35,11 +31,8 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
-import sys
-import tempfile
+import shlex
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,17 +40,11 @@ from typing import Any
 
 import numpy as np
 
-BENCHMARKS = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCHMARKS.parent
-sys.path.insert(0, str(BENCHMARKS))
-sys.path.insert(0, str(PROJECT_ROOT))
-
-import clips  # noqa: E402
-import wheelhouse  # noqa: E402  (standard library only: runs before anything is installed)
+from benchmarks import clips
 
 logger = logging.getLogger("gpu_check")
 
-# -- the check's sizes and bars (command-line defaults) --------------------------------------------
+# -- the check's sizes and bars (the defaults of GPU_CHECK_ARGS) -----------------------------------
 
 NUM_FRAMES = 60  # frames of the generated clip
 NUM_EXPRESSIONS = 8  # its expressions
@@ -69,7 +56,7 @@ DEMO_FRAMES = 12  # frames the demo runs on
 # Stage-1 queries kept in the records: bounds SAM 2's objects per expression (random weights
 # give every one of the 15 queries a score near 1, and all 15 would be tracked).
 TOP_K = 2
-# Stage 1's post-processing comparison: one expression of a MeViS-size video (issue 10).
+# Stage 1's post-processing comparison: one expression of a MeViS-size video.
 POST_FRAMES, POST_QUERIES = 80, 15
 # float32 GPU vs CPU, stage 1: max |GPU - CPU| of each output relative to its largest |CPU|
 # value (random weights give logits of tens). The port's parity fixtures hold 1e-3 absolute on
@@ -97,8 +84,8 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Exit status: 0 all checks agree (or no GPU), 1 a disagreement, 2 bad arguments.",
+        prog="GPU_CHECK_ARGS",
+        description="The GPU check's sizes and device: the environment variable GPU_CHECK_ARGS.",
     )
     parser.add_argument("--frames", type=positive_int, default=NUM_FRAMES, help="clip frames")
     parser.add_argument("--expressions", type=positive_int, default=NUM_EXPRESSIONS)
@@ -111,24 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"],
     )
     parser.add_argument(
-        "--skip",
-        nargs="+",
-        default=[],
-        choices=list(CHECKS),
-        help="checks not to run",
-    )
-    parser.add_argument(
         "--work-dir",
         type=Path,
         help="keep the generated models, clip and runs here (default: temp)",
     )
     parser.add_argument(
-        "--wheelhouse",
-        type=Path,
-        default=wheelhouse.DEFAULT_WHEELHOUSE,
-        help="wheels for packages this Python lacks (make wheelhouse)",
+        "--cpu",
+        action="store_true",
+        help="run on the CPU with the tiny fixture models (the tests' own code; CUDA-only "
+        "tests skip)",
     )
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     return parser
 
 
@@ -139,6 +118,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.expressions > len(clips.SENTENCES) * 4:
         build_parser().error(f"--expressions: at most {len(clips.SENTENCES) * 4}")
     return args
+
+
+def args_from_environment(environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
+    """:func:`parse_args` of ``GPU_CHECK_ARGS`` (shell words; unset: the defaults above)."""
+    return parse_args(shlex.split(environ.get("GPU_CHECK_ARGS", "")))
 
 
 def no_gpu_reason() -> str | None:
@@ -153,77 +137,70 @@ def no_gpu_reason() -> str | None:
     return None
 
 
+def machine_line() -> str:
+    """The GPUs, PyTorch, CUDA and Python of this machine, one line."""
+    import platform
+
+    import torch
+
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return (
+        f"{len(names)} GPU(s): {', '.join(names) or '-'}; torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, Python {platform.python_version()}"
+    )
+
+
 # -- results ---------------------------------------------------------------------------------------
 
 
 @dataclass
-class Outcome:
-    """One comparison of the check.
+class Measurements:
+    """What the GPU check measured, printed at the end of the run (see :func:`render`).
 
     Attributes:
-        check: which check (a key of :data:`CHECKS`).
-        what: what was compared.
-        passed: ``True``/``False``; ``None``: not run here (``detail`` says why).
-        detail: the measured values.
+        machine: the GPUs and versions, one line.
+        clip: the generated clip and the time its models took to write, one line.
+        speed, components, postprocess: rows of the speed tables.
+        comparisons: ``[comparison, "ok" | "FAILED", measured values]`` in the order they ran.
     """
 
-    check: str
-    what: str
-    passed: bool | None
-    detail: str
-
-
-@dataclass
-class Report:
-    """Everything the check measured: outcomes, speed rows and the time of each check."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
+    machine: str = ""
+    clip: str = ""
     speed: list[list[str]] = field(default_factory=list)
     components: list[list[str]] = field(default_factory=list)
     postprocess: list[list[str]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+    comparisons: list[list[str]] = field(default_factory=list)
 
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.passed is False]
-
-    def add(self, check: str, what: str, passed: bool | None, detail: str) -> None:
-        self.outcomes.append(Outcome(check, what, passed, detail))
-        status = {True: "ok", False: "FAILED", None: "not run"}[passed]
-        logger.info("  %s: %s (%s)", what, status, detail)
+    def compared(self, what: str, passed: bool, detail: str) -> None:
+        self.comparisons.append([what, "ok" if passed else "FAILED", detail])
+        logger.info("  %s: %s (%s)", what, "ok" if passed else "FAILED", detail)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (see ``timing.format_table``)."""
-    from timing import format_table as table
+    from benchmarks.timing import format_table as table
 
     return table(headers, rows)
 
 
-def outcome_rows(outcomes: Sequence[Outcome]) -> list[list[str]]:
-    status = {True: "ok", False: "FAILED", None: "not run"}
-    return [[o.check, o.what, status[o.passed], o.detail] for o in outcomes]
-
-
-def render(report: Report) -> str:
+def render(measurements: Measurements) -> str:
     """The tables printed at the end."""
-    parts = []
-    if report.speed:
+    parts = [line for line in (measurements.machine, measurements.clip) if line]
+    if measurements.speed:
         headers = ["stage", "time", "frames/s", "expression-frames/s", "peak GPU memory"]
-        parts.append("speed\n\n" + format_table(headers, report.speed))
-    if report.components:
+        parts.append("speed\n\n" + format_table(headers, measurements.speed))
+    if measurements.components:
         headers = ["stage", "component", "time", "share"]
         parts.append(
             "time per component (a pass with a device synchronisation at every boundary)\n\n"
-            + format_table(headers, report.components)
+            + format_table(headers, measurements.components)
         )
-    if report.postprocess:
+    if measurements.postprocess:
         headers = ["stage-1 mask post-processing", "time", "per frame", "share of the frame"]
-        parts.append(format_table(headers, report.postprocess))
-    headers = ["check", "comparison", "result", "measured"]
-    parts.append("checks\n\n" + format_table(headers, outcome_rows(report.outcomes)))
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
-    parts.append(f"time per check: {timing}")
+        parts.append(format_table(headers, measurements.postprocess))
+    if measurements.comparisons:
+        headers = ["comparison", "result", "measured"]
+        parts.append("comparisons\n\n" + format_table(headers, measurements.comparisons))
     return "\n\n".join(parts)
 
 
@@ -308,6 +285,11 @@ def cap_fraction(peak_normal: int, peak_fallback: int, total: int) -> float | No
 
 def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def too_close(peak_normal: int, peak_fallback: int) -> str:
+    """Why no memory cap can tell the two ways apart (see :func:`cap_fraction`)."""
+    return f"peaks {gib(peak_normal)} and {gib(peak_fallback)} too close for a cap"
 
 
 # -- set-up ----------------------------------------------------------------------------------------
@@ -410,8 +392,8 @@ def sentences_for(count: int) -> dict[str, str]:
 
 def model_overrides(work: Path, sam2_model: str, *, tiny: bool) -> list[str]:
     """``key=value`` overrides selecting the random real-size models, written into ``work``
-    (or, ``tiny``, the fixtures' tiny models: a quick run of this script's code in tests)."""
-    import real_size
+    (or, ``tiny``, the fixtures' tiny models: the tests' own code on the CPU, quickly)."""
+    from benchmarks import real_size
 
     if tiny:
         referdino, sam2 = real_size.FIXTURES / "referdino_tiny", real_size.FIXTURES / "sam2_tiny"
@@ -431,16 +413,13 @@ def model_overrides(work: Path, sam2_model: str, *, tiny: bool) -> list[str]:
     ]
 
 
-def prepare(
-    args: argparse.Namespace, work: Path, *, device: str = "cuda:0", tiny: bool = False
-) -> Setup:
+def prepare(args: argparse.Namespace, work: Path) -> Setup:
     """Write the random-weight models and the generated clip; compose the configuration.
 
     Args:
-        args: :func:`parse_args`'s (sizes, SAM 2 model).
+        args: :func:`parse_args`'s (sizes, SAM 2 model; ``cpu``: the fixtures' tiny models on
+            the CPU instead of the real-size ones on ``cuda:0``, see :func:`model_overrides`).
         work: where everything goes.
-        device: where the models run.
-        tiny: the fixtures' tiny models instead of the real-size ones (see :func:`model_overrides`).
     """
     from referdino_plus.config import load_config
     from rvos.mevis import MevisSplit
@@ -451,7 +430,7 @@ def prepare(
     video_id = f"clip{height}p"
     split_root = write_split(work / "split", {video_id: (frames, sentences)})
     overrides = [
-        *model_overrides(work / "models", args.sam2_model, tiny=tiny),
+        *model_overrides(work / "models", args.sam2_model, tiny=args.cpu),
         f"stage1.top_k={TOP_K}",
         f"data.root={split_root}",
         f"work_dir={work / 'run'}",
@@ -461,7 +440,7 @@ def prepare(
     split = MevisSplit(split_root)
     return Setup(
         work=work,
-        device=device,
+        device="cpu" if args.cpu else "cuda:0",
         cfg=cfg,
         overrides=overrides,
         split_root=split_root,
@@ -597,29 +576,39 @@ def decisions(stage3) -> dict[str, bool]:
     return {e: bool(f.multi_object) for e, f in stage3.expressions.items()}
 
 
-# -- the checks ------------------------------------------------------------------------------------
+# -- speed -----------------------------------------------------------------------------------------
 
 
-def check_speed(setup: Setup, report: Report) -> None:
+def measure_speed(setup: Setup, measurements: Measurements) -> int:
     """Stages 1-3 the pipeline's way (wall time, peak memory), then a synchronised pass per
-    stage for the components' shares, then stage 1's post-processing at MeViS size."""
-    import torch
+    stage for the components' shares, then stage 1's post-processing at MeViS size; the rows
+    go to ``measurements``.
 
-    from bench_stage1_backbone_reuse import POSTPROCESS, TRANSFORMER, time_postprocessing
-    from rvos.proposals import proposals_from_outputs
-    from stage1_referdino import preprocess
+    Returns:
+        the number of objects SAM 2 tracked (over all expressions).
+    """
+    # warm-up: kernels and allocations of the first call (a few frames, one expression)
+    run_stages(setup, setup.refiner(), num_frames=2)
+    stage1, objects = stage_speed(setup, measurements)
+    model_per_frame = stage1_components(setup, measurements)
+    stage2_components(setup, measurements, stage1)
+    postprocess_speed(setup, measurements, model_per_frame)
+    return objects
+
+
+def stage_speed(setup: Setup, measurements: Measurements) -> tuple[Any, int]:
+    """Each stage's wall time and peak memory on the whole clip.
+
+    Returns:
+        ``(the stage-1 record, the number of objects SAM 2 tracked)``.
+    """
     from stage1_referdino.runner import stage1_record
-    from stage2_sam2_refine import runner as stage2_runner
     from stage2_sam2_refine.runner import stage2_record
     from stage3_fusion.runner import fuse_video
-    from timing import ComponentTimer
 
     device, num_frames = setup.device, len(setup.images)
     num_expressions = len(setup.sentences)
     model, refiner = setup.stage1_model(), setup.refiner()
-    # warm-up: kernels and allocations of the first call (a few frames, one expression)
-    run_stages(setup, refiner, num_frames=2)
-
     stage1, s1_time, s1_peak, _ = measured(
         device,
         lambda: stage1_record(
@@ -648,7 +637,7 @@ def check_speed(setup: Setup, report: Report) -> None:
         ),
         ("3 fusion (CPU)", s3_time, "-"),
     ):
-        report.speed.append(
+        measurements.speed.append(
             [
                 name,
                 f"{seconds:.2f} s",
@@ -657,9 +646,24 @@ def check_speed(setup: Setup, report: Report) -> None:
                 peak,
             ]
         )
+    return stage1, objects
 
-    # stage 1, component by component (in line, synchronised)
-    timer = ComponentTimer(torch.device(device))
+
+def stage1_components(setup: Setup, measurements: Measurements) -> float:
+    """Stage 1, component by component (in line, synchronised).
+
+    Returns:
+        the model's seconds per expression-frame (backbone shared by the expressions).
+    """
+    import torch
+
+    from benchmarks.bench_stage1_backbone_reuse import POSTPROCESS, TRANSFORMER
+    from benchmarks.timing import ComponentTimer
+    from rvos.proposals import proposals_from_outputs
+    from stage1_referdino import preprocess
+
+    model = setup.stage1_model()
+    timer = ComponentTimer(torch.device(setup.device))
     height, width = setup.images[0].height, setup.images[0].width
     with torch.inference_mode():
         with timer.measure("backbone"):
@@ -683,13 +687,22 @@ def check_speed(setup: Setup, report: Report) -> None:
         TRANSFORMER: "text encoder, transformer and heads",
         POSTPROCESS: f"mask post-processing (on {'the GPU' if setup.on_gpu else 'the CPU'})",
     }
-    add_component_rows(report, "1", timer, labels)
-    model_per_frame = (timer.seconds["backbone"] + timer.seconds[TRANSFORMER]) / (
-        num_frames * num_expressions
+    add_component_rows(measurements, "1", timer, labels)
+    return (timer.seconds["backbone"] + timer.seconds[TRANSFORMER]) / (
+        len(setup.images) * len(setup.sentences)
     )
 
-    # stage 2, component by component
-    timer = ComponentTimer(torch.device(device))
+
+def stage2_components(setup: Setup, measurements: Measurements, stage1) -> None:
+    """Stage 2, component by component, on ``stage1``'s proposals."""
+    import torch
+
+    from benchmarks.timing import ComponentTimer
+    from stage2_sam2_refine import runner as stage2_runner
+    from stage2_sam2_refine.runner import stage2_record
+
+    refiner = setup.refiner()
+    timer = ComponentTimer(torch.device(setup.device))
     components = {
         "open_video": "frames",
         "forward_image": "encoder",
@@ -714,16 +727,26 @@ def check_speed(setup: Setup, report: Report) -> None:
         "post": "mask post-processing and encoding",
         "other": "other (prompts, thresholding)",
     }
-    add_component_rows(report, "2", timer, labels)
+    add_component_rows(measurements, "2", timer, labels)
 
-    # stage 1's post-processing of one MeViS-size expression, host way vs device way
+
+def postprocess_speed(setup: Setup, measurements: Measurements, model_per_frame: float) -> None:
+    """Stage 1's post-processing of one MeViS-size expression, the host way and the device way,
+    against the model's ``model_per_frame`` seconds per expression-frame."""
+    import torch
+
+    from benchmarks.bench_stage1_backbone_reuse import time_postprocessing
+    from stage1_referdino import preprocess
+
+    height, width = setup.images[0].height, setup.images[0].width
+    video = preprocess(setup.images[:1], short_side=setup.cfg.stage1.short_side)
     logits_size = (-(-video.shape[2] // 4), -(-video.shape[3] // 4))
     seconds = time_postprocessing(
-        POST_FRAMES, POST_QUERIES, (height, width), logits_size, torch.device(device)
+        POST_FRAMES, POST_QUERIES, (height, width), logits_size, torch.device(setup.device)
     )
     for way, value in seconds.items():
         per_frame = value / POST_FRAMES
-        report.postprocess.append(
+        measurements.postprocess.append(
             [
                 f"{way} way, {POST_FRAMES} frames of {width}x{height}, {POST_QUERIES} queries",
                 f"{value:.2f} s",
@@ -731,7 +754,7 @@ def check_speed(setup: Setup, report: Report) -> None:
                 f"{100 * per_frame / (per_frame + model_per_frame):.0f}%",
             ]
         )
-    report.postprocess.append(
+    measurements.postprocess.append(
         [
             "model per expression-frame (shared features)",
             "-",
@@ -739,94 +762,21 @@ def check_speed(setup: Setup, report: Report) -> None:
             "",
         ]
     )
-    report.add(
-        "speed",
-        "stages 1-3 ran",
-        objects > 0,
-        f"{num_frames} frames, {num_expressions} expressions, {objects} SAM 2 objects",
-    )
 
 
-def add_component_rows(report: Report, stage: str, timer, labels: Mapping[str, str]) -> None:
+def add_component_rows(
+    measurements: Measurements, stage: str, timer, labels: Mapping[str, str]
+) -> None:
     total = timer.total()
     for key, label in labels.items():
         if key in timer.seconds:
             seconds = timer.seconds[key]
-            report.components.append(
+            measurements.components.append(
                 [stage, label, f"{seconds:.2f} s", f"{100 * seconds / total:.0f}%"]
             )
 
 
-def check_cpu_agreement(setup: Setup, report: Report) -> None:
-    """float32 on the GPU (no TF32) against the CPU, on the first ``--short-frames`` frames."""
-    import torch
-
-    from bench_stage2_feature_reuse import make_proposals
-    from stage1_referdino import preprocess
-    from stage1_referdino.runner import build_stage1_model
-    from stage2_sam2_refine.refine import Refiner
-    from stage2_sam2_refine.tracker import build_tracker
-
-    frames = setup.images[: setup.short_frames]
-    video = preprocess(frames, short_side=setup.cfg.stage1.short_side)
-    sentence = next(iter(setup.sentences.values()))
-    model = setup.stage1_model()
-    cpu_model = build_stage1_model(setup.cfg.stage1, "cpu")
-    with torch.inference_mode(), strict_float32():
-        gpu_out = {k: v.cpu().numpy() for k, v in model.infer(video, sentence).items()}
-        cpu_out = {k: v.numpy() for k, v in cpu_model.infer(video, sentence).items()}
-    del cpu_model
-    passed, detail = compare_outputs(gpu_out, cpu_out, STAGE1_GPU_CPU_RELATIVE)
-    report.add(
-        "cpu", f"stage 1 float32 GPU vs CPU, max abs diff ({len(frames)} frames)", passed, detail
-    )
-
-    masks = setup.object_masks[: len(frames)]
-    proposals = make_proposals(masks, [1, 2], num_queries=4)
-    options = {"autocast": None}
-    cpu_options = dataclasses.replace(setup.cfg.stage2, **options)
-    cpu_refiner = Refiner(build_tracker(cpu_options, device="cpu"), cpu_options)
-    gpu_refiner = setup.refiner(**options)
-    with attribute(gpu_refiner.tracker.predictor, "maskmem_dtype", torch.float32), strict_float32():
-        gpu = dict(gpu_refiner.refine_video(frames, proposals, video_id="short"))
-    cpu = dict(cpu_refiner.refine_video(frames, proposals, video_id="short"))
-    del cpu_refiner
-    passed, detail = compare_mask_sets(
-        {e: r.masks for e, r in gpu.items()},
-        {e: r.masks for e, r in cpu.items()},
-        STAGE2_GPU_CPU_MIN_IOU,
-    )
-    report.add("cpu", "stage 2 float32 GPU vs CPU, mask IoU", passed, detail)
-
-
-def check_autocast(setup: Setup, report: Report) -> None:
-    """float16 and bfloat16 autocast (both stages) against float32 (both stages, float32
-    SAM 2 memories, no TF32), on the first ``--autocast-frames`` frames."""
-    import torch
-
-    from rvos.options import Autocast
-
-    model = setup.stage1_model()
-    num_frames = setup.autocast_frames
-    reference_refiner = setup.refiner(autocast=None)
-    with (
-        strict_float32(),
-        attribute(model, "autocast_dtype", None),
-        attribute(reference_refiner.tracker.predictor, "maskmem_dtype", torch.float32),
-    ):
-        reference = run_stages(setup, reference_refiner, num_frames=num_frames)
-    ref_answers, ref_unions = union_masks(*reference[:2])
-    for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
-        refiner = setup.refiner(autocast=Autocast(name))
-        with attribute(model, "autocast_dtype", dtype):
-            stage1, stage2, stage3 = run_stages(setup, refiner, num_frames=num_frames)
-        answers, unions = union_masks(stage1, stage2)
-        passed, detail = compare_mask_sets(answers, ref_answers, AUTOCAST_MIN_IOU)
-        report.add("autocast", f"{name} vs float32: stage-1 answer masks", passed, detail)
-        passed, detail = compare_mask_sets(unions, ref_unions, AUTOCAST_MIN_IOU)
-        report.add("autocast", f"{name} vs float32: SAM 2 masks", passed, detail)
-        passed, detail = compare_decisions(decisions(stage3), decisions(reference[2]))
-        report.add("autocast", f"{name} vs float32: fusion decisions", passed, detail)
+# -- the out-of-memory fallbacks -------------------------------------------------------------------
 
 
 def run_stage1_worker(setup: Setup, name: str, cache_device) -> Any:
@@ -870,292 +820,3 @@ def fallback_outcome(
         f"cap {gib(fraction * total)} between peaks {gib(peaks[0])} and {gib(peaks[1])}; "
         f"{taken}; {detail}"
     )
-
-
-def check_memory_fallbacks(setup: Setup, report: Report) -> None:
-    """Each stage under a memory cap between its normal and its fallback way's peaks: the
-    fallback must be taken (its warning logged) and give the normal run's masks."""
-    import torch
-
-    from rvos.options import CacheDevice
-
-    if not setup.on_gpu:
-        report.add("memory", "out-of-memory fallbacks under a memory cap", None, "needs CUDA")
-        return
-    device = setup.device
-    total = torch.cuda.get_device_properties(device).total_memory
-
-    normal, _, _, peak_normal = measured(
-        device, lambda: run_stage1_worker(setup, "oom1-normal", CacheDevice.auto)
-    )
-    _, _, _, peak_fallback = measured(
-        device, lambda: run_stage1_worker(setup, "oom1-fallback", CacheDevice.cpu)
-    )
-    fraction = cap_fraction(peak_normal, peak_fallback, total)
-    what = "stage 1 under a memory cap: retried, same masks"
-    if fraction is None:
-        detail = f"peaks {gib(peak_normal)} and {gib(peak_fallback)} too close for a cap"
-        report.add("memory", what, False, detail)
-    else:
-        # the root logger: the worker's retry and the masks' host fallback both count
-        with captured_warnings("") as warnings, memory_cap(fraction, device):
-            capped = run_stage1_worker(setup, "oom1-capped", CacheDevice.auto)
-        passed, detail = fallback_outcome(
-            fraction,
-            total,
-            (peak_fallback, peak_normal),
-            warnings,
-            {e: p.masks.decode() for e, p in capped.expressions.items()},
-            {e: p.masks.decode() for e, p in normal.expressions.items()},
-        )
-        report.add("memory", what, passed, detail)
-
-    refiner = setup.refiner()
-    offloaded = setup.refiner(
-        offload_video_to_cpu=True, offload_state_to_cpu=True, feature_cache_device=CacheDevice.cpu
-    )
-
-    def stage2_run(chosen):
-        return dict(chosen.refine_video(setup.frame_paths, normal.expressions, video_id="oom"))
-
-    normal2, _, _, peak_normal = measured(device, lambda: stage2_run(refiner))
-    _, _, _, peak_fallback = measured(device, lambda: stage2_run(offloaded))
-    fraction = cap_fraction(peak_normal, peak_fallback, total)
-    what = "stage 2 under a memory cap: offloaded retry, same masks"
-    if fraction is None:
-        detail = f"peaks {gib(peak_normal)} and {gib(peak_fallback)} too close for a cap"
-        report.add("memory", what, False, detail)
-        return
-    with captured_warnings("") as warnings, memory_cap(fraction, device):
-        capped2 = stage2_run(refiner)
-    passed, detail = fallback_outcome(
-        fraction,
-        total,
-        (peak_fallback, peak_normal),
-        warnings,
-        {e: r.masks for e, r in capped2.items()},
-        {e: r.masks for e, r in normal2.items()},
-    )
-    report.add("memory", what, passed, detail)
-
-
-def pipeline_command(*args: str) -> list[str]:
-    return [sys.executable, str(PROJECT_ROOT / "run_pipeline.py"), *args]
-
-
-def run_command(command: list[str], log: Path) -> int:
-    """Run ``command`` from the project root, its output to ``log``; its exit status."""
-    with open(log, "w", encoding="utf-8") as out:
-        return subprocess.run(
-            command, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, check=False
-        ).returncode
-
-
-def check_multi_gpu(setup: Setup, report: Report) -> None:
-    """``--gids`` over every GPU against ``--gids 0``: the same stage-3 records."""
-    import torch
-
-    from rvos import intermediates as im
-
-    count = torch.cuda.device_count() if setup.on_gpu else 0
-    what = "--gids over all GPUs vs --gids 0"
-    if count < 2:
-        report.add("gids", what, None, f"{count} GPU on this machine")
-        return
-    height, width = setup.images[0].height, setup.images[0].width
-    videos = {}
-    for index in range(count):
-        frames, _ = clips.synthetic_clip(MULTI_GPU_FRAMES, height, width, seed=index + 1)
-        videos[f"video{index}"] = (frames, sentences_for(2))
-    root = write_split(setup.work / "multi_split", videos)
-    records = {}
-    for name, gids in (("one", ["0"]), ("all", [str(g) for g in range(count)])):
-        work = setup.work / f"multi_{name}"
-        overrides = [
-            o
-            for o in setup.overrides
-            if not o.startswith(("data.root=", "work_dir=", "submission_dir="))
-        ]
-        command = pipeline_command(
-            "--gids",
-            *gids,
-            "--name",
-            f"gpu_check_{name}",
-            f"data.root={root}",
-            f"work_dir={work}",
-            f"submission_dir={work / 'submissions'}",
-            *overrides,
-        )
-        status = run_command(command, setup.work / f"multi_{name}.log")
-        if status != 0:
-            report.add(
-                "gids",
-                what,
-                False,
-                f"--gids {' '.join(gids)} exited {status} (log {setup.work / f'multi_{name}.log'})",
-            )
-            return
-        records[name] = {v: im.load_stage3(im.stage_path(work, 3, v)) for v in videos}
-    masks = {
-        f"{v}/{e}": f.masks.decode()
-        for v, r in records["all"].items()
-        for e, f in r.expressions.items()
-    }
-    reference = {
-        f"{v}/{e}": f.masks.decode()
-        for v, r in records["one"].items()
-        for e, f in r.expressions.items()
-    }
-    passed, detail = compare_mask_sets(masks, reference, SAME_MASKS_MIN_IOU)
-    same, decided = compare_decisions(
-        {
-            f"{v}/{e}": f.multi_object
-            for v, r in records["all"].items()
-            for e, f in r.expressions.items()
-        },
-        {
-            f"{v}/{e}": f.multi_object
-            for v, r in records["one"].items()
-            for e, f in r.expressions.items()
-        },
-    )
-    report.add(
-        "gids",
-        f"--gids 0..{count - 1} vs --gids 0 ({count} videos)",
-        passed and same,
-        f"{detail}; decisions {decided}",
-    )
-
-
-def check_demo(setup: Setup, report: Report) -> None:
-    """The demo with ``--gid`` on the last GPU: it runs there and writes its outputs."""
-    import torch
-
-    if not setup.on_gpu:
-        report.add("demo", "demo --gid on the last GPU", None, "needs CUDA")
-        return
-    last = torch.cuda.device_count() - 1
-    out = setup.work / "demo"
-    overrides = [o for o in setup.overrides if o.startswith(("stage1.", "stage2."))]
-    command = pipeline_command(
-        "demo",
-        "--video",
-        str(setup.frame_paths[0].parent),
-        "--text",
-        clips.SENTENCES[0],
-        "--text",
-        clips.SENTENCES[1],
-        "--gid",
-        str(last),
-        "--max-frames",
-        str(min(DEMO_FRAMES, len(setup.frame_paths))),
-        "--out",
-        str(out),
-        *overrides,
-    )
-    log = setup.work / "demo.log"
-    status = run_command(command, log)
-    what = f"demo --gid {last}"
-    if status != 0:
-        report.add("demo", what, False, f"exited {status} (log {log})")
-        return
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    written = (out / "overlay.mp4").is_file() and any((out / "masks").rglob("*.png"))
-    ran_on = summary.get("device")
-    passed = written and ran_on == f"cuda:{last}"
-    report.add(
-        "demo",
-        what,
-        passed,
-        f"ran on {ran_on}; overlay.mp4 and masks {'written' if written else 'MISSING'}",
-    )
-
-
-# Checks in the order they run: name -> function.
-CHECKS: dict[str, Callable[[Setup, Report], None]] = {
-    "speed": check_speed,
-    "cpu": check_cpu_agreement,
-    "autocast": check_autocast,
-    "memory": check_memory_fallbacks,
-    "gids": check_multi_gpu,
-    "demo": check_demo,
-}
-
-
-def run_checks(setup: Setup, report: Report, skip: Sequence[str]) -> None:
-    """Every check not in ``skip``; an error in one is a failure of it, and the others run."""
-    for name, check in CHECKS.items():
-        if name in skip:
-            report.add(name, "skipped (--skip)", None, "")
-            continue
-        logger.info("[gpu-check] %s ...", name)
-        start = time.perf_counter()
-        try:
-            check(setup, report)
-        except Exception as err:  # one broken check must not hide the others' results
-            logger.debug("%s", traceback.format_exc())
-            report.add(
-                name, "ran to the end", False, f"{type(err).__name__}: {err}".splitlines()[0]
-            )
-        report.seconds[name] = time.perf_counter() - start
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    reason = no_gpu_reason()
-    if reason is not None:
-        logger.info(
-            "gpu-check: %s; nothing to check on this machine (run it where a CUDA GPU is)", reason
-        )
-        return 0
-    wheelhouse.install(args.wheelhouse)
-    for noisy in ("stage1_referdino", "stage2_sam2_refine", "real_size", "sam2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TQDM_DISABLE", "1")
-
-    import torch
-
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    logger.info(
-        "gpu-check: %d GPU(s): %s; torch %s, CUDA %s, Python %s",
-        len(names),
-        ", ".join(names),
-        torch.__version__,
-        torch.version.cuda,
-        sys.version.split()[0],
-    )
-    report = Report()
-    with contextlib.ExitStack() as stack:
-        if args.work_dir is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check_")))
-        else:
-            work = args.work_dir
-            work.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        setup = prepare(args, work)
-        report.seconds["set-up"] = time.perf_counter() - start
-        logger.info(
-            "[gpu-check] clip %s: %d frames of %dx%d, %d expressions; models written in %.0f s",
-            setup.video_id,
-            len(setup.images),
-            setup.images[0].width,
-            setup.images[0].height,
-            len(setup.sentences),
-            report.seconds["set-up"],
-        )
-        run_checks(setup, report, args.skip)
-    logger.info("\n%s\n", render(report))
-    if args.json:
-        args.json.write_text(
-            json.dumps([dataclasses.asdict(o) for o in report.outcomes], indent=1), encoding="utf-8"
-        )
-    if report.failed:
-        logger.info("gpu-check: %d disagreement(s)", len(report.failed))
-        return 1
-    logger.info("gpu-check: everything agrees")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

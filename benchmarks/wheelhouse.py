@@ -1,13 +1,15 @@
 """Wheels for an offline GPU machine whose Python already has PyTorch: made here, installed there.
 
 A typical cluster node has PyTorch (and numpy, Pillow, transformers, scipy, OpenCV, ...) but not
-SAM 2 and the few packages around it. ``make wheelhouse PYTHON_VERSION=3.12`` (on a machine with
-internet) fills a folder with exactly those wheels, for that Python; ``gpu_check.py`` installs the
-ones the node lacks from there, offline, into a folder of its own put first on ``sys.path``,
-without touching the node's packages (``--no-index --no-deps`` and an explicit list)::
+SAM 2, the few packages around it, and pytest. ``make wheelhouse PYTHON_VERSION=3.12`` (on a
+machine with internet) fills a folder with exactly those wheels, for that Python; ``make
+gpu-check`` installs the ones the node lacks from there, offline, into a folder of its own put
+first on ``sys.path``, without touching the node's packages (``--no-index --no-deps`` and an
+explicit list), then runs the GPU tests with them::
 
     python benchmarks/wheelhouse.py download --python-version 3.12 --dest wheelhouse
-    python benchmarks/wheelhouse.py install --wheelhouse wheelhouse   # what gpu_check.py does
+    python benchmarks/wheelhouse.py install --wheelhouse wheelhouse
+    python benchmarks/wheelhouse.py run --wheelhouse wheelhouse -- -m pytest -m gpu tests/gpu
 
 Only the standard library is used here: this module runs before anything is installed.
 """
@@ -64,6 +66,12 @@ WHEELS = (
     Wheel("pycocotools", "pycocotools", build=False),  # mask run-lengths in the evaluator
     Wheel("av", "av", build=False),  # video files of the demo (bundles FFmpeg: most of the size)
     Wheel("submitit", "submitit", build=False),  # launcher=slurm
+    # make gpu-check's test runner and its dependencies (packaging: see MACHINE_HAS). Below
+    # Python 3.11 pytest also needs exceptiongroup and tomli, which this list leaves out.
+    Wheel("pytest", "pytest", build=False),
+    Wheel("pluggy", "pluggy", build=False),
+    Wheel("iniconfig", "iniconfig", build=False),
+    Wheel("pygments", "pygments", build=False),
 )
 
 # What the wheelhouse expects a PyTorch machine to have already (requirements.txt's other names).
@@ -80,6 +88,7 @@ MACHINE_HAS = (
     "tqdm",
     "matplotlib",
     "fonttools",  # matplotlib's dependency
+    "packaging",  # transformers' dependency (and pytest's)
 )
 
 # requirements.txt's names the wheelhouse leaves out: the fonts of the pictures' text (23 MB of
@@ -279,6 +288,16 @@ def install(wheelhouse: Path = DEFAULT_WHEELHOUSE) -> Path | None:
     return target
 
 
+def run(wheelhouse: Path, arguments: Sequence[str]) -> int:
+    """``python arguments...`` (this Python) with :data:`WHEELS` importable (see :func:`install`).
+
+    Returns:
+        its exit status.
+    """
+    install(wheelhouse)
+    return subprocess.run([sys.executable, *arguments], check=False).returncode
+
+
 def _put_first_on_path(folder: Path) -> None:
     """``folder`` first on ``sys.path`` and ``PYTHONPATH`` (once)."""
     entry = str(folder)
@@ -297,13 +316,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     get.add_argument("--dest", type=Path, default=DEFAULT_WHEELHOUSE)
     put = commands.add_parser("install", help="install what this Python lacks (offline)")
     put.add_argument("--wheelhouse", type=Path, default=DEFAULT_WHEELHOUSE)
+    with_wheels = commands.add_parser(
+        "run", help="install what this Python lacks, then run this Python with them (offline)"
+    )
+    with_wheels.add_argument("--wheelhouse", type=Path, default=DEFAULT_WHEELHOUSE)
+    with_wheels.add_argument(
+        "arguments", nargs=argparse.REMAINDER, help="after --: the Python's arguments"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "download":
         download(args.python_version, args.dest)
-    else:
+    elif args.command == "install":
         target = install(args.wheelhouse)
         logger.info("site folder: %s", target or "(nothing needed)")
+    else:
+        arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
+        sys.exit(run(args.wheelhouse, arguments))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Shared test helpers (as fixtures) and the ``slow`` marker.
+"""Shared test helpers (as fixtures) and the markers.
 
 Fast unit tests run in seconds on synthetic arrays (``make test-fast``: ``-m "not slow"``);
-tests marked ``slow`` load the fixture models or run the command line end to end.
+tests marked ``slow`` load the fixture models or run the command line end to end. Tests marked
+``slurm`` need a SLURM cluster and ``browser`` ones Chromium: they skip without them, and fail
+under ``CI=true``. Tests marked ``gpu`` (``tests/gpu``, ``make gpu-check``) run only when the
+``-m`` expression names that marker: a plain ``pytest`` leaves them out instead of skipping them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +25,16 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Leave out the tests marked ``gpu`` unless ``-m`` names that marker (``-m gpu``)."""
+    if re.search(r"\bgpu\b", config.getoption("markexpr") or ""):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+        config.hook.pytest_deselected(items=gpu)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ from PIL import Image
 
 from referdino_plus.app import write_example_clip
 
-pytestmark = pytest.mark.slow  # a server with the fixture models, and a browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]  # a server with the fixture models
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,31 +1,29 @@
 """The benchmarks' and the GPU check's own code: timers, tables, generated models and clips,
-the wheelhouse, the check's comparisons and arguments (everything that runs without a GPU)."""
+the wheelhouse, the check's comparisons and arguments, and the GPU tests (tests/gpu) left out of a
+plain run, skipping without a GPU, and run on the CPU with the tiny models."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import re
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from packaging.requirements import Requirement
+
+from benchmarks import clips, gpu_check, real_size, timing, wheelhouse
+from benchmarks.bench_stage2_feature_reuse import make_proposals, parse_objects
+from stage2_sam2_refine.prompts import prompt_frames, select_queries
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = PROJECT_ROOT / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import clips  # noqa: E402
-import gpu_check  # noqa: E402
-import real_size  # noqa: E402
-import timing  # noqa: E402
-import wheelhouse  # noqa: E402
-from bench_stage2_feature_reuse import make_proposals, parse_objects  # noqa: E402
-from stage2_sam2_refine.prompts import prompt_frames, select_queries  # noqa: E402
 
 # ----------------------------------------------------------------------------- timing
 
@@ -230,6 +228,27 @@ def test_wheelhouse_and_a_pytorch_machine_cover_every_runtime_requirement() -> N
     assert not covered & left_out
 
 
+def test_wheelhouse_carries_pytest_and_what_it_needs() -> None:
+    """make gpu-check runs pytest on the node: pytest's requirements on Linux, Python 3.11 and
+    newer, are wheels of the wheelhouse or packages a PyTorch machine has."""
+    covered = {wheelhouse.normalize(w.distribution) for w in wheelhouse.WHEELS}
+    covered |= {wheelhouse.normalize(name) for name in wheelhouse.MACHINE_HAS}
+    assert "pytest" in covered
+    environment = {"python_version": "3.11", "sys_platform": "linux", "extra": ""}
+    needs = {
+        wheelhouse.normalize(requirement.name)
+        for requirement in map(Requirement, importlib.metadata.requires("pytest") or [])
+        if requirement.marker is None or requirement.marker.evaluate(environment)
+    }
+    assert needs and needs <= covered, sorted(needs - covered)
+
+
+def test_wheelhouse_runs_a_command_with_its_packages(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(wheelhouse, "WHEELS", ())  # nothing missing: nothing to install
+    code = "import sys; sys.exit(len(sys.argv))"
+    assert wheelhouse.run(tmp_path / "absent", ["-c", code, "a", "b"]) == 3
+
+
 def test_wheelhouse_pins_and_wheel_names(tmp_path) -> None:
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("# comment\nhydra-core==1.3.8\nOmegaConf==2.3.1  # x\ntorch>=2\n")
@@ -276,31 +295,74 @@ def test_wheelhouse_missing_packages_and_no_wheels_say_what_to_do(tmp_path, monk
 # ----------------------------------------------------------------------------- GPU check
 
 
-def test_gpu_check_says_so_in_one_line_without_a_gpu() -> None:
-    """Runs on any machine: the check's process sees no GPU (``CUDA_VISIBLE_DEVICES`` empty)."""
+def run_gpu_tests(*args: str, env: dict[str, str], junit: Path | None = None):
+    """``python -m pytest *args tests/gpu`` in a fresh process (the GPU tests' own session, with
+    their summary, and no plug-ins: as make gpu-check runs them), with ``env`` added to this
+    one's; ``junit``: ``{test name: outcome}``, the outcome ``"passed"``, ``"failure"``,
+    ``"error"`` or ``"skipped: <reason>"``."""
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args, "tests/gpu"]
+    if junit is not None:
+        command += [f"--junitxml={junit}", "-o", "junit_family=xunit1"]
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_check.py")],
+        command,
+        cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=1800,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **env},
     )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA GPU"), proc.stdout
+    outcomes = {}
+    if junit is not None and junit.is_file():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            outcome = "passed"
+            for child in case:
+                if child.tag == "skipped":
+                    outcome = f"skipped: {child.get('message')}"
+                elif child.tag in ("failure", "error"):
+                    outcome = child.tag
+            outcomes[case.get("name")] = outcome
+    return proc, outcomes
+
+
+GPU_TESTS = 9  # tests/gpu/test_gpu_check.py's tests, parametrised ones counted once each
+
+
+def test_gpu_tests_run_only_when_the_marker_expression_names_them() -> None:
+    """A plain run (``make test``) and ``-m "not slow"`` leave them out: none is reported as
+    skipped or passed there; ``-m gpu`` selects them."""
+    for args in ([], ["-m", "not slow"], ["-m", "not gpu"]):
+        proc, _ = run_gpu_tests("--collect-only", "-q", *args, env={})
+        assert proc.returncode == 5, proc.stdout  # 5: no tests collected
+        assert f"no tests collected ({GPU_TESTS} deselected)" in proc.stdout, args
+    proc, _ = run_gpu_tests("--collect-only", "-q", "-m", "gpu or slow", env={})
+    assert proc.returncode == 0 and f"{GPU_TESTS} tests collected" in proc.stdout, proc.stdout
+
+
+def test_gpu_tests_skip_saying_why_without_a_gpu(tmp_path) -> None:
+    """Runs on any machine: the tests' process sees no GPU (``CUDA_VISIBLE_DEVICES`` empty)."""
+    proc, outcomes = run_gpu_tests(
+        "-m", "gpu", env={"CUDA_VISIBLE_DEVICES": ""}, junit=tmp_path / "junit.xml"
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert len(outcomes) == GPU_TESTS, outcomes
+    for name, outcome in outcomes.items():
+        assert outcome.startswith("skipped: no CUDA GPU visible"), (name, outcome)
+    assert "the GPU check needs one" in proc.stdout and "GPU check ==" not in proc.stdout
 
 
 def test_gpu_check_arguments() -> None:
     args = gpu_check.parse_args([])
     assert (args.frames, args.expressions, args.frame_size) == (60, 8, (720, 1280))
-    assert args.sam2_model == "sam2.1_hiera_l" and args.skip == []
-    args = gpu_check.parse_args(["--frame-size", "640x360", "--skip", "demo", "gids"])
-    assert args.frame_size == (360, 640) and args.skip == ["demo", "gids"]
+    assert args.sam2_model == "sam2.1_hiera_l" and not args.cpu and args.work_dir is None
+    args = gpu_check.args_from_environment(
+        {"GPU_CHECK_ARGS": "--frame-size 640x360 --cpu --work-dir 'a b'"}
+    )
+    assert args.frame_size == (360, 640) and args.cpu and args.work_dir == Path("a b")
+    assert gpu_check.args_from_environment({}).frames == gpu_check.NUM_FRAMES
     for bad in (
         ["--frames", "3", "--short-frames", "4"],
         ["--frames", "0"],
-        ["--skip", "everything"],
+        ["--skip", "demo"],
         ["--sam2-model", "sam2.1_hiera_x"],
         ["--expressions", "100"],
     ):
@@ -366,20 +428,6 @@ def test_gpu_check_judges_a_capped_run() -> None:
     assert not gpu_check.fallback_outcome(0.1, gib, (0, 1), [warning], other, masks)[0]
 
 
-def test_gpu_check_report_table_and_failures() -> None:
-    report = gpu_check.Report()
-    report.add("cpu", "stage 1 float32 GPU vs CPU", True, "pred_logits 1e-05")
-    report.add("memory", "stage 2 under a memory cap", False, "fallback NOT taken")
-    report.add("gids", "--gids over all GPUs", None, "1 GPU on this machine")
-    report.speed.append(["1 ReferDINO (float32)", "2.00 s", "30.0", "240.0", "5.10 GiB"])
-    report.seconds["cpu"] = 12.0
-    text = gpu_check.render(report)
-    assert "| 1 ReferDINO (float32) | 2.00 s |     30.0 |" in text
-    assert "| memory | stage 2 under a memory cap | FAILED  | fallback NOT taken" in text
-    assert "not run" in text and "time per check: cpu 12 s" in text
-    assert [o.check for o in report.failed] == ["memory"]
-
-
 def test_gpu_check_split_and_sentences(tmp_path) -> None:
     from rvos.mevis import MevisSplit
 
@@ -392,44 +440,75 @@ def test_gpu_check_split_and_sentences(tmp_path) -> None:
     assert [e.text for e in split.videos["clip"].expressions.values()] == list(sentences.values())
 
 
-@pytest.mark.slow
-def test_gpu_check_runs_its_checks_on_the_cpu_with_the_tiny_models(tmp_path) -> None:
-    """The check's own code, end to end, with the fixture models on the CPU: the comparisons
-    hold trivially there (the "GPU" is the CPU); the CUDA-only checks say they did not run."""
-    args = gpu_check.parse_args(
-        ["--frames", "3", "--expressions", "2", "--frame-size", "64x48"]
-        + ["--short-frames", "2", "--autocast-frames", "2"]
-    )
-    setup = gpu_check.prepare(args, tmp_path, device="cpu", tiny=True)
-    report = gpu_check.Report()
-    gpu_check.run_checks(setup, report, skip=["autocast"])
-    by_check = {}
-    for outcome in report.outcomes:
-        by_check.setdefault(outcome.check, []).append(outcome.passed)
-    assert by_check == {
-        "speed": [True],
-        "cpu": [True, True],
-        "autocast": [None],
-        "memory": [None],
-        "gids": [None],
-        "demo": [None],
-    }, gpu_check.render(report)
-    assert [row[0] for row in report.speed] == [
-        "1 ReferDINO (float32)",
-        "2 SAM 2 (4 objects, float32)",
-        "3 fusion (CPU)",
-    ]
-    components = {(row[0], row[1]) for row in report.components}
-    assert ("2", "image encoder") in components and (
-        "1",
-        "preprocessing and backbone",
-    ) in components
-    assert len(report.postprocess) == 3
-    assert "per-object tracking" in gpu_check.render(report)
+def test_gpu_check_summary_shows_the_figures_and_every_comparison() -> None:
+    measurements = gpu_check.Measurements(machine="1 GPU(s): H", clip="clip720p: 60 frames")
+    measurements.compared("stage 1 float32 GPU vs CPU", True, "pred_logits 1e-05")
+    measurements.compared("stage 2 under a memory cap", False, "fallback NOT taken")
+    measurements.speed.append(["1 ReferDINO (float32)", "2.00 s", "30.0", "240.0", "5.10 GiB"])
+    text = gpu_check.render(measurements)
+    assert text.startswith("1 GPU(s): H\n\nclip720p: 60 frames")
+    rows = {
+        tuple(cell.strip() for cell in line.strip("|").split("|")) for line in text.splitlines()
+    }
+    assert ("1 ReferDINO (float32)", "2.00 s", "30.0", "240.0", "5.10 GiB") in rows
+    assert ("stage 2 under a memory cap", "FAILED", "fallback NOT taken") in rows
+    assert ("stage 1 float32 GPU vs CPU", "ok", "pred_logits 1e-05") in rows
+    assert "time per component" not in text  # no rows, no table
+    assert gpu_check.render(gpu_check.Measurements()) == ""
 
-    # the worker run the memory check caps: features kept on the device or in host memory
+
+@pytest.mark.slow
+def test_gpu_tests_run_on_the_cpu_with_the_tiny_models(tmp_path) -> None:
+    """The GPU tests' own code, end to end, with the fixture models on the CPU (``--cpu``): the
+    comparisons hold trivially there (the "GPU" is the CPU); the CUDA-only tests skip, saying
+    so. One precision of the autocast comparison is enough here (the other runs the same code)."""
+    sizes = "--frames 3 --expressions 2 --frame-size 64x48 --short-frames 2 --autocast-frames 2"
+    proc, outcomes = run_gpu_tests(
+        "-m",
+        "gpu",
+        "-k",
+        "not bfloat16",
+        env={"GPU_CHECK_ARGS": f"--cpu {sizes} --work-dir {tmp_path / 'work'}"},
+        junit=tmp_path / "junit.xml",
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    needs_cuda = "skipped: needs CUDA (this run is on the CPU: GPU_CHECK_ARGS=--cpu)"
+    assert outcomes == {
+        "test_stages_1_to_3_run_and_their_speed_is_measured": "passed",
+        "test_stage1_float32_on_the_gpu_matches_the_cpu": "passed",
+        "test_stage2_float32_on_the_gpu_matches_the_cpu": "passed",
+        "test_autocast_matches_float32[float16]": "passed",
+        "test_stage1_under_a_memory_cap_retries_with_the_same_masks": needs_cuda,
+        "test_stage2_under_a_memory_cap_retries_offloaded_with_the_same_masks": needs_cuda,
+        "test_gids_over_all_gpus_give_the_records_of_gids_0": needs_cuda,
+        "test_the_demo_runs_on_the_gpu_it_is_given": needs_cuda,
+    }, proc.stdout[-5000:]
+    summary = proc.stdout[proc.stdout.index("GPU check ==") :]
+    for row in (
+        "| 1 ReferDINO (float32) ",
+        "| 2 SAM 2 (4 objects, float32) ",
+        "| 3 fusion (CPU) ",
+        "| preprocessing and backbone ",
+        "| per-object tracking ",
+        "| host way, 80 frames of 64x48, 15 queries ",
+        "| device way, 80 frames of 64x48, 15 queries ",
+        "| stages 1-3 ran ",
+        "| float16 vs float32: fusion decisions ",
+    ):
+        assert row in summary, row
+    assert (tmp_path / "work" / "split" / "meta_expressions.json").is_file()  # --work-dir kept
+
+
+@pytest.mark.slow
+def test_the_memory_check_runs_the_stage1_worker_both_ways(tmp_path) -> None:
+    """The worker run the memory test caps, on the CPU: features kept on the device or in host
+    memory give the same records."""
     from rvos.options import CacheDevice
 
+    sizes = "--frames 3 --expressions 2 --frame-size 64x48 --short-frames 2 --autocast-frames 2"
+    args = gpu_check.parse_args(["--cpu", *sizes.split()])
+    setup = gpu_check.prepare(args, tmp_path)
+    assert setup.device == "cpu" and not setup.on_gpu
     auto = gpu_check.run_stage1_worker(setup, "auto", CacheDevice.auto)
     host = gpu_check.run_stage1_worker(setup, "host", CacheDevice.cpu)
     assert list(auto.expressions) == list(setup.sentences)
@@ -439,7 +518,7 @@ def test_gpu_check_runs_its_checks_on_the_cpu_with_the_tiny_models(tmp_path) -> 
 
 @pytest.mark.slow
 def test_stage1_benchmark_runs_both_ways_identically(caplog) -> None:
-    import bench_stage1_backbone_reuse as bench
+    from benchmarks import bench_stage1_backbone_reuse as bench
 
     caplog.set_level(logging.INFO, logger="bench_stage1")
     bench.main(
@@ -459,7 +538,7 @@ def test_stage1_benchmark_runs_both_ways_identically(caplog) -> None:
 
 @pytest.mark.slow
 def test_stage2_benchmark_runs_both_ways_identically(caplog) -> None:
-    import bench_stage2_feature_reuse as bench
+    from benchmarks import bench_stage2_feature_reuse as bench
 
     caplog.set_level(logging.INFO, logger="bench_stage2")
     bench.main(["--model", "tiny", "--frames", "3", "--frame-size", "96x64", "--objects", "1,2"])

@@ -510,6 +510,7 @@ def record_times(work: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_a_two_task_array_reproduces_a_local_run(
     slurm, run_cli, split, model_overrides, local_run, tmp_path
 ):
@@ -529,6 +530,7 @@ def test_a_two_task_array_reproduces_a_local_run(
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_a_killed_task_is_reported_and_a_rerun_completes_only_what_is_missing(
     slurm, run_cli, split, model_overrides, local_run, tmp_path
 ):
@@ -586,6 +588,7 @@ def test_a_killed_task_is_reported_and_a_rerun_completes_only_what_is_missing(
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_a_preempted_task_is_requeued_and_resumes_after_its_finished_videos(
     slurm, split, model_overrides, local_run, tmp_path
 ):
@@ -617,6 +620,7 @@ def test_a_preempted_task_is_requeued_and_resumes_after_its_finished_videos(
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_a_refused_submission_is_one_line(slurm, run_cli, split, model_overrides, tmp_path):
     overrides = slurm_overrides(model_overrides, split, tmp_path, "launcher.partition=nowhere")
     proc = run_cli(*overrides, check=False)
