@@ -606,8 +606,8 @@ def check_speed(setup: Setup, report: Report) -> None:
     import torch
 
     from bench_stage1_backbone_reuse import POSTPROCESS, TRANSFORMER, time_postprocessing
-    from rvos.proposals import proposals_from_outputs
     from stage1_referdino import preprocess
+    from stage1_referdino.postprocess import proposals_from_outputs
     from stage1_referdino.runner import stage1_record
     from stage2_sam2_refine import runner as stage2_runner
     from stage2_sam2_refine.runner import stage2_record

@@ -12,7 +12,7 @@ from PIL import Image
 
 from rvos.evaluation import evaluate_mevis_v2
 from rvos.mevis import MevisSplit
-from rvos.proposals import proposals_from_outputs
+from stage1_referdino.postprocess import proposals_from_outputs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FRAMES = ["00000", "00001", "00002"]
