@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from referdino_plus.arguments import parse_with_overrides
 from referdino_plus.config import ConfigError, PipelineConfig
 from referdino_plus.demo import summarize, write_outputs, write_summary
 from referdino_plus.runtime import (
     add_single_device_arguments,
-    first_stray_override,
     gpu_count,
     select_devices,
     setup_logging,
@@ -463,13 +463,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     Raises:
         DemoError: a positional argument that is not ``key=value``.
     """
-    args = build_parser().parse_intermixed_args(list(argv))
-    stray = first_stray_override(args.overrides)
-    if stray is not None:
-        raise DemoError(f"unexpected argument {stray!r}: overrides are key=value", EXIT_USAGE)
-    if args.port is not None:
-        args.overrides.append(f"app.port={args.port}")
-    return args
+    return parse_with_overrides(
+        build_parser(), argv, flag_overrides={"port": "app.port"}, stray=stray_argument
+    )
+
+
+def stray_argument(word: str) -> DemoError:
+    """The error of a positional word that is not ``key=value``."""
+    return DemoError(f"unexpected argument {word!r}: overrides are key=value", EXIT_USAGE)
 
 
 def start(args: argparse.Namespace) -> tuple[App, Any]:
