@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(argv[1:])
     if argv[:1] == ["app"]:
-        from referdino_plus.app import main as app_main
+        from referdino_plus.app_server import main as app_main
 
         return app_main(argv[1:])
     if argv[:1] == ["finish"]:

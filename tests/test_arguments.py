@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from referdino_plus import app, cli, demo
+from referdino_plus import app_server, cli, demo
 from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
 from referdino_plus.segmenter import DemoError
 
@@ -55,8 +55,8 @@ def test_demo_and_app_refuse_other_words():
     with pytest.raises(DemoError, match="'stray': overrides are key=value, sentences go after"):
         demo.parse_args(["--video", "v.mp4", "--text", "a", "k=v", "stray"])
     with pytest.raises(DemoError, match="'stray': overrides are key=value$"):
-        app.parse_args(["k=v", "stray", "--cpu"])
-    args = app.parse_args(["--port", "8123", "app.host=0.0.0.0", "--gid", "1"])
+        app_server.parse_args(["k=v", "stray", "--cpu"])
+    args = app_server.parse_args(["--port", "8123", "app.host=0.0.0.0", "--gid", "1"])
     assert args.gid == 1 and args.overrides == ["app.host=0.0.0.0", "app.port=8123"]
 
 
