@@ -125,7 +125,7 @@ def test_frames_are_upsampled_a_chunk_at_a_time(monkeypatch) -> None:
 def test_pixels_flip_only_where_the_upsampled_logit_is_within_rounding_of_zero() -> None:
     """Another device's bilinear kernel rounds its weighted sums differently. Emulate one with
     float64 arithmetic on logits built to cancel (values in {-2, -1, 1, 2}, upsampled 3x, so that
-    many weighted sums are exactly 0): the thresholded masks differ from the float32 host way,
+    many weighted sums are exactly 0): the thresholded masks differ from the CPU's float32 ones,
     and only at pixels whose upsampled logit is within float32 rounding of 0."""
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.choice(np.float32([-2, -1, 1, 2]), size=(4, 3, 10, 14)))
