@@ -37,6 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test oracles
+
+from oracles.sam2_reference import build_reference_predictor  # noqa: E402
 
 import bench_stage2_feature_reuse as sam2_bench  # noqa: E402
 import clips  # noqa: E402
@@ -44,7 +47,6 @@ import real_size  # noqa: E402
 from referdino_plus.config import load_config  # noqa: E402
 from rvos.masks import RunLengthMasks  # noqa: E402
 from stage2_sam2_refine.prompts import prompt_frames, select_queries  # noqa: E402
-from stage2_sam2_refine.reference import build_reference_predictor  # noqa: E402
 from stage2_sam2_refine.refine import Refiner  # noqa: E402
 from stage2_sam2_refine.sam3 import load_rgb_frames  # noqa: E402
 from stage2_sam2_refine.tracker import ObjectPrompt, build_tracker  # noqa: E402

@@ -29,12 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test oracles
+
+from oracles.sam2_reference import build_reference_predictor, reference_refine  # noqa: E402
 
 import clips  # noqa: E402
 import real_size  # noqa: E402
 from referdino_plus.config import load_config  # noqa: E402
 from stage2_sam2_refine.options import PromptKind  # noqa: E402
-from stage2_sam2_refine.reference import build_reference_predictor, reference_refine  # noqa: E402
 from stage2_sam2_refine.refine import Refiner  # noqa: E402
 from stage2_sam2_refine.tracker import build_tracker  # noqa: E402
 from timing import (  # noqa: E402

@@ -7,8 +7,8 @@ nothing. On a generated 720p clip with real-size models and random weights (Refe
 1. speed: per stage, frames/s and expression-frames/s, peak GPU memory, and the share of each
    component (stage 1: backbone / text encoder, transformer and heads / mask post-processing;
    stage 2: frames / image encoder / per-object tracking / mask post-processing); and stage 1's
-   mask post-processing of one expression (80 frames of 1280x720, 15 queries) the host way and
-   the device way, against the model's time per frame;
+   mask post-processing of one expression (80 frames of 1280x720, 15 queries) on the device,
+   against the model's time per frame;
 2. float32 agreement of the GPU with the CPU on a short clip (stage 1: max abs diff of logits,
    boxes and mask logits; stage 2: mask IoU);
 3. float16 and bfloat16 autocast against float32 (mask IoU of both stages, fusion decisions);
@@ -659,8 +659,8 @@ def stage1_components(setup: Setup, measurements: Measurements) -> float:
 
     from benchmarks.bench_stage1_backbone_reuse import POSTPROCESS, TRANSFORMER
     from benchmarks.timing import ComponentTimer
-    from rvos.proposals import proposals_from_outputs
     from stage1_referdino import preprocess
+    from stage1_referdino.postprocess import proposals_from_outputs
 
     model = setup.stage1_model()
     timer = ComponentTimer(torch.device(setup.device))
@@ -731,8 +731,7 @@ def stage2_components(setup: Setup, measurements: Measurements, stage1) -> None:
 
 
 def postprocess_speed(setup: Setup, measurements: Measurements, model_per_frame: float) -> None:
-    """Stage 1's post-processing of one MeViS-size expression, the host way and the device way,
-    against the model's ``model_per_frame`` seconds per expression-frame."""
+    """Stage 1's post-processing of one MeViS-size expression on the device, against the model's ``model_per_frame`` seconds per expression-frame."""
     import torch
 
     from benchmarks.bench_stage1_backbone_reuse import time_postprocessing

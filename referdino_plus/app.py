@@ -1,28 +1,24 @@
-"""The demo in a browser: upload a clip, type sentences, watch the masks.
+"""The jobs of the demo in a browser (``run_pipeline.py app``): upload a clip, type sentences,
+watch the masks.
 
-    python run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
-
-Serves a Gradio page (``pip install .[app]``) on ``app.host``:``--port`` (``configs/pipeline.yaml``,
-section ``app``). A job runs the demo's steps (:class:`~referdino_plus.segmenter.Segmenter`,
+A job runs the demo's steps (:class:`~referdino_plus.segmenter.Segmenter`,
 :func:`~referdino_plus.demo.write_outputs`, :func:`~referdino_plus.demo.summarize`) on one device,
 with the models loaded once when the server starts and kept; jobs run one at a time, the others
 wait in Gradio's queue. Each job writes the demo's outputs and ``masks.zip`` into its own folder
-under ``app.results_dir`` (the last ``app.keep_results`` jobs are kept).
+under ``app.results_dir`` (the last ``app.keep_results`` jobs are kept); the limits are the
+``app`` section of ``configs/pipeline.yaml``.
 
-This module holds everything but the page itself (:mod:`referdino_plus.app_page`, the only one
-that imports Gradio), so that the jobs can be run and tested without Gradio.
+The page (:mod:`referdino_plus.app_page`, the only module that imports Gradio) uses this module;
+the command (:mod:`referdino_plus.app_server`) starts both. The jobs run and are tested without
+Gradio.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import logging
 import re
 import shutil
-import sys
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,34 +26,23 @@ from typing import Any
 
 import numpy as np
 
-from referdino_plus.config import ConfigError, PipelineConfig
+from referdino_plus.config import PipelineConfig
 from referdino_plus.demo import summarize, write_outputs, write_summary
-from referdino_plus.runtime import (
-    add_single_device_arguments,
-    first_stray_override,
-    gpu_count,
-    select_devices,
-    setup_logging,
-)
 from referdino_plus.segmenter import (
-    EXIT_USAGE,
     DemoError,
     ProgressCallback,
     Segmenter,
     StageProgress,
     check_models,
-    load_demo_config,
     with_stage2,
 )
 from rvos.drawing import evenly_spaced
 from rvos.io import atomic_output
 from rvos.video import VideoError, clip_duration, frame_files, h264_writer, load_clip
-from rvos.workers import bind_device
 from stage2_sam2_refine.options import PromptKind, Tracker
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "the app needs Gradio: pip install '.[app]' (or make setup)"
 OUT_OF_MEMORY_HINT = (
     "use fewer frames (a larger frame step, a smaller max frames), a smaller SAM 2, or run the "
     "app with --cpu"
@@ -69,21 +54,6 @@ CONFIGURED_SAM2 = "configured"
 GENERATED_EXAMPLE = "moving shapes (generated)"
 # A job folder's name: its number, zero-padded (sorts by age).
 JOB_NAME = re.compile(r"^job-(\d{6})$")
-# run_pipeline.py app --help
-DESCRIPTION = """\
-The demo in a browser page: upload a clip (or pick an example), type one sentence per line, and
-Run. The page shows the overlay video, the fusion decision of each sentence, a few mask frames,
-and masks.zip to download (the same outputs as run_pipeline.py demo).
-
-The models load once, when the server starts, on one device (GPU 0, --gid N or --cpu) and stay
-loaded; jobs run one at a time, the others wait in a queue. The server listens on app.host at
---port (or app.port) and logs the address to open. The page has no login: put it behind your
-own access control before app.host=0.0.0.0 lets other machines in. The limits (upload size,
-clip length, frames, sentences) and the folder of each job's files (app.results_dir) are the
-app section of configs/pipeline.yaml, changed with key=value.
-
-Needs Gradio: make setup installs it (elsewhere: pip install '.[app]').
-"""
 
 
 # ----------------------------------------------------------------------------- examples
@@ -441,73 +411,3 @@ class App:
         ]
         clip.close()  # a video's decoded frames (also deleted if anything above fails)
         return JobResult(folder, folder / "overlay.mp4", zip_masks(folder), gallery, summary)
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="run_pipeline.py app",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--port", type=int, metavar="P", help="port to serve on (app.port)")
-    add_single_device_arguments(parser)
-    return parser
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse flags and ``key=value`` overrides in any order; ``--port`` becomes ``app.port``.
-
-    Raises:
-        DemoError: a positional argument that is not ``key=value``.
-    """
-    args = build_parser().parse_intermixed_args(list(argv))
-    stray = first_stray_override(args.overrides)
-    if stray is not None:
-        raise DemoError(f"unexpected argument {stray!r}: overrides are key=value", EXIT_USAGE)
-    if args.port is not None:
-        args.overrides.append(f"app.port={args.port}")
-    return args
-
-
-def start(args: argparse.Namespace) -> tuple[App, Any]:
-    """Configuration, device, models and page (not yet serving).
-
-    Raises:
-        DemoError: Gradio missing, a bad configuration or device.
-    """
-    if importlib.util.find_spec("gradio") is None:
-        raise DemoError(INSTALL_HINT, EXIT_USAGE)
-    try:
-        cfg = load_demo_config(args.overrides)
-        gids = None if args.gid is None else [args.gid]
-        (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
-    except (ConfigError, ValueError) as err:
-        raise DemoError(str(err), EXIT_USAGE) from None
-    bind_device(device)
-    from referdino_plus.app_page import build_page
-
-    app = App(cfg, device)
-    app.load_models()
-    return app, build_page(app)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``run_pipeline.py app ...``: serve until interrupted; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging(quiet="-q" in argv or "--quiet" in argv)
-    try:
-        args = parse_args(argv)
-        app, page = start(args)
-    except DemoError as err:
-        logger.error("%s", err)
-        return err.exit_code
-    from referdino_plus.app_page import launch
-
-    try:
-        launch(page, app)
-    except KeyboardInterrupt:
-        logger.info("stopped")
-    return 0

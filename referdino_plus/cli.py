@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
 from referdino_plus.runtime import (
     gpu_count,
     log_file_failed,
@@ -82,23 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         "work_dir/visualize (visualize.enabled=true)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
-    )
+    add_overrides_argument(parser)
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse flags and ``key=value`` overrides in any order (``--stages 2 3 data.root=...``)."""
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    flags = [a for a in argv if a not in overrides]
-    args = build_parser().parse_args(flags)
-    args.overrides = list(args.overrides) + overrides
-    if args.name:
-        args.overrides.append(f"name={args.name}")
-    if args.visualize:
-        args.overrides.append("visualize.enabled=true")
-    return args
+    """Parse flags and ``key=value`` overrides in any order (``--stages 2 3 data.root=...``);
+    ``--name`` and ``--visualize`` become ``name=...`` and ``visualize.enabled=true``."""
+    return parse_with_overrides(
+        build_parser(), argv, flag_overrides={"name": "name", "visualize": "visualize.enabled"}
+    )
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -282,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(argv[1:])
     if argv[:1] == ["app"]:
-        from referdino_plus.app import main as app_main
+        from referdino_plus.app_server import main as app_main
 
         return app_main(argv[1:])
     if argv[:1] == ["finish"]:

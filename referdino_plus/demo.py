@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from referdino_plus.arguments import parse_with_overrides
 from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions
 from referdino_plus.runtime import (
     add_single_device_arguments,
-    first_stray_override,
     gpu_count,
     select_devices,
     setup_logging,
@@ -112,18 +112,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         DemoError: a positional argument that is not ``key=value``, or a non-positive
             ``--frame-step``/``--max-frames``.
     """
-    args = build_parser().parse_intermixed_args(list(argv))
-    stray = first_stray_override(args.overrides)
-    if stray is not None:
-        raise DemoError(
-            f"unexpected argument {stray!r}: overrides are key=value, sentences go after --text",
-            EXIT_USAGE,
-        )
+    args = parse_with_overrides(build_parser(), argv, stray=stray_argument)
     if args.frame_step < 1:
         raise DemoError(f"--frame-step {args.frame_step}: expected N >= 1", EXIT_USAGE)
     if args.max_frames is not None and args.max_frames < 1:
         raise DemoError(f"--max-frames {args.max_frames}: expected N >= 1", EXIT_USAGE)
     return args
+
+
+def stray_argument(word: str) -> DemoError:
+    """The error of a positional word that is not ``key=value``."""
+    return DemoError(
+        f"unexpected argument {word!r}: overrides are key=value, sentences go after --text",
+        EXIT_USAGE,
+    )
 
 
 def check_sentences(texts: Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from referdino_plus.arguments import add_overrides_argument
 from rvos.progress import set_quiet
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -113,14 +114,7 @@ def add_single_device_arguments(parser: argparse.ArgumentParser) -> None:
     device.add_argument("--cpu", action="store_true", help="run on the CPU")
     device.add_argument("--gid", type=int, metavar="N", help="run on GPU N (default: GPU 0)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides of configs/pipeline.yaml"
-    )
-
-
-def first_stray_override(overrides: Sequence[str]) -> str | None:
-    """The first positional argument that is not ``key=value``, or ``None``."""
-    return next((a for a in overrides if "=" not in a), None)
+    add_overrides_argument(parser)
 
 
 def gpu_count() -> int:

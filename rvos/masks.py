@@ -459,11 +459,47 @@ def bounding_box_area(mask: np.ndarray) -> int:
     return int(rows[-1] - rows[0]) * int(cols[-1] - cols[0])
 
 
-def upsample_mask_logits(logits, size: tuple[int, int], *, chunk: int = 8) -> np.ndarray:
-    """Binary masks at frame size from low-resolution logits.
+def threshold_mask_logits(logits, size: tuple[int, int]):
+    """``interpolate(logits, size, mode="bilinear", align_corners=False) > 0`` in float32, computed
+    where ``logits`` are (the one definition of a stored mask from a model's mask logits).
 
-    ``interpolate(logits, size, mode="bilinear", align_corners=False) > 0``, computed in float32
-    ``chunk`` frames at a time to bound memory.
+    Args:
+        logits: ``[t, n, h, w]`` mask logits, a torch tensor on any device.
+        size: ``(H, W)`` frame size.
+    Returns:
+        ``[t, n, H, W] bool`` tensor on the device of ``logits``.
+    """
+    import torch.nn.functional as F  # only the helpers on logits need torch: light workers
+
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False) > 0
+
+
+def encode_mask_logits(logits, size: tuple[int, int], *, chunk: int = 8) -> RunLengthMasks:
+    """Run-length masks at frame size from low-resolution logits (:func:`threshold_mask_logits`),
+    ``chunk`` frames at a time, upsampled, thresholded and encoded where ``logits`` are: from a
+    GPU tensor only the run boundaries come back to the host (:meth:`RunLengthMasks.encode_tensor`).
+
+    Args:
+        logits: ``[T, N, h, w]`` mask logits (numpy array: on the CPU; or torch tensor).
+        size: ``(H, W)`` frame size.
+    Returns:
+        ``[T, N, H, W]`` masks.
+    """
+    import torch
+
+    logits = torch.as_tensor(logits)
+    parts = [
+        RunLengthMasks.encode_tensor(threshold_mask_logits(logits[t : t + chunk], size))
+        for t in range(0, logits.shape[0], chunk)
+    ]
+    if not parts:
+        return RunLengthMasks.empty((0, logits.shape[1], *size))
+    return RunLengthMasks.concatenate(parts)
+
+
+def upsample_mask_logits(logits, size: tuple[int, int], *, chunk: int = 8) -> np.ndarray:
+    """Binary masks at frame size from low-resolution logits, as a host array
+    (:func:`threshold_mask_logits`, ``chunk`` frames at a time to bound memory).
 
     Args:
         logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor).
@@ -471,19 +507,11 @@ def upsample_mask_logits(logits, size: tuple[int, int], *, chunk: int = 8) -> np
     Returns:
         ``[T, N, H, W] bool``.
     """
-    import torch  # only this helper needs torch: keeps the evaluator's workers light
-    import torch.nn.functional as F
+    import torch
 
     logits = torch.as_tensor(logits)
     frames = [
-        (
-            F.interpolate(
-                logits[t : t + chunk].float(), size=size, mode="bilinear", align_corners=False
-            )
-            > 0
-        )
-        .cpu()
-        .numpy()
+        threshold_mask_logits(logits[t : t + chunk], size).cpu().numpy()
         for t in range(0, logits.shape[0], chunk)
     ]
     if not frames:

@@ -1,5 +1,10 @@
-"""Stage-1 records: built from a model's raw outputs or from ReferDINO-Plus legacy files, and
-read back by the stages after it (:class:`Stage1Records`).
+"""Stage-1 records: built from a model's raw outputs (scores, boxes and every query's masks) or
+from ReferDINO-Plus legacy files, and read back by the stages after it (:class:`Stage1Records`).
+
+Which queries a record keeps (:func:`kept_query_ids`) and which make its answer (the rules below)
+are decided here; the stage-1 runner makes the masks from its model's logits
+(:mod:`stage1_referdino.postprocess`), a legacy file's are made here from the logits it holds
+(:func:`rvos.masks.encode_mask_logits`, the same masks).
 
 A record also holds each expression's *stage-1 answer*, the masks of ``stage1.zip``, chosen by an
 answer rule (``data.answer``, registered by name in :data:`ANSWER_RULES`):
@@ -15,7 +20,6 @@ answer rule (``data.answer``, registered by name in :data:`ANSWER_RULES`):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ import numpy as np
 from rvos import intermediates as im
 from rvos.intermediates import ExpressionProposals, Stage1Video
 from rvos.legacy import LegacyVideo, read_legacy_npz
-from rvos.masks import RunLengthMasks, upsample_mask_logits
+from rvos.masks import RunLengthMasks, encode_mask_logits
 from rvos.registry import Registry
 from rvos.splits import DataError, Split, Video
 
@@ -33,8 +37,6 @@ from rvos.splits import DataError, Split, Video
 # an object its mask probability, zeroed below MERGE_MIN_PROBABILITY; the highest wins.
 MERGE_BACKGROUND_SCORE = 0.1
 MERGE_MIN_PROBABILITY = 0.5
-
-logger = logging.getLogger(__name__)
 
 
 def answer_query_ids(scores: np.ndarray, obj_threshold: float) -> np.ndarray:
@@ -145,85 +147,6 @@ def kept_query_ids(scores: np.ndarray, top_k: int | None) -> np.ndarray:
     return np.sort(best).astype(np.int64)
 
 
-def proposals_from_outputs(
-    scores: np.ndarray,
-    boxes: np.ndarray,
-    mask_logits,
-    frame_size: tuple[int, int],
-    *,
-    top_k: int | None,
-    obj_threshold: float,
-    answer: str = THRESHOLD_OR_TOP1,
-    frames_per_chunk: int = 8,
-    on_device: bool | None = None,
-) -> ExpressionProposals:
-    """Build one expression's stage-1 record from the model outputs.
-
-    The masks are ``interpolate(mask_logits, frame_size, bilinear) > 0``, run-length encoded, a
-    few frames at a time. Two ways compute them:
-
-    - on the host (CPU tensors and numpy arrays): upsampled in torch on the CPU, encoded in numpy;
-    - on the device (``on_device``; by default when ``mask_logits`` is a tensor on a GPU): upsampled,
-      thresholded and run-length encoded where the logits are, so that only the run boundaries
-      come back to the host (:meth:`RunLengthMasks.encode_tensor`).
-
-    Both encode the same runs of the same binary masks. The binary masks themselves can differ
-    between devices only where an upsampled logit is within float rounding of 0 (a GPU's
-    bilinear kernel may round a weighted sum differently from the CPU's); on the CPU both ways
-    give identical masks.
-
-    Args:
-        scores: ``[T, N] float32`` sigmoid scores.
-        boxes: ``[T, N, 4] float32`` normalised ``(cx, cy, w, h)``.
-        mask_logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor on any device).
-        frame_size: ``(H, W)`` original frame size.
-        top_k: queries kept in the record (``None``: all); see :func:`kept_query_ids`.
-        obj_threshold: threshold of the stage-1 answer rule.
-        answer: the answer rule's name (:data:`ANSWER_RULES`); the answer is the union of the
-            chosen queries' masks (a rule with ``annotator_argmax`` is finished per video by
-            :func:`apply_annotator_argmax`).
-        frames_per_chunk: frames upsampled and encoded at a time (bounds memory).
-        on_device: force (True) or refuse (False) the device way; ``None``: a GPU tensor only.
-    """
-    kept = kept_query_ids(scores, top_k)
-    chosen = get_answer_rule(answer).select(scores, obj_threshold)
-    needed = np.union1d(kept, chosen)
-    column = {int(q): i for i, q in enumerate(needed)}
-    kept_cols = [column[int(q)] for q in kept]
-    answer_cols = [column[int(q)] for q in chosen]
-    if on_device is None:
-        on_device = _is_gpu_tensor(mask_logits)
-    columns = (needed, kept_cols, answer_cols, frame_size, frames_per_chunk)
-    if on_device:
-        masks, answer_masks = _encode_on_device_or_host(mask_logits, *columns)
-    else:
-        masks, answer_masks = _encode_on_host(mask_logits, *columns)
-    return ExpressionProposals(
-        scores=np.ascontiguousarray(np.asarray(scores)[:, kept], dtype=np.float32),
-        boxes=np.ascontiguousarray(np.asarray(boxes)[:, kept], dtype=np.float32),
-        masks=masks,
-        query_ids=kept,
-        answer=answer_masks,
-    )
-
-
-def query_masks(
-    mask_logits, frame_size: tuple[int, int], *, frames_per_chunk: int = 8
-) -> RunLengthMasks:
-    """``[T, N, H, W]`` masks of every query, encoded as :func:`proposals_from_outputs` encodes a
-    record's (the same runs; on the device when ``mask_logits`` is a GPU tensor).
-
-    Args:
-        mask_logits: ``[T, N, h, w]`` mask logits (numpy array or torch tensor on any device).
-        frame_size: ``(H, W)``.
-    """
-    every = np.arange(np.shape(mask_logits)[1], dtype=np.int64)
-    columns = (every, list(range(every.size)), [], frame_size, frames_per_chunk)
-    encode = _encode_on_device_or_host if _is_gpu_tensor(mask_logits) else _encode_on_host
-    masks, _ = encode(mask_logits, *columns)
-    return masks
-
-
 def proposals_from_query_masks(
     scores: np.ndarray,
     boxes: np.ndarray,
@@ -234,13 +157,17 @@ def proposals_from_query_masks(
     answer: str = THRESHOLD_OR_TOP1,
     frames_per_chunk: int = 8,
 ) -> ExpressionProposals:
-    """One expression's stage-1 record from every query's masks already encoded
-    (:func:`query_masks`): the record :func:`proposals_from_outputs` makes from their logits.
+    """One expression's stage-1 record from every query's masks: the kept queries' masks, and
+    the answer, the union of the masks of the queries its rule chooses (a rule with
+    ``annotator_argmax`` is finished per video by :func:`apply_annotator_argmax`).
 
     Args:
-        scores: ``[T, N] float32``; boxes: ``[T, N, 4] float32``.
+        scores: ``[T, N] float32`` sigmoid scores; boxes: ``[T, N, 4] float32`` normalised
+            ``(cx, cy, w, h)``.
         masks: ``[T, N, H, W]`` every query's masks.
-        top_k, obj_threshold, answer: as :func:`proposals_from_outputs`.
+        top_k: queries kept in the record (``None``: all); see :func:`kept_query_ids`.
+        obj_threshold: threshold of the answer rule.
+        answer: the answer rule's name (:data:`ANSWER_RULES`).
         frames_per_chunk: frames of the answer decoded at a time (bounds memory).
     """
     kept = kept_query_ids(scores, top_k)
@@ -256,81 +183,6 @@ def proposals_from_query_masks(
         query_ids=kept,
         answer=RunLengthMasks.concatenate(answer_parts),
     )
-
-
-def _is_gpu_tensor(value) -> bool:
-    """Whether ``value`` is a torch tensor on a device other than the CPU (no torch import)."""
-    device = getattr(value, "device", None)
-    return device is not None and getattr(device, "type", "cpu") != "cpu"
-
-
-def _encode_on_host(
-    mask_logits,
-    needed: np.ndarray,
-    kept_cols: list[int],
-    answer_cols: list[int],
-    frame_size: tuple[int, int],
-    frames_per_chunk: int,
-) -> tuple[RunLengthMasks, RunLengthMasks]:
-    """Kept queries' masks ``[T, K, H, W]`` and the answer's union ``[T, H, W]``, run-length
-    encoded on the host from ``mask_logits: [T, N, h, w]`` (numpy or CPU tensor)."""
-    if hasattr(mask_logits, "cpu"):  # a torch tensor, possibly on a GPU
-        mask_logits = mask_logits.cpu()
-    logits = np.asarray(mask_logits)[:, needed]
-    kept_parts, answer_parts = [], []
-    # A few frames at a time: full-size masks of a long video do not fit in memory at once.
-    for start in range(0, logits.shape[0], frames_per_chunk):
-        binary = upsample_mask_logits(logits[start : start + frames_per_chunk], frame_size)
-        kept_parts.append(RunLengthMasks.encode(binary[:, kept_cols]))
-        answer_parts.append(RunLengthMasks.encode(binary[:, answer_cols].any(axis=1)))
-    return RunLengthMasks.concatenate(kept_parts), RunLengthMasks.concatenate(answer_parts)
-
-
-def _encode_on_device_or_host(mask_logits, *columns) -> tuple[RunLengthMasks, RunLengthMasks]:
-    """:func:`_encode_on_device`; if the device runs out of memory, :func:`_encode_on_host`
-    (with a warning: the model itself fitted, only the full-size masks did not)."""
-    import torch
-
-    try:
-        return _encode_on_device(mask_logits, *columns)
-    except torch.OutOfMemoryError:
-        pass  # outside the handler, so that the failed attempt's tensors can be freed
-    logger.warning(
-        "out of memory upsampling %d frames of masks to %s on %s; making them on the host",
-        columns[-1],
-        "x".join(map(str, columns[-2][::-1])),
-        mask_logits.device,
-    )
-    torch.cuda.empty_cache()
-    return _encode_on_host(mask_logits, *columns)
-
-
-def _encode_on_device(
-    mask_logits,
-    needed: np.ndarray,
-    kept_cols: list[int],
-    answer_cols: list[int],
-    frame_size: tuple[int, int],
-    frames_per_chunk: int,
-) -> tuple[RunLengthMasks, RunLengthMasks]:
-    """As :func:`_encode_on_host`, computed where the tensor ``mask_logits`` lives; only run
-    boundaries are copied to the host."""
-    import torch  # the data layer imports torch only where it computes with it
-    import torch.nn.functional as F
-
-    logits = torch.as_tensor(mask_logits)
-    index = torch.as_tensor(needed, dtype=torch.long, device=logits.device)
-    kept_index = torch.as_tensor(kept_cols, dtype=torch.long, device=logits.device)
-    answer_index = torch.as_tensor(answer_cols, dtype=torch.long, device=logits.device)
-    kept_parts, answer_parts = [], []
-    with torch.inference_mode():
-        for start in range(0, logits.shape[0], frames_per_chunk):
-            chunk = logits[start : start + frames_per_chunk].index_select(1, index).float()
-            binary = F.interpolate(chunk, size=frame_size, mode="bilinear", align_corners=False) > 0
-            kept_parts.append(RunLengthMasks.encode_tensor(binary.index_select(1, kept_index)))
-            answer = binary.index_select(1, answer_index).any(dim=1)
-            answer_parts.append(RunLengthMasks.encode_tensor(answer))
-    return RunLengthMasks.concatenate(kept_parts), RunLengthMasks.concatenate(answer_parts)
 
 
 def answer_logits(
@@ -450,11 +302,10 @@ def stage1_from_legacy(
                 f"{arrays['scores'].shape[0]} frames, the split lists {len(frame_names)}"
             )
         # All queries in the file's order: stage 2 indexes them as the original script did.
-        record.expressions[exp_id] = proposals_from_outputs(
+        record.expressions[exp_id] = proposals_from_query_masks(
             arrays["scores"],
             arrays["boxes"],
-            arrays["masks"],
-            (height, width),
+            encode_mask_logits(arrays["masks"], (height, width)),
             top_k=None,
             obj_threshold=obj_threshold,
             answer=answer,

@@ -36,9 +36,7 @@ from rvos.proposals import (
     answer_logits,
     apply_annotator_argmax,
     get_answer_rule,
-    proposals_from_outputs,
     proposals_from_query_masks,
-    query_masks,
 )
 from rvos.splits import Split, Video
 from rvos.workers import VideoProcessor
@@ -46,6 +44,7 @@ from stage1_referdino.build import load_referdino
 from stage1_referdino.model import ReferDINO
 from stage1_referdino.model.text_encoder import token_count
 from stage1_referdino.options import Stage1Options
+from stage1_referdino.postprocess import proposals_from_outputs, query_masks
 from stage1_referdino.transforms import preprocess
 from stage1_referdino.windows import QueryStitcher, Window, WindowOutputs, clip_windows
 
@@ -78,7 +77,8 @@ class RawOutputs:
         scores: ``[T, Q] float32`` sigmoid of the query logits, on the CPU.
         boxes: ``[T, Q, 4] float32`` normalised ``(cx, cy, w, h)``, on the CPU.
         mask_logits: ``[T, Q, h, w] float32`` tensor at stride 4 of the network input, on the
-            model's device (the record's masks are made there: :func:`proposals_from_outputs`).
+            model's device (the record's masks are made there:
+            :func:`~stage1_referdino.postprocess.proposals_from_outputs`).
     """
 
     scores: np.ndarray
@@ -309,9 +309,9 @@ def one_pass_record(
     """:func:`stage1_record` in one pass: the model sees every frame at once (``windows`` is
     the one window of every frame), as ReferDINO's MeViS inference.
 
-    On a GPU, each sentence's masks are upsampled, thresholded and run-length encoded on the GPU
-    (only run lengths come back), in a background thread while the model runs the next sentence;
-    on the CPU, in line, as before (:func:`proposals_from_outputs`).
+    Each sentence's masks are upsampled, thresholded and run-length encoded where the model runs
+    (:func:`~stage1_referdino.postprocess.proposals_from_outputs`): on a GPU (only run lengths
+    come back) in a background thread while the model runs the next sentence; on the CPU in line.
     """
     height, width = frame_size(images)
     record = im.Stage1Video(video_id, list(frame_names), height, width)

@@ -10,7 +10,7 @@ import pytest
 
 from rvos import intermediates as im
 from rvos.mevis import MevisSplit
-from rvos.proposals import proposals_from_outputs
+from stage1_referdino.postprocess import proposals_from_outputs
 from stage2_sam2_refine.prompts import select_queries
 from stage2_sam2_refine.refine import Refiner
 from stage2_sam2_refine.runner import stage2_record

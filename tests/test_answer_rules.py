@@ -13,10 +13,10 @@ from rvos.proposals import (
     annotator_argmax,
     check_answer_rule,
     get_answer_rule,
-    proposals_from_outputs,
     stage1_from_legacy,
 )
 from rvos.splits import DataError, Split
+from stage1_referdino.postprocess import proposals_from_outputs
 
 
 def logit(p: float) -> float:

@@ -16,14 +16,13 @@ from PIL import Image
 from referdino_plus.app import (
     CONFIGURED_SAM2,
     GENERATED_EXAMPLE,
-    INSTALL_HINT,
     READING,
     App,
     JobRequest,
-    parse_args,
     parse_sentences,
     write_example_clip,
 )
+from referdino_plus.app_server import INSTALL_HINT, parse_args
 from referdino_plus.config import load_config
 from referdino_plus.segmenter import STAGE1, STAGE2, STAGE3, DemoError, StageProgress
 
@@ -32,7 +31,7 @@ NUM_FRAMES, HEIGHT, WIDTH = 6, 64, 96
 
 
 def make_app(tmp_path: Path, overrides: list[str]) -> App:
-    cfg = load_config([*overrides, f"app.results_dir={tmp_path / 'results'}", "app.examples=[]"])
+    cfg = load_config([f"app.results_dir={tmp_path / 'results'}", *overrides])
     return App(cfg, "cpu")
 
 
@@ -105,6 +104,26 @@ def test_the_decision_table_escapes_the_sentences():
     assert '<td class="wraps" dir="auto">' in table and "background:#ff4646" in table
     for cell in ("<td>1</td>", "<td>1/4</td>", "<td>3, 7</td>", "<td>4/6</td>"):
         assert cell in table
+
+
+def test_examples_are_the_generated_clip_then_those_configured(tmp_path, clip):
+    """No example by default but the generated clip; a test sets its own: a video, a frame
+    folder (previewed as an mp4 once), and one that does not exist (left out)."""
+    assert load_config([]).app.examples == []
+    frames = tmp_path / "video" / "frames"
+    frames.mkdir(parents=True)
+    for index in range(3):
+        Image.new("RGB", (WIDTH, HEIGHT), (40 * index, 0, 0)).save(frames / f"{index:05d}.jpg")
+    missing = tmp_path / "nowhere.mp4"
+    app = make_app(tmp_path, [f"app.examples=[{clip},{frames},{missing}]"])
+    generated, video, folder = app.examples
+    assert generated.label == GENERATED_EXAMPLE and generated.source.is_file()
+    assert (video.label, video.source, video.preview) == ("clip.mp4 (0.8 s)", clip, clip)
+    assert folder.label == "video/frames (3 frames)" and folder.source == frames
+    assert folder.preview.suffix == ".mp4" and folder.preview.parent == generated.source.parent
+    made = folder.preview.stat().st_mtime_ns
+    again = make_app(tmp_path, [f"app.examples=[{frames}]"]).examples[1]
+    assert again.preview == folder.preview and again.preview.stat().st_mtime_ns == made
 
 
 def test_limits_give_one_line_messages(tmp_path, clip):

@@ -13,7 +13,7 @@ from text_tables import read_table
 
 from rvos.mevis import MevisSplit
 from rvos.mevis_metric import evaluate_mevis_v2
-from rvos.proposals import proposals_from_outputs
+from stage1_referdino.postprocess import proposals_from_outputs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FRAMES = ["00000", "00001", "00002"]

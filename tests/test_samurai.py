@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles.sam2_reference import reference_refine
 
 from referdino_plus.config import load_config
 from rvos.legacy import read_legacy_npz
@@ -19,7 +20,6 @@ from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 from stage2_sam2_refine.options import PromptKind, Tracker
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
-from stage2_sam2_refine.reference import reference_refine
 from stage2_sam2_refine.refine import Refiner
 from stage2_sam2_refine.sam2_tracker import Sam2Tracker
 from stage2_sam2_refine.samurai import (

@@ -51,7 +51,7 @@ def test_proposals_equal_the_dense_computation():
     """Chunked upsampling + encoding gives the masks of one dense interpolate over all frames."""
     import torch.nn.functional as F
 
-    from rvos.proposals import proposals_from_outputs
+    from stage1_referdino.postprocess import proposals_from_outputs
 
     rng = np.random.default_rng(3)
     num_frames, num_queries = 11, 5

@@ -14,13 +14,9 @@ from PIL import Image
 from referdino_plus.config import ConfigError, load_config
 from referdino_plus.pipeline import stage_fingerprints
 from rvos.masks import RunLengthMasks
-from rvos.proposals import (
-    ANSWER_RULES,
-    proposals_from_outputs,
-    proposals_from_query_masks,
-    query_masks,
-)
+from rvos.proposals import ANSWER_RULES, proposals_from_query_masks
 from stage1_referdino.options import Stage1Window
+from stage1_referdino.postprocess import proposals_from_outputs, query_masks
 from stage1_referdino.windows import (
     QueryStitcher,
     Window,

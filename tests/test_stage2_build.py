@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose
 from omegaconf import OmegaConf
+from oracles.sam2_reference import sam2_hydra
 from sam2.utils.misc import load_video_frames
 
 from rvos.masks import RunLengthMasks
@@ -28,7 +29,6 @@ from stage2_sam2_refine.build import (
     resolve_sam2_config,
 )
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, load_frames
-from stage2_sam2_refine.reference import sam2_hydra
 from stage2_sam2_refine.refine import Refiner, _mask_at
 from stage2_sam2_refine.sam2_tracker import Sam2Tracker
 

@@ -3,7 +3,7 @@
 Reference: SAM 2's own predictor built by SAM 2's own builder, used the per-expression way of
 ReferDINO-Plus (``init_state`` from the frame folder, one ``add_new_*`` per kept query,
 ``propagate_in_video`` forward then reverse), on CPU with float32 memories
-(:mod:`stage2_sam2_refine.reference`). Ours: one :class:`VideoSession` for all expressions.
+(``tests/oracles/sam2_reference.py``). Ours: one :class:`VideoSession` for all expressions.
 Masks must be bit-identical for every prompt kind.
 """
 
@@ -17,13 +17,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from oracles.sam2_reference import build_reference_predictor, reference_refine
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from rvos.legacy import read_legacy_npz
 from rvos.masks import upsample_mask_logits
 from stage2_sam2_refine.build import build_sam2_predictor
 from stage2_sam2_refine.options import PromptKind
-from stage2_sam2_refine.reference import build_reference_predictor, reference_refine
 from stage2_sam2_refine.refine import Refiner
 from stage2_sam2_refine.sam2_tracker import Sam2Tracker
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles.sam2_reference import build_reference_predictor
 from sam2 import sam2_video_predictor
 
 from stage2_sam2_refine import predictor as predictor_module
@@ -21,7 +22,6 @@ from stage2_sam2_refine.predictor import (
     check_sam2_compatibility,
     installed_sam2_version,
 )
-from stage2_sam2_refine.reference import build_reference_predictor
 from stage2_sam2_refine.tracker import propagation_order
 
 NUM_FRAMES = 24  # the first frames of videoA

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles.sam2_reference import build_reference_predictor
 from PIL import Image
 from sam2.utils.misc import load_video_frames
 
@@ -32,7 +33,6 @@ from stage2_sam2_refine.predictor import (
     VideoSession,
     check_frame_headers,
 )
-from stage2_sam2_refine.reference import build_reference_predictor
 from stage2_sam2_refine.tracker import ObjectPrompt, build_tracker, propagation_order
 
 NUM_FRAMES, HEIGHT, WIDTH = 56, 48, 64

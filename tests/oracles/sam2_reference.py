@@ -4,9 +4,9 @@ For each expression ReferDINO-Plus calls ``init_state(video_path)`` (decoding th
 encoding frames again), adds one prompt per kept query and propagates forward, then in reverse.
 :func:`reference_refine` does exactly that with SAM 2's unmodified
 :class:`~sam2.sam2_video_predictor.SAM2VideoPredictor`, built by SAM 2's own
-``build_sam2_video_predictor``. It exists to check and to time
-:class:`~stage2_sam2_refine.refine.Refiner` against (tests, benchmarks); the pipeline does not
-use it.
+``build_sam2_video_predictor``. It is the oracle that
+:class:`~stage2_sam2_refine.refine.Refiner` is checked and timed against (tests, and benchmarks
+that put ``tests/`` on their path); the packages do not ship it.
 
 Off CUDA, SAM 2's predictor cannot run as released: it stores memory features in bfloat16, which
 its float32 CPU memory attention rejects. :class:`Float32MemoryPredictor` changes only that, by
