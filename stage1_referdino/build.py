@@ -66,37 +66,6 @@ DOWNLOAD_HINT = "run `bash download_ckpts.sh` (see README) to fetch the released
 # What a BERT tokenizer + config folder needs (download_ckpts.sh bert also fetches the fast
 # tokenizer's files, which can be rebuilt from these).
 TEXT_ENCODER_FILES = ("config.json", "vocab.txt")
-# Config keys that Transformer and ReferDINO take as arguments of the same name (the others are
-# mapped in build_referdino).
-TRANSFORMER_KEYS = (
-    "num_queries",
-    "dim_feedforward",
-    "dropout",
-    "num_feature_levels",
-    "enc_n_points",
-    "dec_n_points",
-    "embed_init_tgt",
-    "use_text_enhancer",
-    "use_fusion_layer",
-    "use_text_cross_attention",
-    "text_dropout",
-    "query_decay",
-)
-REFERDINO_KEYS = (
-    "num_feature_levels",
-    "nheads",
-    "dec_pred_bbox_embed_share",
-    "two_stage_bbox_embed_share",
-    "temporal_layer",
-    "tracking_alpha",
-    "dropout",
-    "enc_lora",
-    "dec_lora",
-    "lora_rank",
-    "sub_sentence_present",
-    "max_text_len",
-    "clip_len",
-)
 # Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
 MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
@@ -211,10 +180,6 @@ class ReferDINOConfig:
         for key, (value, expected) in unsupported.items():
             if value != expected:
                 raise ValueError(f"{key}={value!r} is not supported (expected {expected!r})")
-
-    def values_of(self, *keys: str) -> dict[str, Any]:
-        """``{key: value}`` of ``keys``: the settings a constructor takes under the same names."""
-        return {key: getattr(self, key) for key in keys}
 
 
 def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:
@@ -366,10 +331,21 @@ def build_referdino(
     transformer = Transformer(
         d_model=hidden,
         nhead=config.nheads,
+        num_queries=config.num_queries,
         num_encoder_layers=config.enc_layers,
         num_decoder_layers=config.dec_layers,
+        dim_feedforward=config.dim_feedforward,
+        dropout=config.dropout,
         activation=config.transformer_activation,
-        **config.values_of(*TRANSFORMER_KEYS),
+        num_feature_levels=config.num_feature_levels,
+        enc_n_points=config.enc_n_points,
+        dec_n_points=config.dec_n_points,
+        embed_init_tgt=config.embed_init_tgt,
+        use_text_enhancer=config.use_text_enhancer,
+        use_fusion_layer=config.use_fusion_layer,
+        use_text_cross_attention=config.use_text_cross_attention,
+        text_dropout=config.text_dropout,
+        query_decay=config.query_decay,
     )
     seg = config.SegHead
     pixel_decoder = FPNSpatialDecoder(
@@ -396,8 +372,20 @@ def build_referdino(
         tokenizer=tokenizer,
         pixel_decoder=pixel_decoder,
         mask_decoder=mask_decoder,
+        num_feature_levels=config.num_feature_levels,
+        nheads=config.nheads,
+        dec_pred_bbox_embed_share=config.dec_pred_bbox_embed_share,
+        two_stage_bbox_embed_share=config.two_stage_bbox_embed_share,
+        temporal_layer=config.temporal_layer,
+        tracking_alpha=config.tracking_alpha,
+        dropout=config.dropout,
+        enc_lora=config.enc_lora,
+        dec_lora=config.dec_lora,
+        lora_rank=config.lora_rank,
+        sub_sentence_present=config.sub_sentence_present,
+        max_text_len=config.max_text_len,
+        clip_len=config.clip_len,
         autocast_dtype=autocast_dtype,
-        **config.values_of(*REFERDINO_KEYS),
     )
 
 
