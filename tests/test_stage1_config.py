@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from rvos.options import Autocast, autocast_to_dtype
 from stage1_referdino import ReferDINOConfig, load_model_config, load_referdino, preprocess
 from stage1_referdino.build import CHECKPOINT_DIR, CONFIG_DIR, SegHeadConfig, resolve_text_encoder
 
@@ -207,3 +208,15 @@ def test_an_incomplete_block_names_the_missing_keys() -> None:
     del values["clip_len"]
     with pytest.raises(ValueError, match=r"^missing ReferDINO config keys: \['clip_len'\]$"):
         ReferDINOConfig.from_dict(values)
+
+
+def test_autocast_names_map_to_dtypes() -> None:
+    assert [autocast_to_dtype(v) for v in (Autocast.float16, "BFloat16", "none", None)] == [
+        torch.float16,
+        torch.bfloat16,
+        None,
+        None,
+    ]
+    assert autocast_to_dtype(torch.bfloat16) is torch.bfloat16
+    with pytest.raises(ValueError, match=r"one of \['bfloat16', 'float16', 'none'\], got 'int8'"):
+        autocast_to_dtype("int8")
