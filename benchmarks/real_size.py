@@ -234,15 +234,13 @@ def write_sam2(folder: Path, model: str = "sam2.1_hiera_l", *, seed: int = 0) ->
 
     The weights are the modules' own initialisation, seeded.
     """
-    from hydra.utils import instantiate
-
-    from stage2_sam2_refine.build import compose_sam2_config
+    from stage2_sam2_refine.build import instantiate_sam2
 
     if model not in SAM2_CHECKPOINT_NAMES:
         raise ValueError(f"unknown SAM 2.1 model {model!r}; known: {sorted(SAM2_CHECKPOINT_NAMES)}")
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    sam2 = instantiate(compose_sam2_config(model).model, _recursive_=True)
+    sam2 = instantiate_sam2(model)
     path = folder / SAM2_CHECKPOINT_NAMES[model]
     torch.save({"model": sam2.state_dict()}, path)
     count = sum(p.numel() for p in sam2.parameters())

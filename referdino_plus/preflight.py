@@ -270,7 +270,7 @@ def queries_per_expression(cfg: PipelineConfig) -> int:
     try:
         returned = ReferDINOConfig.from_dict(load_model_config(cfg.stage1.model)[0]).output_queries
     except (FileNotFoundError, ValueError, TypeError):
-        returned = ReferDINOConfig().output_queries  # the defaults: 15
+        returned = ReferDINOConfig.from_dict(load_model_config({})[0]).output_queries  # base: 15
     top_k = cfg.stage1.top_k
     return returned if top_k is None else min(top_k, returned)
 

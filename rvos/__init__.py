@@ -22,7 +22,8 @@
 - :mod:`rvos.drawing`: overlays, captions, strips and plots of masks.
 - :mod:`rvos.fonts`: text in pictures in any script (per-character font fallback, emoji).
 - :mod:`rvos.workers`: sharding videos over GPU workers.
-- :mod:`rvos.options`: the vocabulary of the stages' typed options.
+- :mod:`rvos.options`: the vocabulary of the stages' typed options (and their autocast dtypes).
+- :mod:`rvos.lazy`: a package's public names imported on first use (the stages' `__init__`).
 - :mod:`rvos.io`: atomic writes and safe file names.
 
 It imports no stage package and no application module (``tests/test_layers.py``).

@@ -18,7 +18,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # Keys of a field's metadata.
 RANGE = "range"  # a Range
@@ -42,6 +45,28 @@ class Autocast(Choice):
 
     float16 = "float16"
     bfloat16 = "bfloat16"
+
+
+def autocast_to_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype of a CUDA mixed precision setting.
+
+    Args:
+        autocast: an :class:`Autocast` (or its name, any case), ``None`` or ``"none"``
+            (float32: ``None``), or a torch dtype (returned as it is).
+    Raises:
+        ValueError: any other name.
+    """
+    import torch  # here: the option classes stay importable without torch
+
+    if autocast is None or isinstance(autocast, torch.dtype):
+        return autocast
+    name = str(autocast).lower()
+    if name == "none":
+        return None
+    if name not in Autocast.__members__:
+        allowed = sorted([*Autocast.__members__, "none"])
+        raise ValueError(f"autocast must be one of {allowed}, got {autocast!r}")
+    return getattr(torch, name)
 
 
 class CacheDevice(Choice):

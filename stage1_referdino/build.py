@@ -11,17 +11,20 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from rvos.checkpoints import load_weights
+from rvos.options import autocast_to_dtype
 
 from .model.lora import LoRALinear, merge_lora_
 from .model.position_encoding import PositionEmbeddingSineHW
@@ -36,6 +39,8 @@ logger = logging.getLogger(__name__)
 # The named architectures: configs/referdino/ of the repository, linked into this package (and
 # copied into a wheel).
 CONFIG_DIR = Path(str(resources.files("stage1_referdino") / "configs"))
+# The configuration every other one is read over (a key it leaves out takes this one's value).
+BASE_CONFIG = "mevis_swinb"
 # Where download_ckpts.sh puts the BERT tokenizer and config, relative to the working directory
 # (as the checkpoint paths of configs/pipeline.yaml are).
 CHECKPOINT_DIR = Path("checkpoints")
@@ -66,82 +71,89 @@ MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
 
 
-@dataclass(frozen=True)
+@dataclass
 class SegHeadConfig:
     """``SegHead`` block: the deformable mask decoder."""
 
-    mask_dim: int = 256  # channels of the pixel decoder output
-    n_heads: int = 8  # attention heads
-    n_points: int = 16  # deformable sampling points per head
-    dropout: float = 0.0  # dropout (inactive at inference)
-    n_layers: int = 3  # decoder layers
-    use_self_attention: bool = True  # queries attend to each other (always on in ReferDINO)
-    use_text_cross_attention: bool = True  # queries attend to the text
+    mask_dim: int  # channels of the pixel decoder output
+    n_heads: int  # attention heads
+    n_points: int  # deformable sampling points per head
+    dropout: float  # dropout (inactive at inference)
+    n_layers: int  # decoder layers
+    use_self_attention: bool  # queries attend to each other (always on in ReferDINO)
+    use_text_cross_attention: bool  # queries attend to the text
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReferDINOConfig:
-    """Inference-relevant keys of ReferDINO's ``GroundingDINO`` config block (same names)."""
+    """Inference-relevant keys of ReferDINO's ``GroundingDINO`` config block (same names).
 
-    backbone: str | dict = "swin_B_384_22k"  # Swin variant name or hyper-parameter dict
-    position_embedding: str = "sine"  # image position embedding (only "sine")
-    pe_temperatureH: float = 20  # sine frequency base along the height
-    pe_temperatureW: float = 20  # sine frequency base along the width
-    return_interm_indices: tuple[int, ...] = (0, 1, 2, 3)  # backbone stages returned
-    enc_layers: int = 6  # encoder layers
-    dec_layers: int = 6  # decoder layers
-    pre_norm: bool = False  # pre-norm layers (unsupported, must be false)
-    dim_feedforward: int = 2048  # FFN width
-    hidden_dim: int = 256  # transformer width
-    dropout: float = 0.0  # dropout (inactive at inference)
-    nheads: int = 8  # attention heads
-    num_queries: int = 900  # proposals selected for the decoder
-    query_dim: int = 4  # box queries (must be 4)
-    num_patterns: int = 0  # pattern embeddings (unsupported, must be 0)
-    num_feature_levels: int = 4  # transformer feature levels
-    enc_n_points: int = 4  # encoder deformable sampling points
-    dec_n_points: int = 4  # decoder deformable sampling points
-    two_stage_type: str = "standard"  # query selection from the encoder (only "standard")
-    two_stage_bbox_embed_share: bool = False  # proposal box head shared with the decoder's
-    two_stage_class_embed_share: bool = False  # parameter-free either way
-    transformer_activation: str = "relu"  # FFN activation
-    dec_pred_bbox_embed_share: bool = True  # one box head for all decoder layers
-    embed_init_tgt: bool = True  # decoder content queries are learned embeddings
-    max_text_len: int = 256  # tokens kept per expression
-    text_encoder_type: str = "bert-base-uncased"  # tokenizer + BERT config: name or folder
-    use_text_enhancer: bool = True  # encoder text self-attention layers
-    use_fusion_layer: bool = True  # encoder image-text fusion layers
-    use_text_cross_attention: bool = True  # decoder text cross-attention
-    text_dropout: float = 0.0  # dropout (inactive at inference)
-    fusion_dropout: float = 0.0  # dropout (inactive at inference)
-    fusion_droppath: float = 0.1  # stochastic depth (inactive at inference)
-    sub_sentence_present: bool = True  # BERT attention restricted to sub-sentences
-    query_decay: float = 0.5  # decoder query pruning ratio per layer
-    dec_lora: bool = True  # LoRA factors on the decoder
-    enc_lora: bool = True  # LoRA factors on the encoder
-    lora_rank: int = 32  # LoRA rank
-    temporal_layer: int = 3  # temporal decoder blocks
-    tracking_alpha: float = 0.1  # query tracking memory update rate
-    clip_len: int = 36  # frames per clip in inference (ReferDINO's crop_len)
-    SegHead: SegHeadConfig = field(default_factory=SegHeadConfig)  # mask decoder
+    The schema of ``configs/referdino/``: no defaults here, a configuration's values come from
+    its file merged over :data:`BASE_CONFIG` (:func:`load_model_config`); OmegaConf checks them
+    against these types (:meth:`from_dict`).
+    """
+
+    backbone: Any  # Swin variant name, or a dict of its hyper-parameters (swin_hyperparameters)
+    position_embedding: str  # image position embedding (only "sine")
+    pe_temperatureH: float  # sine frequency base along the height
+    pe_temperatureW: float  # sine frequency base along the width
+    return_interm_indices: list[int]  # backbone stages returned (only [0, 1, 2, 3])
+    enc_layers: int  # encoder layers
+    dec_layers: int  # decoder layers
+    pre_norm: bool  # pre-norm layers (unsupported, must be false)
+    dim_feedforward: int  # FFN width
+    hidden_dim: int  # transformer width
+    dropout: float  # dropout (inactive at inference)
+    nheads: int  # attention heads
+    num_queries: int  # proposals selected for the decoder
+    query_dim: int  # box queries (must be 4)
+    num_patterns: int  # pattern embeddings (unsupported, must be 0)
+    num_feature_levels: int  # transformer feature levels
+    enc_n_points: int  # encoder deformable sampling points
+    dec_n_points: int  # decoder deformable sampling points
+    two_stage_type: str  # query selection from the encoder (only "standard")
+    two_stage_bbox_embed_share: bool  # proposal box head shared with the decoder's
+    two_stage_class_embed_share: bool  # parameter-free either way
+    transformer_activation: str  # FFN activation
+    dec_pred_bbox_embed_share: bool  # one box head for all decoder layers
+    embed_init_tgt: bool  # decoder content queries are learned embeddings
+    max_text_len: int  # tokens kept per expression
+    text_encoder_type: str  # tokenizer + BERT config: name or folder
+    use_text_enhancer: bool  # encoder text self-attention layers
+    use_fusion_layer: bool  # encoder image-text fusion layers
+    use_text_cross_attention: bool  # decoder text cross-attention
+    text_dropout: float  # dropout (inactive at inference)
+    fusion_dropout: float  # dropout (inactive at inference)
+    fusion_droppath: float  # stochastic depth (inactive at inference)
+    sub_sentence_present: bool  # BERT attention restricted to sub-sentences
+    query_decay: float  # decoder query pruning ratio per layer
+    dec_lora: bool  # LoRA factors on the decoder
+    enc_lora: bool  # LoRA factors on the encoder
+    lora_rank: int  # LoRA rank
+    temporal_layer: int  # temporal decoder blocks
+    tracking_alpha: float  # query tracking memory update rate
+    clip_len: int  # frames per clip in inference (ReferDINO's crop_len)
+    SegHead: SegHeadConfig  # mask decoder
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ReferDINOConfig:
-        """Validate a GroundingDINO block; unknown keys raise, training-only keys are dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known - TRAINING_ONLY_KEYS
-        if unknown:
-            raise ValueError(f"unknown ReferDINO config keys: {sorted(unknown)}")
-        kwargs = {k: v for k, v in values.items() if k in known}
-        if "SegHead" in kwargs:
-            seg = dict(kwargs["SegHead"])
-            seg_known = {f.name for f in fields(SegHeadConfig)}
-            if set(seg) - seg_known:
-                raise ValueError(f"unknown SegHead keys: {sorted(set(seg) - seg_known)}")
-            kwargs["SegHead"] = SegHeadConfig(**seg)
-        if "return_interm_indices" in kwargs:
-            kwargs["return_interm_indices"] = tuple(kwargs["return_interm_indices"])
-        config = cls(**kwargs)
+        """Check a complete GroundingDINO block (:func:`load_model_config`'s) against the schema.
+
+        Training-only keys are dropped.
+
+        Raises:
+            ValueError: one line naming unknown or missing keys, a value of the wrong type, or a
+                setting this port does not implement.
+        """
+        values = {k: v for k, v in values.items() if k not in TRAINING_ONLY_KEYS}
+        check_keys(values, cls, "ReferDINO config")
+        if isinstance(values["SegHead"], Mapping):
+            check_keys(values["SegHead"], SegHeadConfig, "SegHead")
+        try:
+            config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+        except OmegaConfBaseException as err:
+            reason = str(err.msg).splitlines()[0]
+            raise ValueError(f"ReferDINO config {err.full_key}: {reason}") from err
         config.check_supported()
         return config
 
@@ -158,7 +170,7 @@ class ReferDINOConfig:
         """Raise ``ValueError`` for settings this port does not implement."""
         unsupported = {
             "position_embedding": (self.position_embedding, "sine"),
-            "return_interm_indices": (self.return_interm_indices, (0, 1, 2, 3)),
+            "return_interm_indices": (self.return_interm_indices, [0, 1, 2, 3]),
             "pre_norm": (self.pre_norm, False),
             "query_dim": (self.query_dim, 4),
             "num_patterns": (self.num_patterns, 0),
@@ -170,18 +182,52 @@ class ReferDINOConfig:
                 raise ValueError(f"{key}={value!r} is not supported (expected {expected!r})")
 
 
+def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:
+    """Raise ``ValueError`` naming the keys of ``values`` the dataclass ``schema`` lacks, or its
+    fields ``values`` lacks."""
+    known = {f.name for f in fields(schema)}
+    if unknown := set(values) - known:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+    if missing := known - set(values):
+        raise ValueError(f"missing {what} keys: {sorted(missing)}")
+
+
+def read_yaml_block(path: Path) -> dict[str, Any]:
+    """The mapping of a ReferDINO config YAML (an empty file: no keys)."""
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of GroundingDINO keys")
+    return values
+
+
+def merged(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``values`` over it; a mapping over a mapping is merged key by key."""
+    out = dict(base)
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            value = merged(out[key], value)
+        out[key] = value
+    return out
+
+
 def load_model_config(model_cfg: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, Path]:
-    """Read a model configuration.
+    """Read a model configuration, over :data:`BASE_CONFIG`.
 
     Args:
-        model_cfg: a name in ``configs/referdino/`` (``"mevis_swinb"``), a YAML path, or a dict.
+        model_cfg: a name in ``configs/referdino/`` (``"mevis_swinb"``), a YAML path, or a dict;
+            each gives the keys where it differs from :data:`BASE_CONFIG` (or every key).
 
     Returns:
-        (the GroundingDINO block as a dict, the folder relative paths resolve against: the YAML's
-        folder, or the current directory for a dict).
+        (the GroundingDINO block as a dict: the base's keys, with ``model_cfg``'s over them; the
+        folder relative paths resolve against: the YAML's folder, or the current directory for a
+        dict).
     """
+    base = read_yaml_block(CONFIG_DIR / f"{BASE_CONFIG}.yaml")
     if isinstance(model_cfg, Mapping):
-        return dict(model_cfg), Path.cwd()
+        return merged(base, model_cfg), Path.cwd()
     path = Path(model_cfg)
     if path.suffix not in (".yaml", ".yml"):
         named = CONFIG_DIR / f"{model_cfg}.yaml"
@@ -191,11 +237,7 @@ def load_model_config(model_cfg: str | os.PathLike | Mapping[str, Any]) -> tuple
         path = named
     if not path.is_file():
         raise FileNotFoundError(f"ReferDINO config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of GroundingDINO keys")
-    return values, path.resolve().parent
+    return merged(base, read_yaml_block(path)), path.resolve().parent
 
 
 def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -> Path | str:
@@ -386,16 +428,6 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True)
 
 
-def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
-    """None, a torch dtype, or "float16"/"bfloat16" -> dtype."""
-    if autocast is None or isinstance(autocast, torch.dtype):
-        return autocast
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "none": None}
-    if str(autocast).lower() not in dtypes:
-        raise ValueError(f"autocast must be one of {sorted(dtypes)}, got {autocast!r}")
-    return dtypes[str(autocast).lower()]
-
-
 def load_referdino(
     model_cfg: str | os.PathLike | Mapping[str, Any],
     checkpoint: str | os.PathLike,
@@ -427,7 +459,7 @@ def load_referdino(
         config,
         tokenizer=tokenizer,
         bert_config=bert_config,
-        autocast_dtype=_autocast_dtype(autocast),
+        autocast_dtype=autocast_to_dtype(autocast),
     )
     load_state_dict_strict(model, state_dict)
     merged = merge_lora_(model)

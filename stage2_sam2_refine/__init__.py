@@ -10,50 +10,42 @@ Typical use, one tracker per worker, one session per video, one call per express
         ...  # result.columns, result.prompt_frames
 """
 
-from __future__ import annotations
+from rvos.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-# Public names and the module that defines each. They are imported on first use, so that
-# `import stage2_sam2_refine.options` (what the configuration schema needs) stays light.
-_EXPORTS = {
-    "SAM2_MODEL_CONFIGS": "stage2_sam2_refine.build",
-    "VIDEO_POSTPROCESSING": "stage2_sam2_refine.build",
-    "build_sam2_predictor": "stage2_sam2_refine.build",
-    "compose_sam2_config": "stage2_sam2_refine.build",
-    "load_sam2_checkpoint": "stage2_sam2_refine.build",
-    "resolve_sam2_config": "stage2_sam2_refine.build",
-    "PromptKind": "stage2_sam2_refine.options",
-    "SamuraiOptions": "stage2_sam2_refine.options",
-    "Stage2Options": "stage2_sam2_refine.options",
-    "Tracker": "stage2_sam2_refine.options",
-    "SharedFeatureVideoPredictor": "stage2_sam2_refine.predictor",
-    "VideoSession": "stage2_sam2_refine.predictor",
-    "load_frames": "stage2_sam2_refine.predictor",
-    "boxes_to_pixel_xyxy": "stage2_sam2_refine.prompts",
-    "mean_confident_scores": "stage2_sam2_refine.prompts",
-    "prompt_frames": "stage2_sam2_refine.prompts",
-    "sample_points_from_mask": "stage2_sam2_refine.prompts",
-    "select_queries": "stage2_sam2_refine.prompts",
-    "Proposals": "stage2_sam2_refine.refine",
-    "Refiner": "stage2_sam2_refine.refine",
-    "RefineResult": "stage2_sam2_refine.refine",
-    "Sam2Session": "stage2_sam2_refine.sam2_tracker",
-    "Sam2Tracker": "stage2_sam2_refine.sam2_tracker",
-    "SamuraiVideoPredictor": "stage2_sam2_refine.samurai",
-    "TRACKERS": "stage2_sam2_refine.tracker",
-    "ObjectPrompt": "stage2_sam2_refine.tracker",
-    "TrackedFrame": "stage2_sam2_refine.tracker",
-    "TrackingSession": "stage2_sam2_refine.tracker",
-    "VideoTracker": "stage2_sam2_refine.tracker",
-    "build_tracker": "stage2_sam2_refine.tracker",
-    "propagation_order": "stage2_sam2_refine.tracker",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__, __getattr__ = lazy_exports(
+    __name__,
+    {
+        "stage2_sam2_refine.build": (
+            "SAM2_MODEL_CONFIGS",
+            "build_sam2_predictor",
+            "instantiate_sam2",
+            "load_sam2_checkpoint",
+            "resolve_sam2_config",
+        ),
+        "stage2_sam2_refine.options": ("PromptKind", "SamuraiOptions", "Stage2Options", "Tracker"),
+        "stage2_sam2_refine.predictor": (
+            "SharedFeatureVideoPredictor",
+            "VideoSession",
+            "load_frames",
+        ),
+        "stage2_sam2_refine.prompts": (
+            "boxes_to_pixel_xyxy",
+            "mean_confident_scores",
+            "prompt_frames",
+            "sample_points_from_mask",
+            "select_queries",
+        ),
+        "stage2_sam2_refine.refine": ("Proposals", "Refiner", "RefineResult"),
+        "stage2_sam2_refine.sam2_tracker": ("Sam2Session", "Sam2Tracker"),
+        "stage2_sam2_refine.samurai": ("SamuraiVideoPredictor",),
+        "stage2_sam2_refine.tracker": (
+            "TRACKERS",
+            "ObjectPrompt",
+            "TrackedFrame",
+            "TrackingSession",
+            "VideoTracker",
+            "build_tracker",
+            "propagation_order",
+        ),
+    },
+)

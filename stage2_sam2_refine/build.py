@@ -1,27 +1,30 @@
 """Build the SAM 2 video predictor: resolve the config, instantiate, load the checkpoint.
 
 ReferDINO-Plus builds its predictor with ``build_sam2_video_predictor(model_cfg, ckpt,
-device=...)``. That composes SAM 2's YAML through hydra with the predictor class as ``_target_``
-and, by default (``apply_postprocessing=True``), five more options; see
-:data:`VIDEO_POSTPROCESSING`. :func:`build_sam2_predictor` applies the same options to the same
-YAML, but reads it with OmegaConf so that a YAML anywhere on disk works (importing ``sam2``
-points hydra's global config search at the ``sam2`` package only).
+device=...)``. :func:`build_sam2_predictor` calls that same public builder of ``sam2``, with
+SAM 2's default video options (``apply_postprocessing``), our predictor class as ``_target_`` and
+a tracker's settings as hydra overrides, then loads the checkpoint strictly itself. Hydra's
+search path is pointed at the ``sam2`` package or at a YAML's folder for the call
+(:func:`sam2_hydra`), so that a YAML anywhere on disk works too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra import initialize_config_dir, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from sam2.build_sam import build_sam2_video_predictor
 
 from rvos.checkpoints import load_weights
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor
@@ -38,19 +41,6 @@ SAM2_MODEL_CONFIGS = {
     "sam2.1_hiera_s": "configs/sam2.1/sam2.1_hiera_s.yaml",
     "sam2.1_hiera_b+": "configs/sam2.1/sam2.1_hiera_b+.yaml",
     "sam2.1_hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
-}
-
-# Options `sam2.build_sam.build_sam2_video_predictor` adds with apply_postprocessing=True
-# (its default, which ReferDINO-Plus uses), as `model.<key>` overrides.
-VIDEO_POSTPROCESSING: dict[str, Any] = {
-    # fall back to multimask output when the single mask is not stable
-    "sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
-    "sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
-    "sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
-    # encode clicked frames' masks binarised, as the user sees them
-    "binarize_mask_from_pts_for_mem_enc": True,
-    # fill background holes up to 8 low-res pixels (needs sam2's CUDA extension; skipped without)
-    "fill_hole_area": 8,
 }
 
 CHECKPOINT_HINT = "run download_ckpts.sh to fetch the SAM 2.1 checkpoints into checkpoints/"
@@ -77,41 +67,84 @@ def resolve_sam2_config(model: str | os.PathLike) -> Path:
     )
 
 
+def sam2_config_location(model: str | os.PathLike) -> tuple[Path | None, str]:
+    """Where hydra finds ``model`` (see :func:`resolve_sam2_config`): (the folder to search, or
+    None for the ``sam2`` package; the config name in it)."""
+    path = resolve_sam2_config(model)
+    name = os.fspath(model)
+    if name in SAM2_MODEL_CONFIGS:
+        return None, SAM2_MODEL_CONFIGS[name]
+    path = path.resolve()
+    return path.parent, path.name
+
+
+@contextlib.contextmanager
+def sam2_hydra(config_dir: Path | None) -> Iterator[None]:
+    """Hydra searching the ``sam2`` package (or ``config_dir``); the global state is restored."""
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        if config_dir is None:
+            with initialize_config_module("sam2", version_base="1.2"):
+                yield
+        else:
+            with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
+                yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
 def class_path(cls: type) -> str:
     """``module.QualName`` of a class, as hydra's ``_target_`` wants it."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def compose_sam2_config(
+def hydra_overrides(settings: Mapping[str, Any], prefix: str = "model") -> list[str]:
+    """``++<prefix>.<dotted key>=<value>`` hydra overrides setting ``settings`` (nested mappings
+    are flattened; values are bools, numbers, None, or strings without spaces or quotes)."""
+    overrides = []
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            overrides += hydra_overrides(value, f"{prefix}.{key}")
+            continue
+        if isinstance(value, bool) or value is None:
+            text = {True: "true", False: "false", None: "null"}[value]
+        elif isinstance(value, int | float):
+            text = repr(value)  # the shortest text that parses back to the same number
+        else:
+            text = str(value)
+        overrides.append(f"++{prefix}.{key}={text}")
+    return overrides
+
+
+def instantiate_sam2(
     model: str | os.PathLike,
     *,
     predictor_cls: type[SharedFeatureVideoPredictor] = SharedFeatureVideoPredictor,
     apply_postprocessing: bool = True,
     overrides: Mapping[str, Any] | None = None,
-) -> DictConfig:
-    """The resolved config ``build_sam2_video_predictor`` would compose, for ``predictor_cls``.
+) -> SharedFeatureVideoPredictor:
+    """``sam2.build_sam.build_sam2_video_predictor`` on the CPU, without weights (the modules'
+    own initialisation), for ``predictor_cls``.
 
     Args:
         model: see :func:`resolve_sam2_config`.
         predictor_cls: the class to instantiate (``model._target_``).
-        apply_postprocessing: add :data:`VIDEO_POSTPROCESSING`, as SAM 2 does by default.
-        overrides: further ``model.<dotted key>: value`` settings (e.g. a tracker's options),
-            applied last.
-    Returns:
-        the config; ``cfg.model`` is instantiable.
+        apply_postprocessing: SAM 2's default video options (dynamic multimask fallback,
+            binarised prompt masks, hole filling), as ReferDINO-Plus uses them.
+        overrides: further ``model.<dotted key>: value`` settings (e.g. a tracker's options;
+            SAM 2's video options are applied after them).
     """
-    path = resolve_sam2_config(model)
-    cfg = OmegaConf.load(path)
-    if not isinstance(cfg, DictConfig) or "model" not in cfg:
-        raise ValueError(f"{path}: not a SAM 2 config (no top-level 'model')")
-    settings: dict[str, Any] = {"_target_": class_path(predictor_cls)}
-    if apply_postprocessing:
-        settings.update(VIDEO_POSTPROCESSING)
-    settings.update(overrides or {})
-    for key, value in settings.items():
-        OmegaConf.update(cfg, f"model.{key}", value, merge=True, force_add=True)
-    OmegaConf.resolve(cfg)
-    return cfg
+    config_dir, config_name = sam2_config_location(model)
+    settings = {"_target_": class_path(predictor_cls), **(overrides or {})}
+    with sam2_hydra(config_dir):
+        return build_sam2_video_predictor(
+            config_name,
+            None,
+            device="cpu",
+            hydra_overrides_extra=hydra_overrides(settings),
+            apply_postprocessing=apply_postprocessing,
+        )
 
 
 def load_sam2_checkpoint(
@@ -168,7 +201,7 @@ def build_sam2_predictor(
         checkpoint: ``{"model": state_dict}`` file, loaded strictly with ``weights_only=True``.
         device: where the model runs.
         predictor_cls: :class:`SharedFeatureVideoPredictor` or a subclass of it.
-        apply_postprocessing: SAM 2's default video options (:data:`VIDEO_POSTPROCESSING`).
+        apply_postprocessing: SAM 2's default video options (see :func:`instantiate_sam2`).
         overrides: extra ``model.<key>`` settings, e.g. a tracker's hyper-parameters.
     Raises:
         FileNotFoundError: unknown model, or a missing checkpoint (naming ``download_ckpts.sh``).
@@ -178,13 +211,12 @@ def build_sam2_predictor(
     checkpoint_path = Path(checkpoint).expanduser()
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"SAM 2 checkpoint {checkpoint_path} not found; {CHECKPOINT_HINT}")
-    cfg = compose_sam2_config(
+    predictor = instantiate_sam2(
         model,
         predictor_cls=predictor_cls,
         apply_postprocessing=apply_postprocessing,
         overrides=overrides,
     )
-    predictor = instantiate(cfg.model, _recursive_=True)
     load_sam2_checkpoint(predictor, checkpoint_path)
     predictor = predictor.to(device)
     predictor.eval()

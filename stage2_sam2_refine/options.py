@@ -34,7 +34,8 @@ class TrackerWeights:
 
 @dataclass
 class SamuraiOptions:
-    """The ``stage2.samurai`` section: SAMURAI's hyper-parameters (``stage2.tracker=samurai``)."""
+    """The ``stage2.samurai`` section: SAMURAI's hyper-parameters (``stage2.tracker=samurai``),
+    handed as they are to :class:`~stage2_sam2_refine.samurai.SamuraiVideoPredictor`."""
 
     SECTION = "stage2.samurai"
 

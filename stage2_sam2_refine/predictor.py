@@ -77,6 +77,7 @@ from PIL import Image
 from sam2 import sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
+from rvos.options import CacheDevice
 from stage2_sam2_refine.tracker import (
     Frame,
     check_frame_headers,
@@ -89,8 +90,6 @@ logger = logging.getLogger(__name__)
 # Frame normalisation of SAM 2's video loader (`sam2.utils.misc.load_video_frames` defaults).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-
-FEATURE_CACHE_DEVICES = ("auto", "cpu")
 
 SAM2_VERSION = "1.1.0"  # the sam2 release the wrappers here and in samurai.py were written for
 
@@ -403,7 +402,7 @@ class SharedFeatureVideoPredictor(SAM2VideoPredictor):
         video_id: str = "",
         offload_video_to_cpu: bool = False,
         offload_state_to_cpu: bool = False,
-        feature_cache_device: str = "auto",
+        feature_cache_device: CacheDevice | str = CacheDevice.auto,
         feature_cache_frames: int | None = None,
     ) -> VideoSession:
         """Open a video for all of its expressions; its frames are decoded when SAM 2 encodes them.
@@ -432,16 +431,18 @@ class SharedFeatureVideoPredictor(SAM2VideoPredictor):
                 ``feature_cache_frames`` below 1.
             OSError: a missing or unreadable frame (where checked up front).
         """
-        if feature_cache_device not in FEATURE_CACHE_DEVICES:
+        try:
+            feature_cache_device = CacheDevice(feature_cache_device)
+        except ValueError:
             raise ValueError(
-                f"feature_cache_device must be one of {FEATURE_CACHE_DEVICES}, "
+                f"feature_cache_device must be one of {[str(d) for d in CacheDevice]}, "
                 f"got {feature_cache_device!r}"
-            )
+            ) from None
         if feature_cache_frames is not None and feature_cache_frames < 1:
             raise ValueError(f"feature_cache_frames must be 1 or more, got {feature_cache_frames}")
         device = self.device
         height, width = check_frame_headers(frames, video_id=video_id)
-        feature_device = device if feature_cache_device == "auto" else torch.device("cpu")
+        feature_device = device if feature_cache_device == CacheDevice.auto else torch.device("cpu")
         logger.debug(
             "video %s: %d frames of %dx%d, decoded at %d px when encoded",
             video_id,

@@ -25,15 +25,13 @@ import numpy as np
 import torch
 
 from rvos.checkpoints import checkpoint_family_problem
-from rvos.options import Autocast, CacheDevice
+from rvos.options import CacheDevice, autocast_to_dtype
 from stage2_sam2_refine.build import build_sam2_predictor, resolve_sam2_config
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
 from stage2_sam2_refine.tracker import Frame, ObjectPrompt, TrackedFrame
 
 logger = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {Autocast.float16: torch.float16, Autocast.bfloat16: torch.bfloat16}
 
 
 class Sam2Session:
@@ -190,8 +188,7 @@ class Sam2Tracker:
             feature_cache_device=CacheDevice.cpu if offload else options.feature_cache_device,
             feature_cache_frames=options.feature_cache_frames,
         )
-        autocast = None if options.autocast is None else AUTOCAST_DTYPES[options.autocast]
-        return Sam2Session(self.predictor, video, autocast=autocast)
+        return Sam2Session(self.predictor, video, autocast=autocast_to_dtype(options.autocast))
 
 
 def build_sam2_tracker(

@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 
 from rvos.checkpoints import CheckpointError
-from rvos.options import CacheDevice
+from rvos.options import CacheDevice, autocast_to_dtype
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.tracker import (
     Frame,
@@ -475,7 +475,7 @@ class Sam3Tracker:
         """CUDA autocast at ``stage2.autocast``; float32 otherwise (and always on the CPU)."""
         if self.device.type != "cuda" or self.options.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=getattr(torch, str(self.options.autocast)))
+        return torch.autocast("cuda", dtype=autocast_to_dtype(self.options.autocast))
 
     def open_video(
         self, frames: Sequence[Frame], *, video_id: str, offload: bool = False

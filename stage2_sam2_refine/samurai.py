@@ -57,6 +57,7 @@ where each value's source is given.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -70,6 +71,7 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
+from stage2_sam2_refine.build import class_path
 from stage2_sam2_refine.kalman import KalmanBoxFilter
 from stage2_sam2_refine.options import SamuraiOptions, Stage2Options
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor
@@ -329,25 +331,9 @@ def memory_candidate(frame_idx: int, out: dict[str, Any]) -> MemoryCandidate:
 
 def samurai_model_overrides(config: SamuraiOptions) -> dict[str, Any]:
     """``model.<key>`` settings that make a SAM 2 YAML build a :class:`SamuraiVideoPredictor`
-    with ``config`` (for :func:`stage2_sam2_refine.build.build_sam2_predictor`'s ``overrides``).
-
-    Besides SAMURAI's own hyper-parameters they turn on the multimask outputs SAMURAI chooses from
-    on every tracked frame: ``multimask_output_in_sam``, ``multimask_output_for_tracking`` and
-    ``multimask_min_pt_num=0`` (tracked frames have no points). SAM 2.1 configs already set the
-    three; ``use_multimask_token_for_obj_ptr`` is left as configured (true in SAM 2.1).
-    """
-    return {
-        "multimask_output_in_sam": True,
-        "multimask_output_for_tracking": True,
-        "multimask_min_pt_num": 0,
-        "kf_score_weight": config.kf_score_weight,
-        "stable_frames_threshold": config.stable_frames_threshold,
-        "stable_ious_threshold": config.stable_ious_threshold,
-        "min_obj_score_logits": config.min_obj_score_logits,
-        "memory_bank_iou_threshold": config.memory_bank_iou_threshold,
-        "memory_bank_obj_score_threshold": config.memory_bank_obj_score_threshold,
-        "memory_bank_kf_score_threshold": config.memory_bank_kf_score_threshold,
-    }
+    with ``config`` (for :func:`stage2_sam2_refine.build.build_sam2_predictor`'s ``overrides``):
+    the ``stage2.samurai`` section as the constructor's ``samurai`` argument."""
+    return {"samurai": {"_target_": class_path(SamuraiOptions), **dataclasses.asdict(config)}}
 
 
 def build(options: Stage2Options, *, device: str | torch.device = "cpu") -> Sam2Tracker:
@@ -412,43 +398,23 @@ class SamuraiVideoPredictor(SharedFeatureVideoPredictor):
     the object's motion state, and extends ``propagate_in_video``, ``_reset_tracking_results``
     and ``remove_object`` to reset motion states.
 
-    On construction it also turns on ``multimask_output_in_sam``,
-    ``multimask_output_for_tracking`` and ``multimask_min_pt_num=0`` if the YAML did not (see
-    :func:`samurai_model_overrides`).
+    On construction it also turns on the multimask outputs SAMURAI chooses from on every tracked
+    frame, ``multimask_output_in_sam``, ``multimask_output_for_tracking`` and
+    ``multimask_min_pt_num=0`` (tracked frames have no points), if the YAML did not (SAM 2.1's
+    do); ``use_multimask_token_for_obj_ptr`` is left as configured (true in SAM 2.1).
     """
 
     def __init__(
         self,
         *,
-        # weight of the Kalman-box IoU in the candidate score
-        kf_score_weight: float,
-        # trusted frames before the motion score takes part
-        stable_frames_threshold: int,
-        # predicted IoU a kept mask needs to update the filter
-        stable_ious_threshold: float,
-        # object-score logit above which the object is present on a tracked frame
-        min_obj_score_logits: float,
-        # predicted IoU a past frame needs to enter the memory
-        memory_bank_iou_threshold: float,
-        # object-score logit a past frame needs to enter the memory
-        memory_bank_obj_score_threshold: float,
-        # Kalman-box IoU a past frame needs to enter the memory
-        memory_bank_kf_score_threshold: float,
-        **kwargs: Any,
+        samurai: SamuraiOptions,  # SAMURAI's hyper-parameters: the stage2.samurai section
+        **kwargs: Any,  # SAM 2's own (SharedFeatureVideoPredictor)
     ) -> None:
         super().__init__(**kwargs)
         self._step: SamuraiStep | None = None  # the object and frame being tracked, if any
         if self.num_maskmem == 0:
             raise ValueError("SAMURAI selects memory frames: it needs num_maskmem > 0")
-        self.samurai = SamuraiOptions(
-            kf_score_weight=kf_score_weight,
-            stable_frames_threshold=stable_frames_threshold,
-            stable_ious_threshold=stable_ious_threshold,
-            min_obj_score_logits=min_obj_score_logits,
-            memory_bank_iou_threshold=memory_bank_iou_threshold,
-            memory_bank_obj_score_threshold=memory_bank_obj_score_threshold,
-            memory_bank_kf_score_threshold=memory_bank_kf_score_threshold,
-        )
+        self.samurai = samurai
         self._enable_multimask_tracking()
 
     def _enable_multimask_tracking(self) -> None:

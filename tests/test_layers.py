@@ -75,3 +75,13 @@ def test_command_line_and_app_jobs_load_no_gradio():
         "referdino_plus.app"
     )
     assert "gradio" not in loaded
+
+
+def test_lazy_exports_come_from_their_modules():
+    import stage2_sam2_refine
+    from stage2_sam2_refine.prompts import select_queries
+
+    assert stage2_sam2_refine.select_queries is select_queries
+    assert "select_queries" in stage2_sam2_refine.__all__
+    with pytest.raises(AttributeError, match="'stage2_sam2_refine' has no attribute 'nope'"):
+        stage2_sam2_refine.nope  # noqa: B018

@@ -13,34 +13,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose
-from omegaconf import OmegaConf
-from oracles.sam2_reference import sam2_hydra
+from oracles.sam2_reference import build_reference_predictor
 from sam2.utils.misc import load_video_frames
 
 from rvos.masks import RunLengthMasks
 from stage2_sam2_refine.build import (
     SAM2_MODEL_CONFIGS,
     build_sam2_predictor,
-    class_path,
-    compose_sam2_config,
     explain_missing_extension,
+    hydra_overrides,
+    instantiate_sam2,
     load_sam2_checkpoint,
     resolve_sam2_config,
+    sam2_config_location,
 )
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, load_frames
 from stage2_sam2_refine.refine import Refiner, _mask_at
 from stage2_sam2_refine.sam2_tracker import Sam2Tracker
-
-# The overrides `sam2.build_sam.build_sam2_video_predictor` composes with (apply_postprocessing).
-SAM2_BUILDER_OVERRIDES = [
-    f"++model._target_={class_path(SharedFeatureVideoPredictor)}",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-    "++model.binarize_mask_from_pts_for_mem_enc=true",
-    "++model.fill_hole_area=8",
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +38,45 @@ def tiny(fixtures_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(SAM2_MODEL_CONFIGS))
-def test_named_config_equals_sam2_builder_composition(name: str):
-    ours = compose_sam2_config(name)
-    with sam2_hydra(None):
-        theirs = compose(config_name=SAM2_MODEL_CONFIGS[name], overrides=SAM2_BUILDER_OVERRIDES)
-        OmegaConf.resolve(theirs)
-    assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs)
+def test_named_config_is_read_from_the_sam2_package(name: str):
+    assert sam2_config_location(name) == (None, SAM2_MODEL_CONFIGS[name])
+    assert resolve_sam2_config(name).is_file()
 
 
-def test_yaml_path_config_equals_sam2_builder_composition(tiny: Path):
-    yaml_path = tiny / "tiny_sam2.1.yaml"
-    ours = compose_sam2_config(yaml_path)
-    with sam2_hydra(tiny):
-        theirs = compose(config_name=yaml_path.name, overrides=SAM2_BUILDER_OVERRIDES)
-        OmegaConf.resolve(theirs)
-    assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs)
-    assert ours.model.fill_hole_area == 8
+def test_settings_become_hydra_overrides():
+    settings = {"_target_": "a.B", "fill_hole_area": 8, "x": {"y": -1e9, "z": 0.1, "on": True}}
+    assert hydra_overrides({**settings, "none": None}) == [
+        "++model._target_=a.B",
+        "++model.fill_hole_area=8",
+        "++model.x.y=-1000000000.0",
+        "++model.x.z=0.1",
+        "++model.x.on=true",
+        "++model.none=null",
+    ]
+
+
+def _settings(module: torch.nn.Module) -> dict:
+    """A module's plain hyper-parameters (its attributes that are bools, numbers or strings)."""
+    return {k: v for k, v in vars(module).items() if isinstance(v, bool | int | float | str)}
+
+
+@pytest.mark.slow
+def test_predictor_is_built_as_sam2_builds_it(tiny: Path):
+    """Ours and SAM 2's own ``build_sam2_video_predictor`` (default options) configure the same
+    model; overrides reach the constructor, after SAM 2's video options unless they set them."""
+    ours = build_sam2_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
+    theirs = build_reference_predictor(tiny / "tiny_sam2.1.yaml", tiny / "weights_quiet.pt")
+    assert _settings(ours) == _settings(theirs)
+    assert _settings(ours.sam_mask_decoder) == _settings(theirs.sam_mask_decoder)
+    assert ours.fill_hole_area == 8 and ours.sam_mask_decoder.dynamic_multimask_via_stability
+
+    plain = instantiate_sam2(
+        tiny / "tiny_sam2.1.yaml",
+        apply_postprocessing=False,
+        overrides={"max_obj_ptrs_in_encoder": 3},
+    )
+    assert plain.fill_hole_area == 0 and not plain.sam_mask_decoder.dynamic_multimask_via_stability
+    assert plain.max_obj_ptrs_in_encoder == 3 != ours.max_obj_ptrs_in_encoder
 
 
 def test_unknown_model_is_rejected():

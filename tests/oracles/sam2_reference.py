@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import initialize_config_dir, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from rvos.masks import RunLengthMasks
-from stage2_sam2_refine.build import SAM2_MODEL_CONFIGS, class_path, resolve_sam2_config
+from rvos.options import autocast_to_dtype
+from stage2_sam2_refine.build import class_path, sam2_config_location, sam2_hydra
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.prompts import (
     boxes_to_pixel_xyxy,
@@ -38,7 +34,6 @@ from stage2_sam2_refine.prompts import (
     select_queries,
 )
 from stage2_sam2_refine.refine import RefineResult
-from stage2_sam2_refine.sam2_tracker import AUTOCAST_DTYPES
 
 
 class Float32MemoryPredictor(SAM2VideoPredictor):
@@ -69,22 +64,6 @@ class Float32MemoryPredictor(SAM2VideoPredictor):
         return self._float32(features), pos_enc
 
 
-@contextlib.contextmanager
-def sam2_hydra(config_dir: Path | None) -> Iterator[None]:
-    """Hydra searching the ``sam2`` package (or ``config_dir``); the global state is restored."""
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        if config_dir is None:
-            with initialize_config_module("sam2", version_base="1.2"):
-                yield
-        else:
-            with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
-                yield
-    finally:
-        restore_gh_from_backup(backup)
-
-
 def build_reference_predictor(
     model: str | os.PathLike, checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
 ) -> SAM2VideoPredictor:
@@ -95,14 +74,9 @@ def build_reference_predictor(
         checkpoint: the SAM 2 checkpoint.
         device: ``cuda`` gives the unmodified class; elsewhere :class:`Float32MemoryPredictor`.
     """
-    name = os.fspath(model)
     cls = SAM2VideoPredictor if torch.device(device).type == "cuda" else Float32MemoryPredictor
     overrides = [f"++model._target_={class_path(cls)}"]
-    if name in SAM2_MODEL_CONFIGS:
-        config_dir, config_name = None, SAM2_MODEL_CONFIGS[name]
-    else:
-        path = resolve_sam2_config(name).resolve()
-        config_dir, config_name = path.parent, path.name
+    config_dir, config_name = sam2_config_location(model)
     with sam2_hydra(config_dir):
         return build_sam2_video_predictor(
             config_name, os.fspath(checkpoint), device=device, hydra_overrides_extra=overrides
@@ -136,7 +110,7 @@ def reference_refine(
     rng = np.random.default_rng(options.point_seed)
     autocast = contextlib.nullcontext()
     if predictor.device.type == "cuda" and options.autocast is not None:
-        autocast = torch.autocast("cuda", dtype=AUTOCAST_DTYPES[options.autocast])
+        autocast = torch.autocast("cuda", dtype=autocast_to_dtype(options.autocast))
     segments: dict[int, np.ndarray] = {}
     with torch.inference_mode(), autocast:
         state = predictor.init_state(video_path=os.fspath(frame_dir))
