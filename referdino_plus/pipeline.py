@@ -221,8 +221,8 @@ def run(
     launcher.check(stages)
     fingerprints = stage_fingerprints(cfg)
     result = RunResult()
-    with reporting(cfg, fingerprints, result) as report:
-        split = report.split = open_split(cfg, stages)
+    with reporting(cfg, fingerprints, result) as status:
+        split = status.split = open_split(cfg, stages)
         todo = pending_by_stage(cfg, fingerprints, stages, split.video_ids, overwrite)
         flight = preflight(cfg, split, stages, pending=todo)
         check_first_inputs(cfg, fingerprints, split, stages)
@@ -231,7 +231,7 @@ def run(
         plan = RunPlan(cfg, fingerprints, split, stages, todo, overwrite, flight.evaluate)
         launcher.launch(plan, result)
         if result.handoff is None:
-            finish(cfg, fingerprints, split, result, report, score=flight.evaluate)
+            finish(cfg, fingerprints, split, result, status, score=flight.evaluate)
     return result
 
 
@@ -252,19 +252,19 @@ def reporting(
     the block sets the yielded status to ``ok``; an exception's message as the error (one
     line); ``interrupted`` by the user. Not when ``result.handoff`` is set: the run goes on
     elsewhere, which writes it."""
-    run = RunStatus()
+    ended = RunStatus()
     try:
-        yield run
+        yield ended
     except KeyboardInterrupt:
-        run.status, run.error = "interrupted", "interrupted by the user"
+        ended.status, ended.error = "interrupted", "interrupted by the user"
         raise
     except Exception as err:
-        run.error = " ".join(str(err).split())
+        ended.error = " ".join(str(err).split())
         raise
     finally:
         if result.handoff is None:
             result.report = save_report(
-                cfg, fingerprints, run.split, result, status=run.status, error=run.error
+                cfg, fingerprints, ended.split, result, status=ended.status, error=ended.error
             )
 
 
@@ -273,7 +273,7 @@ def finish(
     fingerprints: Fingerprints,
     split: Split,
     result: RunResult,
-    run: RunStatus,
+    status: RunStatus,
     *,
     score: bool,
 ) -> None:
@@ -281,9 +281,9 @@ def finish(
     scored when ``score``) and status ``ok``; otherwise the failure, for the report."""
     if result.ok:
         write_outputs(cfg, fingerprints, split, result, score=score)
-        run.status = "ok"
+        status.status = "ok"
     else:
-        run.error = result.failure
+        status.error = result.failure
 
 
 def check_first_inputs(
@@ -296,7 +296,7 @@ def check_first_inputs(
         PipelineError: naming the stage and what it misses.
     """
     for stage in sorted(stages):
-        if stage - 1 not in stages:
+        if get_stage(stage).reads not in stages:
             check_inputs(cfg, fingerprints, stage, split.video_ids)
 
 

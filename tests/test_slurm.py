@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 from submitit import SlurmJob
 from submitit.core.utils import cloudpickle_dump
 
-from referdino_plus.config import ConfigError, load_config
+from referdino_plus.config import ConfigError, from_yaml, load_config, to_yaml
 from referdino_plus.launchers.slurm import videos_to_process
 from referdino_plus.launchers.slurm.journal import (
     TaskPosition,
@@ -70,6 +70,18 @@ def test_launcher_slurm_composes_from_the_command_line():
     assert (cfg.launcher.name, slurm.tasks, slurm.partition) == ("slurm", 16, "gpu")
     assert slurm.sbatch_args == {"constraint": "a100"}
     assert slurm.log_dir == "/shared/work/slurm"
+
+
+def test_the_slurm_section_is_spelled_either_way_and_saved_whole():
+    new = load_config(["launcher=slurm", "launcher.slurm.tasks=16", "launcher.slurm.qos=high"])
+    old = load_config(["launcher=slurm", "launcher.tasks=16", "launcher.qos=high"])
+    assert new.launcher == old.launcher and new.launcher.slurm.tasks == 16
+    with pytest.raises(ConfigError, match=r"^launcher\.slurm\.tasks=0: expected"):
+        load_config(["launcher=slurm", "launcher.slurm.tasks=0"])
+    # A run record keeps the configuration as YAML: read back, it has the launcher's section.
+    assert from_yaml(to_yaml(new)) == new
+    local = load_config()
+    assert from_yaml(to_yaml(local)) == local
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ by the ``launcher`` setting's name in :data:`LAUNCHERS`.
 :func:`referdino_plus.pipeline.run` checks everything and sets the run up once (the split, the
 preflight, the resolved configuration, archives of another configuration), hands the stages to
 the chosen launcher as a :class:`RunPlan`, and finishes the run with what the launcher records
-in its :class:`~referdino_plus.pipeline.RunResult`: archives, scores, report.
+in its result (:class:`LaunchRecord`): archives, scores, report.
 
 - ``local`` (:mod:`referdino_plus.launchers.local`): this machine, one worker per ``--gids``
   device, in this process with one device;
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from referdino_plus.stages import Fingerprints
 from rvos.splits import Split
+from rvos.workers import RunSummary
 
 if TYPE_CHECKING:
     from referdino_plus.config import PipelineConfig
-    from referdino_plus.pipeline import RunResult
 
 # launcher.name -> "module:class" of its Launcher.
 LAUNCHERS = {
@@ -64,6 +64,14 @@ class Handoff(Protocol):
         ...
 
 
+class LaunchRecord(Protocol):
+    """What a launcher records of a run (:class:`referdino_plus.pipeline.RunResult` has it)."""
+
+    stage_summaries: dict[int, RunSummary]  # per stage run, the videos done and failed
+    failure: str  # why the run failed, one line for its report ("": the summaries say)
+    handoff: Handoff | None  # the run goes on elsewhere, which writes its outputs and report
+
+
 class Launcher(ABC):
     """Runs a plan's stages somewhere."""
 
@@ -94,7 +102,7 @@ class Launcher(ABC):
         """Where the stages run, for the log (``cuda:0, cuda:1``, ``SLURM (8 tasks)``)."""
 
     @abstractmethod
-    def launch(self, plan: RunPlan, result: RunResult) -> None:
+    def launch(self, plan: RunPlan, result: LaunchRecord) -> None:
         """Run the plan's stages on their videos ``plan.todo``, recording in ``result`` each
         stage's summary once it is known (kept if the run stops), ``result.failure`` when some
         failed, or ``result.handoff`` when the run goes on elsewhere.

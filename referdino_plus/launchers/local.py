@@ -8,8 +8,8 @@ import logging
 from collections.abc import Sequence
 
 from referdino_plus.config import PipelineConfig
-from referdino_plus.launchers import Launcher, RunPlan
-from referdino_plus.pipeline import PipelineError, RunResult, check_inputs
+from referdino_plus.launchers import Launcher, LaunchRecord, RunPlan
+from referdino_plus.pipeline import PipelineError, check_inputs
 from referdino_plus.stages import get_stage
 from rvos.workers import RunSummary, run_sharded
 
@@ -25,7 +25,7 @@ class LocalLauncher(Launcher):
     def describe(self) -> str:
         return ", ".join(self.devices)
 
-    def launch(self, plan: RunPlan, result: RunResult) -> None:
+    def launch(self, plan: RunPlan, result: LaunchRecord) -> None:
         """Each stage of the plan on its videos ``plan.todo``; stops at the first stage with a
         failure (logged).
 

@@ -39,7 +39,7 @@ import logging
 from collections.abc import Sequence
 
 from referdino_plus.config import PipelineConfig
-from referdino_plus.launchers import Launcher, RunPlan
+from referdino_plus.launchers import Launcher, LaunchRecord, RunPlan
 from referdino_plus.launchers.slurm.finish import wait_for_run
 from referdino_plus.launchers.slurm.outcomes import conclude
 from referdino_plus.launchers.slurm.submit import (
@@ -49,7 +49,7 @@ from referdino_plus.launchers.slurm.submit import (
     submit_finishing_job,
 )
 from referdino_plus.launchers.slurm.task import code_environment
-from referdino_plus.pipeline import RunResult, pending_by_stage
+from referdino_plus.pipeline import pending_by_stage
 from referdino_plus.stages import Fingerprints
 from rvos.workers import RunSummary, shard
 
@@ -70,7 +70,7 @@ class SlurmLauncher(Launcher):
     def describe(self) -> str:
         return f"SLURM ({self.cfg.launcher.slurm.tasks} tasks)"
 
-    def launch(self, plan: RunPlan, result: RunResult) -> None:
+    def launch(self, plan: RunPlan, result: LaunchRecord) -> None:
         """Submit one task per shard of the videos some stage has to process; then wait for
         them (``launcher.slurm.wait``) or hand the run to a job that finishes it once they have
         ended (``result.handoff``).

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from referdino_plus.config import PipelineConfig
+from referdino_plus.launchers import LaunchRecord
 from referdino_plus.launchers.slurm.journal import TaskPosition, describe_position
 from referdino_plus.pipeline import PipelineError, RunResult, pending_videos
 from referdino_plus.stages import Fingerprints, get_stage
@@ -102,7 +103,7 @@ def conclude(
     split: Split,
     outcomes: Sequence[TaskOutcome],
     stages: Sequence[int],
-    result: RunResult,
+    result: LaunchRecord,
 ) -> None:
     """The tasks' outcomes into ``result``: each stage's summary, and why the run failed
     (logged) when some task did.
