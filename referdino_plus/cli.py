@@ -187,7 +187,7 @@ def choose_launcher(cfg: PipelineConfig, args: argparse.Namespace) -> Launcher:
     elif args.gids or args.cpu:
         raise ValueError(
             f"--gids and --cpu choose this machine's devices; with launcher={cfg.launcher.name}, "
-            "launcher.gpus_per_task sets each task's"
+            "launcher.slurm.gpus_per_task sets each task's"
         )
     else:
         devices = []
@@ -203,7 +203,7 @@ def finish_command(argv: Sequence[str]) -> int:
         description="Wait for the tasks of a launcher=slurm run, report the failed ones, and "
         "write its archives, scores and report when all succeeded.",
     )
-    parser.add_argument("record", help="the run's record: <launcher.log_dir>/<job>_run.json")
+    parser.add_argument("record", help="the run's record: <launcher.slurm.log_dir>/<job>_run.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
