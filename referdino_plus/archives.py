@@ -1,4 +1,6 @@
-"""Which masks each submission archive holds, read from the stage records.
+"""The submission archives: their masks read from the stage records (each stage's archive and
+how its masks are read: :data:`referdino_plus.stages.STAGES`), their stamps, and archives of
+another configuration set aside.
 
 Kept apart from :mod:`referdino_plus.pipeline` and light to import: the archive writer's worker
 processes load :func:`archive_masks` by module name, and should not import the models' code.
@@ -13,15 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rvos import intermediates as im
+from referdino_plus.stages import STAGES, get_stage
 from rvos.archive import read_stamp
 from rvos.io import write_error
 from rvos.masks import RunLengthMasks
 
 logger = logging.getLogger(__name__)
 
-# Archive name -> the stage whose records it is made of.
-ARCHIVES = {"stage1.zip": 1, "stage2.zip": 2, "fused.zip": 3}
 # Where archives of another configuration are moved (in submission_dir), each set in a folder
 # named by its configuration's fingerprint (the archives' stamp), "unknown" without one.
 STALE_DIR = "stale"
@@ -32,25 +32,12 @@ _FINGERPRINT = re.compile(r"[0-9A-Za-z_-]{1,64}")
 def archive_masks(
     work_dir: Path, stage: int, video_id: str
 ) -> tuple[list[str], dict[str, RunLengthMasks]]:
-    """Frame names and ``{exp_id: [T, H, W]}`` of one video for an archive, as runs (the
-    archive writer decodes them a frame at a time).
-
-    Stage 1: ReferDINO's own answer (the ``data.answer`` rule); stage 2: the union of the
-    SAM 2 objects (empty when no query was kept); stage 3: the fused masks.
-    """
-    path = im.stage_path(work_dir, stage, video_id)
-    if stage == 1:
-        video = im.load_stage1(path)
-        masks = {e: p.answer for e, p in video.expressions.items()}
-    elif stage == 2:
-        video = im.load_stage2(path)
-        masks = {e: r.sam2_union() for e, r in video.expressions.items()}
-    elif stage == 3:
-        video = im.load_stage3(path)
-        masks = {e: f.masks for e, f in video.expressions.items()}
-    else:
-        raise ValueError(f"no archive for stage {stage}")
-    return video.frame_names, masks
+    """Frame names and ``{exp_id: [T, H, W]}`` of one video for ``stage``'s archive, as runs
+    (the archive writer decodes them a frame at a time): what :attr:`Stage.archive_masks
+    <referdino_plus.stages.Stage.archive_masks>` reads from the video's record."""
+    described = get_stage(stage)
+    video = described.load_record(described.record_path(work_dir, video_id))
+    return video.frame_names, described.archive_masks(video)
 
 
 def archive_stamp(
@@ -102,12 +89,13 @@ def set_aside_stale_archives(submission_dir: Path, fingerprints: Mapping[int, st
         where each archive was moved (each one is also logged as a warning).
     """
     moved = []
-    for name, stage in ARCHIVES.items():
+    for stage in STAGES:
+        name = stage.archive
         path = submission_dir / name
         if not path.is_file():
             continue
         stamp = read_stamp(path) or {}
-        if stamp.get("config_fingerprint") == fingerprints[stage]:
+        if stamp.get("config_fingerprint") == fingerprints[stage.number]:
             continue
         # Kept with the other archives of its configuration (archives stamped before the runs'
         # fingerprints were: by their own).

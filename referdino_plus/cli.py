@@ -4,13 +4,13 @@
                     [key=value ...]
     run_pipeline.py demo --video PATH --text SENTENCE [--text ...] [options] [key=value ...]
     run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
-    run_pipeline.py finish RECORD      (a launcher=slurm run submitted with launcher.wait=false)
+    run_pipeline.py finish RECORD      (a launcher=slurm run submitted with launcher.slurm.wait=false)
     run_pipeline.py evaluate PRED [data=<benchmark>] [--data-root DIR] [--json OUT] [key=value ...]
 
 ``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
 ``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
 skips finished videos on a rerun. ``launcher=slurm`` runs the stages as a SLURM job array
-(:mod:`referdino_plus.slurm`).
+(:mod:`referdino_plus.launchers`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from referdino_plus.runtime import (
     select_devices,
     setup_logging,
 )
+from referdino_plus.stages import STAGE_NUMBERS
 
 if TYPE_CHECKING:
     from referdino_plus.config import PipelineConfig
+    from referdino_plus.launchers import Launcher
     from referdino_plus.pipeline import RunResult
-    from referdino_plus.slurm import SubmittedRun
 
 logger = logging.getLogger("referdino_plus")
 
@@ -45,7 +46,7 @@ commands:
   demo     your own video and sentences: run_pipeline.py demo --help
   app      the demo in a browser page: run_pipeline.py app --help
   finish   wait for the tasks of a launcher=slurm run and write its archives:
-           run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.wait=false prints it)
+           run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.slurm.wait=false prints it)
   evaluate score an archive with its benchmark's metric:
            run_pipeline.py evaluate PRED.zip data=<benchmark> (run_pipeline.py evaluate --help)
 
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stages",
         type=int,
         nargs="+",
-        choices=(1, 2, 3),
-        default=[1, 2, 3],
+        choices=STAGE_NUMBERS,
+        default=list(STAGE_NUMBERS),
         help="stages to run; each reads the previous stage's cached outputs (default: 1 2 3)",
     )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (one worker)")
@@ -104,10 +105,7 @@ def run_command(argv: Sequence[str]) -> int:
 
     try:
         cfg = load_config(args.overrides)
-        if cfg.launcher.name == "slurm":
-            devices = cluster_devices(cfg, args)
-        else:
-            devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
+        launcher = choose_launcher(cfg, args)
     except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
@@ -117,7 +115,7 @@ def run_command(argv: Sequence[str]) -> int:
         """Where the tracebacks are (none when the log file could not be written)."""
         return f" (details: {log_file})" if log_file and not log_file_failed() else ""
 
-    logger.info("run %r on %s: stages %s", cfg.name, ", ".join(devices), args.stages)
+    logger.info("run %r on %s: stages %s", cfg.name, launcher.describe(), args.stages)
     # The stages' code loads only once the configuration is known to be good.
     from referdino_plus import pipeline
     from referdino_plus.preflight import PreflightError
@@ -138,17 +136,9 @@ def run_command(argv: Sequence[str]) -> int:
         OSError,
     )
     try:
-        if cfg.launcher.name == "slurm":
-            from referdino_plus.slurm import SubmittedRun, run_on_slurm
-
-            result = run_on_slurm(cfg, stages=args.stages, overwrite=args.overwrite)
-            if isinstance(result, SubmittedRun):
-                print_submission(result)
-                return 0
-        else:
-            result = pipeline.run(
-                cfg, stages=args.stages, devices=devices, overwrite=args.overwrite
-            )
+        result = pipeline.run(
+            cfg, stages=args.stages, devices=launcher.devices, overwrite=args.overwrite
+        )
     except KeyboardInterrupt:
         logger.error("interrupted; finished videos are kept: rerun the same command to go on")
         return 130
@@ -156,6 +146,9 @@ def run_command(argv: Sequence[str]) -> int:
         logger.debug("the run stopped", exc_info=True)
         logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details())
         return 1
+    if result.handoff is not None:
+        print(result.handoff.describe())
+        return 0
     return report_result(result, details())
 
 
@@ -174,29 +167,30 @@ def report_result(result: RunResult, details: str = "") -> int:
     return 0
 
 
-def cluster_devices(cfg: PipelineConfig, args: argparse.Namespace) -> list[str]:
-    """What a ``launcher=slurm`` run runs on, for the log; its paths checked first.
+def choose_launcher(cfg: PipelineConfig, args: argparse.Namespace) -> Launcher:
+    """The run's launcher (``launcher=...``), its settings checked before anything is written:
+    ``local`` on this machine's devices (``--gids``, ``--cpu``; neither: GPU 0, or the CPU),
+    another one on devices of its own.
 
     Raises:
-        ValueError: ``--gids``/``--cpu`` (this machine's devices), or a path the nodes could
-            not reach (relative).
+        ValueError: ``--gids``/``--cpu`` with another launcher than ``local``, or a setting the
+            launcher cannot use (e.g. a path a cluster's nodes could not reach: relative).
     """
-    from referdino_plus.slurm import check_cluster_paths
+    from referdino_plus.config import LauncherKind
+    from referdino_plus.launchers import build_launcher
 
-    if args.gids or args.cpu:
+    if cfg.launcher.name == LauncherKind.local:
+        devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
+    elif args.gids or args.cpu:
         raise ValueError(
-            "--gids and --cpu choose this machine's devices; with launcher=slurm, "
-            "launcher.gpus_per_task sets each task's"
+            f"--gids and --cpu choose this machine's devices; with launcher={cfg.launcher.name}, "
+            "launcher.slurm.gpus_per_task sets each task's"
         )
-    check_cluster_paths(cfg, args.stages)
-    return [f"SLURM ({cfg.launcher.tasks} tasks)"]
-
-
-def print_submission(run: SubmittedRun) -> None:
-    """What ``launcher.wait=false`` submitted, and the command that finishes the run."""
-    print(f"job array: {run.array_id} ({len(run.job_ids)} tasks), logs in {run.log_dir}")
-    print(f"finishing job: {run.finishing_job_id} (writes the archives once the array has ended)")
-    print(f"finish by hand: {run.finish_command()}")
+    else:
+        devices = []
+    launcher = build_launcher(cfg, devices)
+    launcher.check_settings(args.stages)
+    return launcher
 
 
 def finish_command(argv: Sequence[str]) -> int:
@@ -206,13 +200,14 @@ def finish_command(argv: Sequence[str]) -> int:
         description="Wait for the tasks of a launcher=slurm run, report the failed ones, and "
         "write its archives, scores and report when all succeeded.",
     )
-    parser.add_argument("record", help="the run's record: <launcher.log_dir>/<job>_run.json")
+    parser.add_argument("record", help="the run's record: <launcher.slurm.log_dir>/<job>_run.json")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
     from referdino_plus.config import ConfigError
+    from referdino_plus.launchers.slurm.finish import collect
+    from referdino_plus.launchers.slurm.record import SubmittedRun
     from referdino_plus.pipeline import PipelineError
-    from referdino_plus.slurm import SubmittedRun, collect
     from rvos.mevis import DataError
 
     try:
@@ -240,13 +235,15 @@ def evaluate_command(argv: Sequence[str]) -> int:
         "(configs/data/<benchmark>.yaml) picks the split, its layout and its metric"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    args = parser.parse_args([a for a in argv if a not in overrides])
+    add_overrides_argument(parser)
+    args = parse_with_overrides(
+        parser, argv, stray=lambda word: parser.error(f"unrecognized argument: {word}")
+    )
     setup_logging(args.quiet)
     from referdino_plus.config import ConfigError, load_config
 
     try:
-        cfg = load_config(overrides)
+        cfg = load_config(args.overrides)
     except ConfigError as err:
         logger.error("%s", err)
         return 2

@@ -37,6 +37,7 @@ from stage3_fusion.options import FusionOptions
 # copy in a wheel).
 CONFIG_DIR = Path(str(resources.files("referdino_plus") / "configs"))
 SCHEMA_NAME = "pipeline_schema"
+LAUNCHER_SCHEMA_GROUP = "launcher_schema"
 
 
 class ConfigError(ValueError):
@@ -130,72 +131,72 @@ class DemoOptions:
 
 
 class LauncherKind(Choice):
-    """Where a run's stages execute (the ``launcher`` config group)."""
+    """Where a run's stages execute (the ``launcher`` config group; :mod:`referdino_plus.launchers`)."""
 
     local = "local"  # this machine: one worker per --gids GPU, or the CPU
-    slurm = "slurm"  # a SLURM job array submitted through submitit (referdino_plus.slurm)
+    slurm = "slurm"  # a SLURM job array submitted through submitit
 
 
 @dataclass
 class LauncherOptions:
-    """The ``launcher`` section (``configs/launcher/``): ``local`` (the default) or ``slurm``.
+    """The ``launcher`` section (``configs/launcher/<name>.yaml``): where the stages run.
 
-    The cluster settings are ``launcher=slurm``'s; with ``launcher=local`` they are null.
+    ``launcher=local`` (the default) has no other setting; ``launcher=slurm`` adds its own
+    section, ``launcher.slurm`` (:class:`SlurmLauncherOptions`).
     """
 
     SECTION = "launcher"
-    # Settings a SLURM run cannot do without (the others may be null: the cluster's default).
-    SLURM_REQUIRED = (
-        "tasks",
-        "gpus_per_task",
-        "cpus_per_task",
-        "timeout_min",
-        "max_requeues",
-        "sbatch_args",
-        "setup",
-        "log_dir",
-        "job_name",
-        "wait",
-        "poll_s",
-        "result_wait_s",
-    )
-    SLURM_OPTIONAL = ("partition", "account", "qos", "mem_gb")
 
     name: LauncherKind
-    partition: str | None
+
+
+@dataclass
+class SlurmOptions:
+    """The ``launcher.slurm`` section (``configs/launcher/slurm.yaml``): the job array's
+    resources, and how the submitting command waits for it. Also spelled ``launcher.<key>``
+    (:data:`KEY_ALIASES`)."""
+
+    SECTION = "launcher.slurm"
+
+    partition: str | None  # null: the cluster's default
     account: str | None
     qos: str | None
-    tasks: int | None = bounded(1)
+    tasks: int = bounded(1)
     # One device per task (the in-process worker): more GPUs means more tasks.
-    gpus_per_task: int | None = bounded(0, 1)
-    cpus_per_task: int | None = bounded(1)
-    mem_gb: float | None = bounded(1e-3)
-    timeout_min: int | None = bounded(1)
-    max_requeues: int | None = bounded(0)
-    sbatch_args: dict[str, str] | None
-    setup: list[str] | None
-    log_dir: str | None
-    job_name: str | None
-    wait: bool | None
-    poll_s: float | None = bounded(1e-3)
-    result_wait_s: float | None = bounded(0)
+    gpus_per_task: int = bounded(0, 1)
+    cpus_per_task: int = bounded(1)
+    mem_gb: float | None = bounded(1e-3)  # null: the partition's default
+    timeout_min: int = bounded(1)
+    max_requeues: int = bounded(0)
+    sbatch_args: dict[str, str]
+    setup: list[str]
+    log_dir: str
+    job_name: str
+    wait: bool
+    poll_s: float = bounded(1e-3)
+    result_wait_s: float = bounded(0)
 
     def __post_init__(self) -> None:
-        if self.name == LauncherKind.local:
-            for key in (*self.SLURM_REQUIRED, *self.SLURM_OPTIONAL):
-                if getattr(self, key) is not None:
-                    raise OptionError(
-                        f"launcher.{key}={getattr(self, key)!r}: a setting of launcher=slurm; "
-                        "add launcher=slurm to run on a cluster"
-                    )
-            return
-        for key in self.SLURM_REQUIRED:
-            if getattr(self, key) is None:
-                raise OptionError(
-                    f"launcher.{key}: needs a value with launcher=slurm "
-                    "(configs/launcher/slurm.yaml)"
-                )
         check_declared(self)
+
+
+@dataclass
+class SlurmLauncherOptions(LauncherOptions):
+    """The ``launcher`` section of ``launcher=slurm``: its name and its own section."""
+
+    slurm: SlurmOptions
+
+
+# The schema of each launcher's section: configs/launcher/<name>.yaml is composed against it.
+LAUNCHER_SCHEMAS: dict[str, type[LauncherOptions]] = {
+    LauncherKind.local: LauncherOptions,
+    LauncherKind.slurm: SlurmLauncherOptions,
+}
+# Spellings of keys that moved, kept for the command lines people type: old -> new.
+KEY_ALIASES = {
+    f"launcher.{field.name}": f"launcher.slurm.{field.name}"
+    for field in dataclasses.fields(SlurmOptions)
+}
 
 
 @dataclass
@@ -255,6 +256,9 @@ class PipelineConfig:
 
 
 ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
+for _kind, _schema in LAUNCHER_SCHEMAS.items():
+    # configs/launcher/<name>.yaml: ``defaults: [/launcher_schema/<name>@_here_, _self_]``
+    ConfigStore.instance().store(group=LAUNCHER_SCHEMA_GROUP, name=str(_kind), node=_schema)
 
 
 def _one_line(err: BaseException) -> str:
@@ -267,6 +271,9 @@ def _one_line(err: BaseException) -> str:
     text = str(deepest)
     key = re.search(r"full_key: (\S+)", text)
     first = text.strip().splitlines()[0] if text.strip() else type(deepest).__name__
+    not_optional = re.fullmatch(r"field '(\S+)' is not Optional", first)
+    if not_optional:
+        first = f"{not_optional.group(1)}: needs a value (null is not allowed here)"
     if isinstance(deepest, OmegaConfBaseException) and key and key.group(1) not in first:
         first = f"{key.group(1)}: {first}"
     options = re.search(r"Available options[^:]*:((?:\n\t\S+)+)", text)
@@ -307,6 +314,8 @@ def check_known_keys(cfg: DictConfig) -> None:
         ConfigError: naming the first unknown key and the closest known ones.
     """
     known = set(_schema_keys(PipelineConfig))
+    for schema in LAUNCHER_SCHEMAS.values():  # each launcher's section
+        known |= set(_schema_keys(schema, f"{LauncherOptions.SECTION}."))
     for key in _keys(cfg):
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -317,12 +326,69 @@ def check_known_keys(cfg: DictConfig) -> None:
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """``configs/pipeline.yaml`` composed with hydra ``overrides`` (``key=value``), checked.
 
-    Works whether or not the ``sam2`` package (which initialises hydra's global state on import)
-    was imported before; hydra's global state is restored afterwards.
+    A key that moved may be given by its old spelling (:data:`KEY_ALIASES`); errors name it as
+    given. Works whether or not the ``sam2`` package (which initialises hydra's global state on
+    import) was imported before; hydra's global state is restored afterwards.
 
     Raises:
-        ConfigError: an unknown key, a wrong type or choice, or a value out of its range.
+        ConfigError: an unknown key, a wrong type or choice, a value out of its range, or a
+            setting of another launcher than the chosen one.
     """
+    overrides, aliased = resolve_aliases(overrides)
+    try:
+        return _compose(overrides)
+    except ConfigError as err:
+        error = _other_launchers_setting(overrides) or err
+        message = str(error)
+        for old, new in aliased.items():
+            message = message.replace(new, old)
+        raise ConfigError(message) from None
+
+
+def _override_key(override: str) -> str:
+    """The key of a hydra override: ``+launcher.tasks=1`` -> ``launcher.tasks``."""
+    return override.lstrip("+~").partition("=")[0]
+
+
+def resolve_aliases(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``overrides`` with old spellings of keys (:data:`KEY_ALIASES`, nested keys too) replaced,
+    and ``{old: new}`` of the keys replaced."""
+    resolved, aliased = [], {}
+    for override in overrides:
+        key = _override_key(override)
+        for old, new in KEY_ALIASES.items():
+            if key == old or key.startswith(f"{old}."):
+                prefix = override[: len(override) - len(override.lstrip("+~"))]
+                override = prefix + new + override[len(prefix) + len(old) :]
+                aliased[old] = new
+                break
+        resolved.append(override)
+    return resolved, aliased
+
+
+def _other_launchers_setting(overrides: Sequence[str]) -> ConfigError | None:
+    """The error of an override of a launcher's own section (``launcher.slurm.tasks=16``) when
+    another launcher is chosen, or ``None``."""
+    sections = {f"{LauncherOptions.SECTION}.{kind}." for kind in LAUNCHER_SCHEMAS}
+    own = [o for o in overrides if any(_override_key(o).startswith(s) for s in sections)]
+    if not own:
+        return None
+    try:
+        chosen = str(_compose([o for o in overrides if o not in own]).launcher.name)
+    except ConfigError:
+        return None
+    key = _override_key(own[0])
+    if key.startswith(f"{LauncherOptions.SECTION}.{chosen}."):
+        return None
+    launcher = key.split(".")[1]
+    return ConfigError(
+        f"{own[0].lstrip('+~')}: a setting of launcher={launcher}; add launcher={launcher} to "
+        f"use it (now: launcher={chosen})"
+    )
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    """:func:`compose_config` without the old spellings."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
@@ -366,7 +432,11 @@ def from_yaml(text: str) -> PipelineConfig:
         ConfigError: the text does not fit the schema (e.g. saved by another version).
     """
     try:
-        node = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.create(text))
+        saved = OmegaConf.create(text)
+        # The launcher's section by its own schema (launcher=slurm has one more section).
+        launcher = LAUNCHER_SCHEMAS[OmegaConf.select(saved, "launcher.name", default="local")]
+        schema = OmegaConf.structured(PipelineConfig)
+        node = OmegaConf.merge(schema, {"launcher": OmegaConf.structured(launcher)}, saved)
         return to_typed(node)
     except (OmegaConfBaseException, OptionError) as err:
         raise ConfigError(_one_line(err)) from None

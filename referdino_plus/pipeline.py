@@ -1,53 +1,47 @@
-"""The three stages end to end, resumable, sharded over devices.
+"""The stages end to end, resumable: one :func:`run`, whichever launcher runs the stages.
 
-Each stage processes the split's videos (sorted) whose record in ``work_dir/stage<N>/`` is not
-finished with the current configuration, through :func:`rvos.workers.run_sharded`. Then the
-archives whose records are complete are (re)written in the benchmark's member layout
-(``data.archive``), scored with its metric (``data.metric``) when the split has ground truth, and
-a report is saved to ``work_dir/report.json``.
+The run is checked and set up once; then each stage (:data:`referdino_plus.stages.STAGES`)
+processes the split's videos (sorted) whose record in ``work_dir/stage<N>/`` is not finished with
+the current configuration, on the launcher ``launcher`` names (:mod:`referdino_plus.launchers`:
+this machine's devices, or a SLURM job array). Then the archives whose records are complete are
+(re)written in the benchmark's member layout (``data.archive``), scored with its metric
+(``data.metric``) when the split has ground truth, and a report is saved to
+``work_dir/report.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from referdino_plus.archives import (
-    ARCHIVES,
     archive_is_current,
     archive_masks,
     archive_stamp,
     set_aside_stale_archives,
 )
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
+from referdino_plus.launchers import Handoff, RunPlan, build_launcher
 from referdino_plus.preflight import check_benchmark as check_benchmark  # also here for callers
+from referdino_plus.stages import LAST_STAGE, STAGE_NUMBERS, STAGES, Fingerprints, get_stage
 from rvos import intermediates as im
 from rvos.archive import build_archive_writer, write_archive
 from rvos.evaluation import BenchmarkResult, evaluate
 from rvos.io import atomic_output
-from rvos.proposals import THRESHOLD_OR_TOP1, Stage1Records
+from rvos.proposals import THRESHOLD_OR_TOP1
 from rvos.splits import Split
-from rvos.workers import RunSummary, run_sharded
-from stage1_referdino.runner import Stage1Job
-from stage2_sam2_refine.runner import Stage2Job
-from stage3_fusion.runner import Stage3Job
+from rvos.workers import RunSummary
 
 logger = logging.getLogger(__name__)
 
-STAGES = (1, 2, 3)
-STAGE_JOBS = {
-    1: "stage1_referdino.runner:build_video_processor",
-    2: "stage2_sam2_refine.runner:build_video_processor",
-    3: "stage3_fusion.runner:build_video_processor",
-}
-STAGE_NAMES = {1: "stage 1 (ReferDINO)", 2: "stage 2 (SAM 2)", 3: "stage 3 (fusion)"}
 # Keys that change where or how fast things run, not the numbers: left out of fingerprints.
 _NON_NUMERIC_KEYS = {
     "export_legacy",
@@ -68,8 +62,6 @@ _STAGE2_DEFAULTS_TABLE = "released"
 # the model's order).
 STAGE1_REVISION = 2
 
-Fingerprints = dict[int, str]
-
 
 class PipelineError(RuntimeError):
     """A run that cannot start or did not complete; the message says what to do."""
@@ -82,8 +74,12 @@ class RunResult:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     # Archive name -> its full evaluation (per expression or object); for the J&F-per-video plot.
     evaluations: dict[str, BenchmarkResult] = field(default_factory=dict)
-    # Where report.json was written (None: nowhere; the log says why).
+    # Where report.json was written (None: nowhere, the log says why; or handed off).
     report: Path | None = None
+    # Why the run failed, one line for its report ("": what the stage summaries say).
+    failure: str = ""
+    # The run goes on elsewhere (launcher.slurm.wait=false), which writes its outputs and report.
+    handoff: Handoff | None = None
 
     @property
     def ok(self) -> bool:
@@ -126,34 +122,9 @@ def stage_fingerprints(cfg: PipelineConfig) -> Fingerprints:
     return {1: fp1, 2: fp2, 3: fp3}
 
 
-def stage1_records(cfg: PipelineConfig, fingerprints: Fingerprints) -> Stage1Records:
-    """Where the run's stage-1 records are (and, with ``stage1.legacy_dir``, come from)."""
-    legacy_dir = cfg.stage1.legacy_dir
-    return Stage1Records(
-        work_dir=Path(cfg.work_dir),
-        fingerprint=fingerprints[1],
-        legacy_dir=Path(legacy_dir) if legacy_dir else None,
-        obj_threshold=cfg.stage1.obj_threshold,
-        answer=cfg.data.answer,
-    )
-
-
 def stage_job(cfg: PipelineConfig, fingerprints: Fingerprints, stage: int) -> Any:
-    """The picklable job of ``stage``'s workers (see :data:`STAGE_JOBS`)."""
-    work_dir, data_root, layout = Path(cfg.work_dir), Path(cfg.data.root), cfg.data.layout
-    if stage == 1:
-        return Stage1Job(data_root, layout, stage1_records(cfg, fingerprints), cfg.stage1)
-    if stage == 2:
-        records = stage1_records(cfg, fingerprints)
-        return Stage2Job(data_root, layout, work_dir, fingerprints[2], records, cfg.stage2)
-    if stage == 3:
-        return Stage3Job(work_dir, fingerprints[3], cfg.stage3)
-    raise ValueError(f"no stage {stage}")
-
-
-def stage_devices(stage: int, devices: Sequence[str]) -> list[str]:
-    """Where ``stage``'s workers run: the models on ``devices``, the fusion (stage 3) on the CPU."""
-    return ["cpu"] if stage == 3 else list(devices)
+    """The picklable job of ``stage``'s workers (:meth:`referdino_plus.stages.Stage.job`)."""
+    return get_stage(stage).job(cfg, fingerprints)
 
 
 def save_resolved_config(cfg: PipelineConfig, work_dir: Path) -> Path:
@@ -172,12 +143,8 @@ def pending_videos(
     """Videos whose stage record is missing, corrupt or stale (all of them with ``overwrite``)."""
     if overwrite:
         return list(video_ids)
-    kind = im.STAGE_KINDS[stage]
-    return [
-        vid
-        for vid in video_ids
-        if not im.is_finished(im.stage_path(work_dir, stage, vid), kind, fingerprint)
-    ]
+    described = get_stage(stage)
+    return [vid for vid in video_ids if not described.is_finished(work_dir, vid, fingerprint)]
 
 
 def pending_by_stage(
@@ -201,7 +168,9 @@ def check_inputs(
     """Fail early, naming what is missing, when a stage's inputs are not there."""
     work_dir = Path(cfg.work_dir)
     legacy_dir = cfg.stage1.legacy_dir
-    if stage == 1 or (stage == 2 and legacy_dir):
+    described = get_stage(stage)
+    # stage1.legacy_dir stands for the stage-1 records of the stages that read them.
+    if described.reads is None or (described.reads == 1 and legacy_dir):
         if legacy_dir:
             missing = [v for v in video_ids if not (Path(legacy_dir) / f"{v}.npz").is_file()]
             if missing:
@@ -210,11 +179,11 @@ def check_inputs(
                     f"video(s): {', '.join(missing[:5])}"
                 )
         return
-    previous = stage - 1
+    previous = described.reads
     missing = pending_videos(work_dir, previous, video_ids, fingerprints[previous], False)
     if missing:
         raise PipelineError(
-            f"{STAGE_NAMES[stage]} needs the {STAGE_NAMES[previous]} outputs of {len(missing)} "
+            f"{described.name} needs the {get_stage(previous).name} outputs of {len(missing)} "
             f"video(s) ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}) in "
             f"{work_dir}/stage{previous}/, made with the current configuration: "
             f"run --stages {previous} {stage} (or check your overrides)"
@@ -224,51 +193,97 @@ def check_inputs(
 def run(
     cfg: PipelineConfig,
     *,
-    stages: Sequence[int] = STAGES,
-    devices: Sequence[str] = ("cpu",),
+    stages: Sequence[int] = STAGE_NUMBERS,
+    devices: Sequence[str] = (),
     overwrite: bool = False,
 ) -> RunResult:
-    """Run ``stages`` of the pipeline on ``cfg.data.root``; see the module docstring.
+    """Run ``stages`` of the pipeline on ``cfg.data.root`` with the launcher ``cfg.launcher``
+    names (:mod:`referdino_plus.launchers`; ``devices``: this machine's, for a local run: none
+    given, the CPU); see the module docstring.
 
-    Everything the run needs is checked first (:func:`referdino_plus.preflight.preflight`, and
-    the cached inputs of the first stage to run); nothing is moved or written before. Then the
-    archives of another configuration are set aside (:func:`set_aside_stale_archives`).
-    ``work_dir/report.json`` is written however the run ends (``status``: ``ok``, ``failed``,
-    ``interrupted``); where it cannot be, in the system's temporary folder (``result.report``
-    says where, the log why).
+    Everything the run needs is checked first (the launcher's settings and tools,
+    :func:`referdino_plus.preflight.preflight`, and the cached inputs of the first stage to run);
+    nothing is moved or written before. Then the archives of another configuration are set aside
+    (:func:`set_aside_stale_archives`), and the launcher runs the stages. ``work_dir/report.json``
+    is written however the run ends (:func:`reporting`), unless the launcher handed the run off
+    (``result.handoff``: what finishes it writes the report).
 
     Raises:
+        ValueError: a launcher setting that cannot be used (e.g. a relative path on a cluster).
         PreflightError: listing everything that stops the run before any model loads.
-        PipelineError: a stage whose inputs are missing, or a failed write (a full disk, a
-            read-only folder), which stops the run at once.
+        PipelineError: a stage whose inputs are missing, a failed write (a full disk, a
+            read-only folder), which stops the run at once, or a launcher that cannot start.
     """
     from referdino_plus.preflight import open_split, preflight
 
+    stages = sorted(stages)
+    launcher = build_launcher(cfg, devices)
+    launcher.check(stages)
     fingerprints = stage_fingerprints(cfg)
     result = RunResult()
-    status, error = "failed", ""
-    split: Split | None = None
-    try:
-        split = open_split(cfg, stages)
-        pending = pending_by_stage(cfg, fingerprints, stages, split.video_ids, overwrite)
-        flight = preflight(cfg, split, stages, pending=pending)
+    with reporting(cfg, fingerprints, result) as status:
+        split = status.split = open_split(cfg, stages)
+        todo = pending_by_stage(cfg, fingerprints, stages, split.video_ids, overwrite)
+        flight = preflight(cfg, split, stages, pending=todo)
         check_first_inputs(cfg, fingerprints, split, stages)
         save_resolved_config(cfg, Path(cfg.work_dir))
         set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
-        if run_stages(
-            cfg, fingerprints, split, result, stages=stages, devices=devices, todo=pending
-        ):
-            write_outputs(cfg, fingerprints, split, result, score=flight.evaluate)
-            status = "ok"
+        plan = RunPlan(cfg, fingerprints, split, stages, todo, overwrite, flight.evaluate)
+        launcher.launch(plan, result)
+        if result.handoff is None:
+            finish(cfg, fingerprints, split, result, status, score=flight.evaluate)
+    return result
+
+
+@dataclass
+class RunStatus:
+    """How a run ended, for its report (see :func:`reporting`)."""
+
+    status: str = "failed"  # ok, failed, interrupted
+    error: str = ""  # why it failed, one line
+    split: Split | None = None  # None: the split could not be read
+
+
+@contextlib.contextmanager
+def reporting(
+    cfg: PipelineConfig, fingerprints: Fingerprints, result: RunResult
+) -> Iterator[RunStatus]:
+    """Write the run's report (:func:`save_report`) however the block ends: ``failed`` unless
+    the block sets the yielded status to ``ok``; an exception's message as the error (one
+    line); ``interrupted`` by the user. Not when ``result.handoff`` is set: the run goes on
+    elsewhere, which writes it."""
+    ended = RunStatus()
+    try:
+        yield ended
     except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user"
+        ended.status, ended.error = "interrupted", "interrupted by the user"
         raise
     except Exception as err:
-        error = " ".join(str(err).split())
+        ended.error = " ".join(str(err).split())
         raise
     finally:
-        result.report = save_report(cfg, fingerprints, split, result, status=status, error=error)
-    return result
+        if result.handoff is None:
+            result.report = save_report(
+                cfg, fingerprints, ended.split, result, status=ended.status, error=ended.error
+            )
+
+
+def finish(
+    cfg: PipelineConfig,
+    fingerprints: Fingerprints,
+    split: Split,
+    result: RunResult,
+    status: RunStatus,
+    *,
+    score: bool,
+) -> None:
+    """After the stages: when every stage succeeded, the outputs (:func:`write_outputs`,
+    scored when ``score``) and status ``ok``; otherwise the failure, for the report."""
+    if result.ok:
+        write_outputs(cfg, fingerprints, split, result, score=score)
+        status.status = "ok"
+    else:
+        status.error = result.failure
 
 
 def check_first_inputs(
@@ -281,72 +296,8 @@ def check_first_inputs(
         PipelineError: naming the stage and what it misses.
     """
     for stage in sorted(stages):
-        if stage - 1 not in stages:
+        if get_stage(stage).reads not in stages:
             check_inputs(cfg, fingerprints, stage, split.video_ids)
-
-
-def run_stages(
-    cfg: PipelineConfig,
-    fingerprints: Fingerprints,
-    split: Split,
-    result: RunResult,
-    *,
-    stages: Sequence[int],
-    devices: Sequence[str],
-    todo: Mapping[int, Sequence[str]],
-) -> bool:
-    """Each of ``stages`` on its videos ``todo`` (those it has not finished, found before the
-    run); stops at the first stage with a failure (logged; ``result`` keeps each stage's
-    summary). Returns whether all succeeded.
-
-    Raises:
-        PipelineError: a stage's inputs are missing, or a write failed (one line: the file, the
-            error and what to do); the workers stopped at once.
-    """
-    video_ids = split.video_ids
-    for stage in sorted(stages):
-        check_inputs(cfg, fingerprints, stage, video_ids)
-        videos = list(todo[stage])
-        logger.info(
-            "%s: %d video(s) to process, %d already finished",
-            STAGE_NAMES[stage],
-            len(videos),
-            len(video_ids) - len(videos),
-        )
-        if not videos:
-            result.stage_summaries[stage] = RunSummary()
-            continue
-        summary = run_sharded(
-            STAGE_JOBS[stage],
-            stage_job(cfg, fingerprints, stage),
-            videos,
-            stage_devices(stage, devices),
-            desc=STAGE_NAMES[stage],
-        )
-        result.stage_summaries[stage] = summary
-        if summary.write_fault is not None:
-            raise PipelineError(f"{STAGE_NAMES[stage]} stopped: {summary.write_fault.error}")
-        if not summary.ok:
-            logger.error("%s", failure_summary(STAGE_NAMES[stage], summary, len(videos)))
-            return False
-    return True
-
-
-def failure_summary(stage_name: str, summary: RunSummary, num_videos: int) -> str:
-    """One line saying what failed in a stage and what to do."""
-    setups = [f for f in summary.failures if f.video_id is None]
-    videos = sorted({f.video_id for f in summary.failures if f.video_id is not None})
-    parts = []
-    if setups:
-        devices = ", ".join(sorted({f.device for f in setups}))
-        parts.append(f"could not start on {devices} ({setups[0].error})")
-    if videos:
-        named = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
-        parts.append(f"{len(videos)} of {num_videos} video(s) failed ({named})")
-    return (
-        f"{stage_name}: {'; '.join(parts)}. Finished videos are kept; fix the cause and rerun "
-        "the same command to process only the missing ones"
-    )
 
 
 def write_outputs(
@@ -386,24 +337,25 @@ def write_archives(
         for vid, video in split.videos.items()
     }
     writer = build_archive_writer(cfg.data.archive, split.videos)
-    for name, stage in ARCHIVES.items():
-        if pending_videos(work_dir, stage, split.video_ids, fingerprints[stage], False):
+    for stage in STAGES:
+        number, fingerprint = stage.number, fingerprints[stage.number]
+        if pending_videos(work_dir, number, split.video_ids, fingerprint, False):
             continue
-        path = submission_dir / name
-        records = [im.stage_path(work_dir, stage, vid) for vid in split.video_ids]
-        if archive_is_current(path, records, fingerprints[stage]):
+        path = submission_dir / stage.archive
+        records = [stage.record_path(work_dir, vid) for vid in split.video_ids]
+        if archive_is_current(path, records, fingerprint):
             logger.info("%s is up to date", path)
         else:
             write_archive(
                 path,
-                partial(archive_masks, work_dir, stage),
+                partial(archive_masks, work_dir, number),
                 expected,
                 compress_level=cfg.archive.png_compress_level,
                 jobs=cfg.archive.jobs,
                 writer=writer,
-                stamp=archive_stamp(stage, fingerprints[stage], fingerprints[3]),
+                stamp=archive_stamp(number, fingerprint, fingerprints[LAST_STAGE.number]),
             )
-        result.archives[name] = path
+        result.archives[stage.archive] = path
     metric = cfg.data.metric
     if score and cfg.evaluation.enabled and metric and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
@@ -415,11 +367,11 @@ def write_archives(
 def fusion_decisions(
     work_dir: Path, fingerprint: str, video_ids: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """``{"<video>/<exp_id>": decision}`` from the stage-3 records made with ``fingerprint``
+    """``{"<video>/<exp_id>": decision}`` from the fusion's records made with ``fingerprint``
     (records of another configuration are left out, never mixed in)."""
     decisions = {}
     for vid in video_ids:
-        header = im.read_header(im.stage_path(work_dir, 3, vid))
+        header = im.read_header(LAST_STAGE.record_path(work_dir, vid))
         if header is None or header.get("config_fingerprint") != fingerprint:
             continue
         for exp_id, decision in header.get("decisions", {}).items():
@@ -504,7 +456,7 @@ def write_report(
         "archives": {name: str(path) for name, path in result.archives.items()},
         "scores": result.scores,
         "fusion": (
-            fusion_decisions(work_dir, fingerprints[3], split.video_ids)
+            fusion_decisions(work_dir, fingerprints[LAST_STAGE.number], split.video_ids)
             if split is not None
             else {}
         ),

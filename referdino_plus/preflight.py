@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from referdino_plus.config import PipelineConfig
+from referdino_plus.stages import STAGES, get_stage
 from rvos.archive import build_archive_writer
 from rvos.checkpoints import checkpoint_family_problem
 from rvos.frames import check_frames
@@ -302,7 +303,7 @@ def space_needed(
     for stage in stages:
         for vid in pending.get(stage, split.video_ids):
             new = record_bytes(stage, shapes[vid], queries)
-            old = work_dir / f"stage{stage}" / f"{vid}.npz"
+            old = get_stage(stage).record_path(work_dir, vid)
             work += max(0.0, new - (old.stat().st_size if old.is_file() else 0))
             if stage == 1 and cfg.stage1.export_legacy:
                 work += legacy_bytes(shapes[vid], queries, cfg.stage1.short_side)
@@ -310,9 +311,9 @@ def space_needed(
         work += FRAME_CHECK_BYTES_PER_FRAME * sum(v.num_frames for v in shapes.values())
     if cfg.visualize.enabled:
         work += sum(picture_bytes(shape, cfg) for shape in shapes.values())
-    # The three archives, one PNG per frame and expression (fewer for Ref-DAVIS17's annotator
-    # PNGs); an archive that is replaced stays until its new copy is whole.
-    archives = 3 * sum(
+    # The archives, one per stage, one PNG per frame and expression (fewer for Ref-DAVIS17's
+    # annotator PNGs); an archive that is replaced stays until its new copy is whole.
+    archives = len(STAGES) * sum(
         shape.num_frames * shape.num_expressions * png_bytes(shape.height, shape.width)
         for shape in shapes.values()
     )

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from referdino_plus.config import PipelineConfig, load_config, to_plain
+from referdino_plus.stages import STAGES
 from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
 from rvos.progress import progress_bar
 from rvos.video import Clip
@@ -39,8 +40,8 @@ logger = logging.getLogger(__name__)
 OUT_OF_MEMORY_MARKERS = ("out of memory", "can't allocate memory")
 # Exit codes: bad arguments or configuration; unusable input, missing weights or a failed run.
 EXIT_USAGE, EXIT_FAILURE = 2, 1
-# The steps a job reports progress for, in order.
-STAGE1, STAGE2, STAGE3 = "stage 1 (ReferDINO)", "stage 2 (SAM 2)", "stage 3 (fusion)"
+# The steps a job reports progress for, in order: the stages, by their names.
+STAGE1, STAGE2, STAGE3 = (stage.name for stage in STAGES)
 # demo and app run stage 1 in windows of demo.window_frames; a stage1.window.frames=... the user
 # gives comes later and wins.
 DEMO_WINDOW = "stage1.window.frames=${demo.window_frames}"

@@ -18,6 +18,7 @@ from PIL import Image
 
 from referdino_plus.archives import archive_masks
 from referdino_plus.config import PipelineConfig, VisualizeOptions
+from referdino_plus.stages import LAST_STAGE, STAGES
 from rvos import intermediates as im
 from rvos.drawing import (
     PALETTE,
@@ -33,20 +34,16 @@ from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
 
-# Strip rows: label and colour of each archive's masks.
-STRIP_ROWS: tuple[tuple[str, Color], ...] = (
-    ("stage 1", PALETTE[6]),
-    ("SAM 2", PALETTE[1]),
-    ("fused", PALETTE[2]),
+# Each stage's colour, in the order of STAGES: its strip row and its archive's bars.
+STAGE_COLORS: tuple[Color, ...] = (PALETTE[6], PALETTE[1], PALETTE[2])
+# Strip rows: one per stage, its archive's masks (archives.archive_masks) with its label, colour.
+STRIP_ROWS: tuple[tuple[str, Color], ...] = tuple(
+    (stage.label, color) for stage, color in zip(STAGES, STAGE_COLORS, strict=True)
 )
 # Bar colours of the J&F plot: those of the strip rows showing the same masks.
 ARCHIVE_COLORS: dict[str, Color] = {
-    "stage1.zip": STRIP_ROWS[0][1],
-    "stage2.zip": STRIP_ROWS[1][1],
-    "fused.zip": STRIP_ROWS[2][1],
+    stage.archive: color for stage, color in zip(STAGES, STAGE_COLORS, strict=True)
 }
-# The stage whose archive masks each strip row shows (see ``pipeline.archive_masks``).
-STRIP_STAGES = (1, 2, 3)
 VISUALIZE_DIR = "visualize"
 JF_PLOT_NAME = "jf_per_video.png"
 
@@ -80,7 +77,7 @@ def write_video_strips(
         stage-3 record is kept as it is.
     """
     out_dir = work_dir / VISUALIZE_DIR / video_id
-    record = im.stage_path(work_dir, 3, video_id)
+    record = LAST_STAGE.record_path(work_dir, video_id)  # the fusion's: its decisions
     header = im.read_header(record) or {}
     decisions = header.get("decisions", {})
     video = split.videos[video_id]
@@ -99,12 +96,12 @@ def write_video_strips(
     for index in picked:
         with Image.open(paths[index]) as image:
             frames.append(np.asarray(image.convert("RGB")))
-    masks = {stage: archive_masks(work_dir, stage, video_id)[1] for stage in STRIP_STAGES}
+    masks = [archive_masks(work_dir, stage.number, video_id)[1] for stage in STAGES]
     written = []
     for exp_id in todo:
         strip = mask_strip(
             frames,
-            [masks[stage][exp_id].select(picked).decode() for stage in STRIP_STAGES],
+            [row[exp_id].select(picked).decode() for row in masks],
             title=f'{video_id}/{exp_id}: "{video.expressions[exp_id].text}"',
             note=_fusion_note(decisions.get(exp_id)),
             max_title_lines=options.caption_max_lines,
@@ -141,10 +138,7 @@ def write_run_visualizations(
     ready = [
         vid
         for vid in split.video_ids
-        if all(
-            im.is_finished(im.stage_path(work_dir, s, vid), im.STAGE_KINDS[s], fingerprints[s])
-            for s in STRIP_STAGES
-        )
+        if all(s.is_finished(work_dir, vid, fingerprints[s.number]) for s in STAGES)
     ]
     if len(ready) < len(split.video_ids):
         logger.info(

@@ -49,9 +49,6 @@ class IntermediateError(ValueError):
     """An intermediate file that is missing, corrupt, of another version or another stage."""
 
 
-STAGE_KINDS = {1: "referdino-plus/stage1", 2: "referdino-plus/stage2", 3: "referdino-plus/stage3"}
-
-
 def stage_path(work_dir: Path, stage: int, video_id: str) -> Path:
     """``<work_dir>/stage<N>/<video_id>.npz``: where a stage keeps a video's record."""
     return Path(work_dir) / f"stage{stage}" / f"{video_id}.npz"
@@ -241,7 +238,7 @@ def _load_video(
 
 # -- stage 1 --------------------------------------------------------------------------------
 
-STAGE1_KIND = STAGE_KINDS[1]
+STAGE1_KIND = "referdino-plus/stage1"  # the format name in a stage-1 record's header
 
 
 @dataclass
@@ -294,7 +291,7 @@ def load_stage1(path: Path) -> Stage1Video:
 
 # -- stage 2 --------------------------------------------------------------------------------
 
-STAGE2_KIND = STAGE_KINDS[2]
+STAGE2_KIND = "referdino-plus/stage2"
 
 
 @dataclass
@@ -341,7 +338,7 @@ def load_stage2(path: Path) -> Stage2Video:
 
 # -- stage 3 --------------------------------------------------------------------------------
 
-STAGE3_KIND = STAGE_KINDS[3]
+STAGE3_KIND = "referdino-plus/stage3"
 
 
 @dataclass

@@ -26,11 +26,15 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from referdino_plus.config import ConfigError, LauncherOptions, PipelineConfig, compose_config
+from referdino_plus.config import (
+    LAUNCHER_SCHEMAS,
+    ConfigError,
+    LauncherOptions,
+    PipelineConfig,
+    compose_config,
+)
 from rvos.options import FRACTION, RANGE, REGISTRY, Range
 
-# Settings of launcher=slurm only (null with the default launcher=local).
-SLURM_ONLY = {*LauncherOptions.SLURM_REQUIRED, *LauncherOptions.SLURM_OPTIONAL}
 # A value far from zero standing for an unbounded side.
 FAR = 10**6
 
@@ -72,7 +76,13 @@ def walk(schema: type, prefix: str = "") -> Iterator[Option]:
         yield Option(key, kind, nullable, f)
 
 
-OPTIONS = list(walk(PipelineConfig))
+# The schema, and the sections of the launchers other than the default one (launcher.slurm).
+OPTIONS = list(walk(PipelineConfig)) + [
+    option
+    for schema in LAUNCHER_SCHEMAS.values()
+    for option in walk(schema, f"{LauncherOptions.SECTION}.")
+    if option.key.count(".") > 1
+]
 
 
 def is_number(kind: Any) -> bool:
@@ -84,9 +94,10 @@ def is_number_list(kind: Any) -> bool:
 
 
 def base_overrides(key: str) -> list[str]:
-    """What makes ``key`` a setting in use: the launcher's keys need launcher=slurm."""
-    section, _, name = key.partition(".")
-    return ["launcher=slurm"] if section == "launcher" and name in SLURM_ONLY else []
+    """What makes ``key`` a setting in use: a launcher's own section needs that launcher."""
+    section, _, rest = key.partition(".")
+    launcher = rest.partition(".")[0]
+    return [f"launcher={launcher}"] if section == "launcher" and "." in rest else []
 
 
 def dependents(key: str, value: Any) -> list[str]:
@@ -150,7 +161,7 @@ def step(value: float, kind: type, direction: int) -> float:
 def test_the_walk_sees_every_section():
     keys = {option.key for option in OPTIONS}
     assert {"archive.jobs", "evaluation.jobs", "stage2.samurai.kf_score_weight"} <= keys
-    assert {"launcher.tasks", "app.default_max_frames", "app.sam2_models[].name"} <= keys
+    assert {"launcher.slurm.tasks", "app.default_max_frames", "app.sam2_models[].name"} <= keys
     assert len(OPTIONS) > 60
 
 
@@ -208,7 +219,7 @@ def test_numeric_boundaries(option):
     if kind is float:
         fails(key, math.nan)
         fails(key, math.inf)
-    if option.nullable and key.partition(".")[2] not in LauncherOptions.SLURM_REQUIRED:
+    if option.nullable:
         passes(key, None)
 
 
@@ -257,7 +268,7 @@ def test_choice_boundaries(option):
     for value in _choices(option):
         passes(key, value)
     fails(key, "not_a_choice")
-    if option.nullable and key.partition(".")[2] not in LauncherOptions.SLURM_REQUIRED:
+    if option.nullable:
         passes(key, None)
 
 

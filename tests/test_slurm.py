@@ -24,27 +24,25 @@ from pycocotools import mask as mask_utils
 from submitit import SlurmJob
 from submitit.core.utils import cloudpickle_dump
 
-from referdino_plus.config import ConfigError, load_config
-from referdino_plus.pipeline import PipelineError, RunResult
-from referdino_plus.slurm import (
-    QueueEntry,
-    ShardTask,
-    SubmittedRun,
-    TaskOutcome,
+from referdino_plus.config import ConfigError, from_yaml, load_config, to_yaml
+from referdino_plus.launchers.slurm import videos_to_process
+from referdino_plus.launchers.slurm.journal import (
     TaskPosition,
-    check_cluster_paths,
-    check_slurm_commands,
-    code_environment,
-    describe_progress,
     last_position,
-    merge_outcomes,
-    parse_queue,
     progress_path,
     record_event,
-    report_task,
-    task_outcome,
-    videos_to_process,
 )
+from referdino_plus.launchers.slurm.outcomes import TaskOutcome, merge_outcomes, report_task
+from referdino_plus.launchers.slurm.record import SubmittedRun
+from referdino_plus.launchers.slurm.submit import check_cluster_paths, check_slurm_commands
+from referdino_plus.launchers.slurm.task import ShardTask, code_environment
+from referdino_plus.launchers.slurm.watch import (
+    QueueEntry,
+    describe_progress,
+    parse_queue,
+    task_outcome,
+)
+from referdino_plus.pipeline import PipelineError, RunResult
 from rvos.workers import Failure, RunSummary
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +56,7 @@ HELD_VIDEO, HELD_FRAME = "vid3", "00001"  # the second shard's second video
 
 def test_launcher_slurm_composes_from_the_command_line():
     local = load_config()
-    assert local.launcher.name == "local" and local.launcher.tasks is None
+    assert local.launcher.name == "local" and not hasattr(local.launcher, "slurm")
     cfg = load_config(
         [
             "launcher=slurm",
@@ -68,9 +66,22 @@ def test_launcher_slurm_composes_from_the_command_line():
             "work_dir=/shared/work",
         ]
     )
-    assert (cfg.launcher.name, cfg.launcher.tasks, cfg.launcher.partition) == ("slurm", 16, "gpu")
-    assert cfg.launcher.sbatch_args == {"constraint": "a100"}
-    assert cfg.launcher.log_dir == "/shared/work/slurm"
+    slurm = cfg.launcher.slurm
+    assert (cfg.launcher.name, slurm.tasks, slurm.partition) == ("slurm", 16, "gpu")
+    assert slurm.sbatch_args == {"constraint": "a100"}
+    assert slurm.log_dir == "/shared/work/slurm"
+
+
+def test_the_slurm_section_is_spelled_either_way_and_saved_whole():
+    new = load_config(["launcher=slurm", "launcher.slurm.tasks=16", "launcher.slurm.qos=high"])
+    old = load_config(["launcher=slurm", "launcher.tasks=16", "launcher.qos=high"])
+    assert new.launcher == old.launcher and new.launcher.slurm.tasks == 16
+    with pytest.raises(ConfigError, match=r"^launcher\.slurm\.tasks=0: expected"):
+        load_config(["launcher=slurm", "launcher.slurm.tasks=0"])
+    # A run record keeps the configuration as YAML: read back, it has the launcher's section.
+    assert from_yaml(to_yaml(new)) == new
+    local = load_config()
+    assert from_yaml(to_yaml(local)) == local
 
 
 @pytest.mark.parametrize(
@@ -254,7 +265,8 @@ def queue(*lines: str) -> dict:
 
 def outcome_of(submitted, index, states, result_wait_s=0.0, ended_at=None):
     job = submitted.jobs()[index]
-    options = load_config(["launcher=slurm", f"launcher.result_wait_s={result_wait_s}"]).launcher
+    overrides = ["launcher=slurm", f"launcher.result_wait_s={result_wait_s}"]
+    options = load_config(overrides).launcher.slurm
     return task_outcome(
         submitted, index, job, states, {} if ended_at is None else ended_at, options
     )

@@ -1,0 +1,120 @@
+"""Where a run's stages execute: one interface, :class:`Launcher`, and its implementations, found
+by the ``launcher`` setting's name in :data:`LAUNCHERS`.
+
+:func:`referdino_plus.pipeline.run` checks everything and sets the run up once (the split, the
+preflight, the resolved configuration, archives of another configuration), hands the stages to
+the chosen launcher as a :class:`RunPlan`, and finishes the run with what the launcher records
+in its result (:class:`LaunchRecord`): archives, scores, report.
+
+- ``local`` (:mod:`referdino_plus.launchers.local`): this machine, one worker per ``--gids``
+  device, in this process with one device;
+- ``slurm`` (:mod:`referdino_plus.launchers.slurm`): a SLURM job array through submitit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from referdino_plus.stages import Fingerprints
+from rvos.splits import Split
+from rvos.workers import RunSummary
+
+if TYPE_CHECKING:
+    from referdino_plus.config import PipelineConfig
+
+# launcher.name -> "module:class" of its Launcher.
+LAUNCHERS = {
+    "local": "referdino_plus.launchers.local:LocalLauncher",
+    "slurm": "referdino_plus.launchers.slurm:SlurmLauncher",
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run that is checked and set up, ready for its stages.
+
+    Attributes:
+        cfg: the run's configuration.
+        fingerprints: each stage's configuration fingerprint.
+        split: the split the run processes.
+        stages: the stages to run, in order.
+        todo: per stage, the videos it has to process (found once, before the run).
+        overwrite: recompute finished videos (``--overwrite``).
+        evaluate: score the archives (the split's ground truth is complete).
+    """
+
+    cfg: PipelineConfig
+    fingerprints: Fingerprints
+    split: Split
+    stages: list[int]
+    todo: dict[int, list[str]]
+    overwrite: bool
+    evaluate: bool
+
+
+class Handoff(Protocol):
+    """A run that goes on elsewhere (e.g. a job that finishes it once its tasks have ended)."""
+
+    def describe(self) -> str:
+        """What was handed off, and how to finish the run by hand (lines for people)."""
+        ...
+
+
+class LaunchRecord(Protocol):
+    """What a launcher records of a run (:class:`referdino_plus.pipeline.RunResult` has it)."""
+
+    stage_summaries: dict[int, RunSummary]  # per stage run, the videos done and failed
+    failure: str  # why the run failed, one line for its report ("": the summaries say)
+    handoff: Handoff | None  # the run goes on elsewhere, which writes its outputs and report
+
+
+class Launcher(ABC):
+    """Runs a plan's stages somewhere."""
+
+    def __init__(self, cfg: PipelineConfig, devices: Sequence[str]) -> None:
+        """``devices``: this machine's devices chosen for the run (``--gids``, ``--cpu``;
+        empty: none chosen)."""
+        self.cfg = cfg
+        self.devices = list(devices)
+
+    def check_settings(self, stages: Sequence[int]) -> None:
+        """Check what the launcher is given before anything is read.
+
+        Raises:
+            ValueError: one line naming the setting it cannot use.
+        """
+        return None  # nothing to check, unless a launcher says otherwise
+
+    def check(self, stages: Sequence[int]) -> None:
+        """:meth:`check_settings`, and that the launcher can start (its tools are there).
+
+        Raises:
+            ValueError: a setting; ``PipelineError``: what is missing.
+        """
+        self.check_settings(stages)
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the stages run, for the log (``cuda:0, cuda:1``, ``SLURM (8 tasks)``)."""
+
+    @abstractmethod
+    def launch(self, plan: RunPlan, result: LaunchRecord) -> None:
+        """Run the plan's stages on their videos ``plan.todo``, recording in ``result`` each
+        stage's summary once it is known (kept if the run stops), ``result.failure`` when some
+        failed, or ``result.handoff`` when the run goes on elsewhere.
+
+        Raises:
+            PipelineError: the run cannot go on (a stage's inputs are missing, a write failed,
+                the job was refused).
+        """
+
+
+def build_launcher(cfg: PipelineConfig, devices: Sequence[str] = ()) -> Launcher:
+    """The launcher ``cfg.launcher.name`` names (:data:`LAUNCHERS`), given ``devices``."""
+    module_name, _, class_name = LAUNCHERS[str(cfg.launcher.name)].partition(":")
+    launcher_class = getattr(importlib.import_module(module_name), class_name)
+    return launcher_class(cfg, devices)
