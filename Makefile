@@ -78,12 +78,12 @@ format:
 	$(PY) -m ruff format .
 
 # Real-size models with random weights (ReferDINO mevis_swinb, SAM 2.1 Hiera-L), clips sized for
-# a CPU: about 6 minutes on 2 idle cores (README "Speed"). Other sizes: the scripts' --help.
+# a CPU: about 6 minutes on 2 idle cores (docs/speed.md). Other sizes: the scripts' --help.
 bench: $(PY)
 	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage1_backbone_reuse.py --frames 3 --expressions 6
 	TQDM_DISABLE=1 $(PY) benchmarks/bench_stage2_feature_reuse.py --model sam2.1_hiera_l --frames 3 --objects 1,1,1,1,1,1
 
-# Long clips (README "Long videos"): peak memory of the demo and of stages 1-3 on generated clips
+# Long clips (docs/long-videos.md): peak memory of the demo and of stages 1-3 on generated clips
 # of 120 and 1,200 frames, tiny models; every frame must come out (about 20 minutes on 2 cores).
 # Real-size models: benchmarks/bench_long_video.py --models real --frames 8,80 --size 640x360
 bench-long: $(PY)

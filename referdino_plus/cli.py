@@ -50,7 +50,7 @@ commands:
   evaluate score an archive with its benchmark's metric:
            run_pipeline.py evaluate PRED.zip data=<benchmark> (run_pipeline.py evaluate --help)
 
-launcher=slurm (key=value) submits the stages to a SLURM cluster: see README "Running on a cluster".
+launcher=slurm (key=value) submits the stages to a SLURM cluster: see docs/cluster.md.
 """
 
 

@@ -8,7 +8,7 @@ stage 2 after each frame the tracker propagates, stage 3 once. :class:`TqdmProgr
 as progress bars on a terminal.
 
 Both read clips of any length: :func:`load_demo_config` runs stage 1 in windows of
-``demo.window_frames`` (README: Windowed stage 1), and the clip's frames are read when needed.
+``demo.window_frames`` (docs/long-videos.md: Windowed stage 1), and the clip's frames are read when needed.
 
 Problems a user can fix (a missing checkpoint, out of memory) raise :class:`DemoError` with a
 one-line message.

@@ -76,7 +76,7 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 RELEASED_REPO = "facebook/sam3"
 ACCESS_HINT = (
     f"request access on https://huggingface.co/{RELEASED_REPO}, run `hf auth login`, or point "
-    "stage2.checkpoint= at a local folder (README: SAM 3)"
+    "stage2.checkpoint= at a local folder (docs/trackers.md: SAM 3)"
 )
 FOLDER_HINT = (
     "expected SAM 3's transformers folder (config.json, *.safetensors, processor_config.json, "

@@ -28,7 +28,7 @@ def cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> dict[str, str]:
         "work_dir": cfg.work_dir,
         "submission_dir": cfg.submission_dir,
         "data.root": cfg.data.root,
-        "launcher.log_dir": cfg.launcher.slurm.log_dir,  # as README spells it (launcher.slurm.log_dir)
+        "launcher.log_dir": cfg.launcher.slurm.log_dir,  # as docs/cluster.md spells it (launcher.slurm.log_dir)
     }
     legacy_dir = cfg.stage1.legacy_dir
     if legacy_dir and (1 in stages or 2 in stages):
@@ -42,7 +42,7 @@ def cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> dict[str, str]:
     if 2 in stages:
         checkpoint = cfg.stage2.checkpoint
         # SAM 3's weights may be a hub id (e.g. facebook/sam3), which names no file here: each
-        # node reads it from the shared Hugging Face cache (README, SAM 3).
+        # node reads it from the shared Hugging Face cache (docs/trackers.md, SAM 3).
         if str(cfg.stage2.tracker) != "sam3" or Path(checkpoint).expanduser().exists():
             paths["stage2.checkpoint"] = checkpoint
         if Path(cfg.stage2.model).suffix in (".yaml", ".yml"):
