@@ -58,13 +58,22 @@ def test_timer_patches_an_instance_and_restores_it() -> None:
 
 
 def test_format_table_aligns_quantities_right() -> None:
-    table = timing.format_table(
-        ["component", "time", "note"], [["backbone", "12.3 s", "ok"], ["total", "1.5 ms", "-"]]
-    )
-    lines = table.splitlines()
-    assert lines[0] == "| component |   time | note |"
-    assert lines[1] == "|-----------|-------:|------|"
-    assert lines[2] == "| backbone  | 12.3 s | ok   |"
+    """A Markdown table: every row as wide as the header, cells in their columns, quantities
+    right-aligned (the rule marks it with ``:``), text left-aligned."""
+    headers = ["component", "time", "note"]
+    rows = [["backbone", "12.3 s", "ok"], ["total", "1.5 ms", "-"], ["mask", "", "long note"]]
+    lines = timing.format_table(headers, rows).splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert len({len(line) for line in lines}) == 1
+    cells = [[c[1:-1] for c in line.split("|")[1:-1]] for line in lines]
+    assert [c.strip() for c in cells[0]] == headers
+    assert [[c.strip() for c in row] for row in cells[2:]] == rows
+    rule = lines[1].split("|")[1:-1]
+    assert [r.endswith(":") for r in rule] == [False, True, False]
+    for component, time, note in cells[2:]:
+        assert component == component.strip().ljust(len(component))
+        assert time == time.strip().rjust(len(time))
+        assert note == note.strip().ljust(len(note))
     with pytest.raises(ValueError, match="3 cells"):
         timing.format_table(["a", "b", "c"], [["1", "2"]])
 
