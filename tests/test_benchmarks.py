@@ -70,9 +70,9 @@ def test_format_table_aligns_quantities_right() -> None:
     assert [[c.strip() for c in row] for row in cells[2:]] == rows
     rule = lines[1].split("|")[1:-1]
     assert [r.endswith(":") for r in rule] == [False, True, False]
-    for component, time, note in cells[2:]:
+    for component, seconds, note in cells[2:]:
         assert component == component.strip().ljust(len(component))
-        assert time == time.strip().rjust(len(time))
+        assert seconds == seconds.strip().rjust(len(seconds))
         assert note == note.strip().ljust(len(note))
     with pytest.raises(ValueError, match="3 cells"):
         timing.format_table(["a", "b", "c"], [["1", "2"]])
