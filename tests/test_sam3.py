@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import real_size
 from referdino_plus.config import compose_config, load_config, to_yaml
 from referdino_plus.pipeline import stage_fingerprints
 from rvos import intermediates as im
@@ -25,10 +25,6 @@ from rvos.checkpoints import CheckpointError
 from rvos.options import OptionError
 from stage2_sam2_refine import sam3
 from stage2_sam2_refine.tracker import ObjectPrompt, build_tracker, propagation_order
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import real_size  # noqa: E402
 
 NUM_FRAMES, HEIGHT, WIDTH = 3, 48, 64
 
