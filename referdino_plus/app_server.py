@@ -20,14 +20,11 @@ from typing import Any
 
 from referdino_plus.app import App
 from referdino_plus.arguments import parse_with_overrides
-from referdino_plus.config import ConfigError
 from referdino_plus.runtime import (
     add_single_device_arguments,
-    gpu_count,
-    select_devices,
     setup_logging,
 )
-from referdino_plus.segmenter import EXIT_USAGE, DemoError, load_demo_config
+from referdino_plus.segmenter import EXIT_USAGE, DemoError, demo_config_and_device
 from rvos.workers import bind_device
 
 logger = logging.getLogger(__name__)
@@ -86,12 +83,7 @@ def start(args: argparse.Namespace) -> tuple[App, Any]:
     """
     if importlib.util.find_spec("gradio") is None:
         raise DemoError(INSTALL_HINT, EXIT_USAGE)
-    try:
-        cfg = load_demo_config(args.overrides)
-        gids = None if args.gid is None else [args.gid]
-        (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
-    except (ConfigError, ValueError) as err:
-        raise DemoError(str(err), EXIT_USAGE) from None
+    cfg, device = demo_config_and_device(args.overrides, args.gid, args.cpu)
     bind_device(device)
     from referdino_plus.app_page import build_page
 

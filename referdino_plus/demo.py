@@ -34,11 +34,9 @@ from typing import Any
 import numpy as np
 
 from referdino_plus.arguments import parse_with_overrides
-from referdino_plus.config import ConfigError, PipelineConfig, VisualizeOptions
+from referdino_plus.config import PipelineConfig, VisualizeOptions
 from referdino_plus.runtime import (
     add_single_device_arguments,
-    gpu_count,
-    select_devices,
     setup_logging,
 )
 from referdino_plus.segmenter import (
@@ -50,7 +48,7 @@ from referdino_plus.segmenter import (
     StageProgress,
     TqdmProgress,
     check_models,
-    load_demo_config,
+    demo_config_and_device,
 )
 from rvos.archive import encode_png
 from rvos.drawing import caption_band, color_of, hex_color, overlay_masks, pad_to_even
@@ -270,12 +268,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     out_dir = args.out or DEFAULT_OUT_ROOT / source_name(args.video)
     if out_dir.exists() and not out_dir.is_dir():
         raise DemoError(f"--out {out_dir}: exists and is not a folder")
-    try:
-        cfg = load_demo_config(args.overrides)
-        gids = None if args.gid is None else [args.gid]
-        (device,) = select_devices(gids, args.cpu, available=0 if args.cpu else gpu_count())
-    except (ConfigError, ValueError) as err:
-        raise DemoError(str(err), EXIT_USAGE) from None
+    cfg, device = demo_config_and_device(args.overrides, args.gid, args.cpu)
     check_models(cfg)
     bind_device(device)
     try:

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from referdino_plus.config import PipelineConfig, load_config, to_plain
+from referdino_plus.config import ConfigError, PipelineConfig, load_config, to_plain
+from referdino_plus.runtime import gpu_count, select_devices
 from referdino_plus.stages import STAGES
 from rvos.intermediates import Stage1Video, Stage2Video, Stage3Video
 from rvos.progress import progress_bar
@@ -139,6 +140,24 @@ def load_demo_config(overrides: Sequence[str]) -> PipelineConfig:
         ConfigError: an unknown key, a wrong type or a value out of range.
     """
     return load_config([DEMO_WINDOW, *overrides])
+
+
+def demo_config_and_device(
+    overrides: Sequence[str], gid: int | None, cpu: bool
+) -> tuple[PipelineConfig, str]:
+    """The configuration of ``demo`` and ``app`` (:func:`load_demo_config`) and their one device
+    (``--gid N``, ``--cpu``; neither: GPU 0 if there is one, else the CPU).
+
+    Raises:
+        DemoError: a bad configuration or device (exit status :data:`EXIT_USAGE`).
+    """
+    try:
+        cfg = load_demo_config(overrides)
+        gids = None if gid is None else [gid]
+        (device,) = select_devices(gids, cpu, available=0 if cpu else gpu_count())
+    except (ConfigError, ValueError) as err:
+        raise DemoError(str(err), EXIT_USAGE) from None
+    return cfg, device
 
 
 def check_models(cfg: PipelineConfig) -> None:
