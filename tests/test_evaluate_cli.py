@@ -120,25 +120,24 @@ def _write_folder(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def _run(*args: str | Path) -> subprocess.CompletedProcess:
+def _command(command: list[str], *args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stage3_fusion.evaluate", *map(str, args)],
+        [sys.executable, *command, *map(str, args)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess:
+    """``python -m stage3_fusion.evaluate``: the alias."""
+    return _command(["-m", "stage3_fusion.evaluate"], *args)
 
 
 def _evaluate(*args: str | Path) -> subprocess.CompletedProcess:
     """``run_pipeline.py evaluate``: the application's command."""
-    return subprocess.run(
-        [sys.executable, "run_pipeline.py", "evaluate", *map(str, args)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return _command(["run_pipeline.py", "evaluate"], *args)
 
 
 def _table(stdout: str) -> dict[str, str]:
