@@ -95,7 +95,7 @@ class Sam2Session:
         state = self._state
         predictor.reset_state(state)
         for prompt in prompts:
-            _add_prompt(predictor, state, prompt)
+            add_prompt(predictor, state, prompt)
         start = min(prompt.frame_idx for prompt in prompts)  # where both passes start
         for reverse in (False, True):
             for frame_idx, _, mask_logits in predictor.propagate_in_video(state, reverse=reverse):
@@ -131,7 +131,7 @@ def _each_step_in(
 _DONE = object()
 
 
-def _add_prompt(
+def add_prompt(
     predictor: SharedFeatureVideoPredictor, state: dict[str, Any], prompt: ObjectPrompt
 ) -> None:
     """One object's prompt, through SAM 2's ``add_new_mask`` / ``add_new_points_or_box``."""

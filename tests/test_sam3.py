@@ -69,16 +69,21 @@ def tracker(sam3_options):
     return build_tracker(sam3_options, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def frames() -> list[Image.Image]:
-    """Three frames of a bright square moving right over noise."""
-    rng = np.random.default_rng(0)
+def moving_square(num_frames: int, seed: int) -> list[Image.Image]:
+    """``num_frames`` frames of a bright square moving right over noise."""
+    rng = np.random.default_rng(seed)
     images = []
-    for t in range(NUM_FRAMES):
+    for t in range(num_frames):
         pixels = rng.integers(0, 80, (HEIGHT, WIDTH, 3), dtype=np.uint8)
         pixels[12:32, 10 + 6 * t : 30 + 6 * t] = 230
         images.append(Image.fromarray(pixels))
     return images
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[Image.Image]:
+    """Three frames of a bright square moving right over noise."""
+    return moving_square(NUM_FRAMES, seed=0)
 
 
 def square_mask(top: int, left: int, size: int = 20) -> np.ndarray:
@@ -248,13 +253,7 @@ BOUNDED_PROMPTS = [  # two objects on two frames; the reverse pass from frame 2 
 @pytest.fixture(scope="module")
 def long_frames() -> list[Image.Image]:
     """Six frames of a bright square moving right over noise."""
-    rng = np.random.default_rng(1)
-    images = []
-    for t in range(LONG_FRAMES):
-        pixels = rng.integers(0, 80, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-        pixels[12:32, 10 + 6 * t : 30 + 6 * t] = 230
-        images.append(Image.fromarray(pixels))
-    return images
+    return moving_square(LONG_FRAMES, seed=1)
 
 
 class IndexedFrames(Sequence):

@@ -33,6 +33,7 @@ from stage2_sam2_refine.predictor import (
     VideoSession,
     check_frame_headers,
 )
+from stage2_sam2_refine.sam2_tracker import add_prompt
 from stage2_sam2_refine.tracker import ObjectPrompt, build_tracker, propagation_order
 
 NUM_FRAMES, HEIGHT, WIDTH = 56, 48, 64
@@ -142,17 +143,6 @@ def _memory(monkeypatch: pytest.MonkeyPatch, memory: str, *predictors) -> int:
     return reach
 
 
-def _add(predictor, state: dict, prompt: ObjectPrompt) -> None:
-    if prompt.mask is not None:
-        predictor.add_new_mask(state, prompt.frame_idx, prompt.obj_id, prompt.mask)
-    elif prompt.box is not None:
-        predictor.add_new_points_or_box(state, prompt.frame_idx, prompt.obj_id, box=prompt.box)
-    else:
-        predictor.add_new_points_or_box(
-            state, prompt.frame_idx, prompt.obj_id, points=prompt.points, labels=prompt.labels
-        )
-
-
 @torch.inference_mode()
 def keeping_everything(predictor, video, prompts) -> list[tuple]:
     """``(frame_idx, reverse, masks [K, H, W] bool, scores [K])`` per step of SAM 2's own
@@ -160,7 +150,7 @@ def keeping_everything(predictor, video, prompts) -> list[tuple]:
     ``propagate_in_video`` forward then in reverse, no output ever dropped."""
     state = predictor.init_state(video)
     for prompt in prompts:
-        _add(predictor, state, prompt)
+        add_prompt(predictor, state, prompt)
     steps = []
     for reverse in (False, True):
         for t, _, logits in predictor.propagate_in_video(state, reverse=reverse):
