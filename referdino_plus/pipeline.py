@@ -359,7 +359,9 @@ def write_archives(
     metric = cfg.data.metric
     if score and cfg.evaluation.enabled and metric and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
-            scores = evaluate(metric, path, split, jobs=cfg.evaluation.jobs)
+            scores = evaluate(
+                metric, path, split, jobs=cfg.evaluation.jobs, limits=cfg.evaluation.limits
+            )
             result.scores[name] = scores.summary()
             result.evaluations[name] = scores
 
