@@ -283,7 +283,10 @@ def _open_zip(path: Path, limits: ArchiveLimits) -> tuple[zipfile.ZipFile, int]:
     except OSError as err:
         raise ArchiveError(f"prediction {path} cannot be read ({err})") from None
     if end is None:
-        raise ArchiveError(f"prediction {path} is a damaged zip file (no end of central directory)")
+        raise ArchiveError(
+            f"prediction {path} is a damaged zip file (it has no end of central directory "
+            "record: cut short?); write or download it again"
+        )
     if end.entries > limits.max_members:
         raise ArchiveError(
             f"prediction {path} holds {end.entries} members, over "
@@ -432,7 +435,7 @@ class PredictionArchive:
             return
         if not self.path.exists():
             raise FileNotFoundError(f"prediction {self.path} not found")
-        if not zipfile.is_zipfile(self.path):
+        if not (zipfile.is_zipfile(self.path) or _starts_like_zip(self.path)):
             raise ValueError(f"prediction {self.path} is neither a folder nor a zip file")
         self._is_zip = True
         archive, directory_start = _open_zip(self.path, limits)
@@ -548,6 +551,13 @@ class PredictionArchive:
                 for path in set(_folder_files(self.root)) - self._claimed
             )
         return UnexpectedMembers(len(names), tuple(shown(n) for n in names[:SHOWN_UNEXPECTED]))
+
+
+def _starts_like_zip(path: Path) -> bool:
+    """Whether a file starts with a zip member's local header (a zip cut short has no end
+    record, which :func:`zipfile.is_zipfile` looks for)."""
+    with open(path, "rb") as file:
+        return file.read(len(LOCAL_SIGNATURE)) == LOCAL_SIGNATURE
 
 
 def _folder_files(root: Path) -> Iterator[str]:
