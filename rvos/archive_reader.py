@@ -211,10 +211,13 @@ class FolderFile:
         """The file's bytes (at most ``max_bytes``).
 
         Raises:
-            ArchiveError: a larger file (naming it and the limit).
+            ArchiveError: a file that cannot be read, or a larger one (naming it and the limit).
         """
-        with open(self.path, "rb") as file:
-            data = file.read(max_bytes + 1)
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read(max_bytes + 1)
+        except OSError as err:
+            raise ArchiveError(f"{self.path} cannot be read ({err.strerror or err})") from None
         if len(data) > max_bytes:
             raise ArchiveError(
                 f"{self.path} is larger than {SECTION}.max_member_mib={max_bytes // MIB} MiB; "
@@ -514,12 +517,6 @@ class PredictionArchive:
         if not exp_dir.is_dir():
             return None
         return {entry.name for entry in os.scandir(exp_dir) if entry.is_file()}
-
-    def where(self, video_id: str, exp_id: str, file_name: str) -> str:
-        """The file of a member, for messages: ``<zip>: member <name>`` or its path."""
-        if self._is_zip:
-            return f"{self.path}: member {self.prefix}{video_id}/{exp_id}/{file_name}"
-        return str(self.path / video_id / exp_id / file_name)
 
     def member(self, video_id: str, exp_id: str, file_name: str) -> Member:
         """The member ``<video_id>/<exp_id>/<file_name>`` (listed by :meth:`file_names`), to read
