@@ -223,9 +223,10 @@ def finish_command(argv: Sequence[str]) -> int:
 def evaluate_command(argv: Sequence[str]) -> int:
     """``evaluate PRED [data=<benchmark>] [key=value ...]``: score an archive with its benchmark's
     metric (:mod:`rvos.evaluation`). The benchmark's configuration, composed as for a run,
-    gives the split (``data.root``), its layout and metric, and the processes
-    (``evaluation.jobs``); ``--data-root``, ``--layout``, ``--metric`` and ``--jobs`` override
-    them. Returns the exit status (0 scored, 1 a missing or unreadable prediction or ground
+    gives the split (``data.root``), its layout and metric, the processes
+    (``evaluation.jobs``) and the limits on what the archive may hold
+    (``evaluation.limits``); ``--data-root``, ``--layout``, ``--metric`` and ``--jobs``
+    override them. Returns the exit status (0 scored, 1 a missing or unreadable prediction or ground
     truth, 2 bad arguments)."""
     from rvos.evaluation import build_parser, run
 
@@ -252,6 +253,7 @@ def evaluate_command(argv: Sequence[str]) -> int:
         "layout": cfg.data.layout,
         "metric": cfg.data.metric,
         "jobs": cfg.evaluation.jobs,
+        "limits": cfg.evaluation.limits,
     }
     for dest, value in benchmark.items():
         if getattr(args, dest) is None:

@@ -28,6 +28,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rvos.archive_limits import ArchiveLimits
 from rvos.options import Choice, OptionError, bounded, check_declared, jobs, registered
 from stage1_referdino.options import Stage1Options
 from stage2_sam2_refine.options import Stage2Options
@@ -87,12 +88,14 @@ class ArchiveOptions:
 
 @dataclass
 class EvaluationOptions:
-    """The ``evaluation`` section: scoring the archives when the split has ground truth."""
+    """The ``evaluation`` section: scoring the archives when the split has ground truth;
+    ``limits``: what an archive may hold (:class:`rvos.archive_limits.ArchiveLimits`)."""
 
     SECTION = "evaluation"
 
     enabled: bool
     jobs: int = jobs()
+    limits: ArchiveLimits
 
     def __post_init__(self) -> None:
         check_declared(self)

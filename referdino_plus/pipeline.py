@@ -34,6 +34,7 @@ from referdino_plus.preflight import check_benchmark as check_benchmark  # also 
 from referdino_plus.stages import LAST_STAGE, STAGE_NUMBERS, STAGES, Fingerprints, get_stage
 from rvos import intermediates as im
 from rvos.archive import build_archive_writer, write_archive
+from rvos.archive_reader import ArchiveError
 from rvos.evaluation import BenchmarkResult, evaluate
 from rvos.io import atomic_output
 from rvos.proposals import THRESHOLD_OR_TOP1
@@ -359,7 +360,13 @@ def write_archives(
     metric = cfg.data.metric
     if score and cfg.evaluation.enabled and metric and split.has_ground_truth and result.archives:
         for name, path in result.archives.items():
-            scores = evaluate(metric, path, split, jobs=cfg.evaluation.jobs)
+            try:
+                scores = evaluate(
+                    metric, path, split, jobs=cfg.evaluation.jobs, limits=cfg.evaluation.limits
+                )
+            except ArchiveError as err:  # a split larger than the limits allow (e.g. MeViS train)
+                logger.warning("%s is written but not scored: %s", name, err)
+                continue
             result.scores[name] = scores.summary()
             result.evaluations[name] = scores
 

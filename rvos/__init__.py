@@ -10,7 +10,8 @@
 - :mod:`rvos.masks`: binary-mask helpers (run-length codec, bounding boxes, logit upsampling).
 - :mod:`rvos.archive`: submission archives of PNG masks, one member layout per benchmark.
 - :mod:`rvos.davis`: Ref-DAVIS17's indexed masks (DAVIS palette).
-- :mod:`rvos.archive_reader`: reading a prediction archive's PNG masks, member by member.
+- :mod:`rvos.archive_reader`: reading a prediction archive's PNG masks, member by member,
+  within the limits of :mod:`rvos.archive_limits` (``evaluation.limits``).
 - :mod:`rvos.metrics`: J and F of one frame, as the official MeViS/DAVIS evaluation.
 - :mod:`rvos.mevis_metric`, :mod:`rvos.davis_metric`: an archive scored with the official MeViS
   J&F (and MeViS v2's accuracies), or with the DAVIS 2017 unsupervised protocol.

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from rvos.archive_reader import PNG_SUFFIX, PredictionArchive
+from rvos.archive_limits import ArchiveLimits, default_limits
+from rvos.archive_reader import PNG_SUFFIX, Member, PredictionArchive, read_prediction_png
 from rvos.davis import VOID_LABEL, annotator_dir, decode_label_png
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores
 from rvos.progress import progress_bar
@@ -152,8 +153,7 @@ class _SequenceTask:
     annotator: int
     video_id: str
     gt_paths: tuple[Path, ...]
-    pngs: tuple[bytes | None, ...]  # one per frame; None: missing, scored as empty
-    sources: tuple[str, ...]  # per frame, its file: "<zip>: member <name>" or a path
+    members: tuple[Member | None, ...]  # one per frame, read by the worker; None: missing
 
 
 def _read_labels(paths: Sequence[Path], video_id: str) -> np.ndarray:
@@ -168,22 +168,20 @@ def _read_labels(paths: Sequence[Path], video_id: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def _score_sequence(task: _SequenceTask, bound_th: float) -> dict[int, ObjectScore]:
+def _score_sequence(
+    task: _SequenceTask, bound_th: float, limits: ArchiveLimits
+) -> dict[int, ObjectScore]:
     """``{gt object id: statistics}`` of one annotator on one video."""
     gt_labels = _read_labels(task.gt_paths, task.video_id)
     where = f"{annotator_dir(task.annotator)}/{task.video_id}"
+    size = gt_labels.shape[1:]
     pred_frames = []
-    for frame_idx, png in enumerate(task.pngs):
-        if png is None:
-            pred_frames.append(np.zeros(gt_labels.shape[1:], dtype=np.uint8))
+    for frame_idx, member in enumerate(task.members):
+        if member is None:
+            pred_frames.append(np.zeros(size, dtype=np.uint8))
             continue
-        labels = decode_label_png(png, task.sources[frame_idx])
-        if labels.shape != gt_labels.shape[1:]:
-            raise ValueError(
-                f"{where}, frame {frame_idx}: prediction is {labels.shape[1]}x{labels.shape[0]}, "
-                f"ground truth is {gt_labels.shape[2]}x{gt_labels.shape[1]}"
-            )
-        pred_frames.append(labels)
+        data = read_prediction_png(member, limits, size, f"{where}, frame {frame_idx}")
+        pred_frames.append(decode_label_png(data, member.where))
     gt, void = ground_truth_objects(gt_labels)
     try:
         pred = predicted_objects(np.stack(pred_frames))
@@ -206,11 +204,11 @@ def _make_task(
     if files is None:
         logger.warning("%s/%s is not in the prediction: scored as empty masks", folder, video_id)
         files = set()
-    pngs = tuple(
-        archive.read(folder, video_id, name + PNG_SUFFIX) if name + PNG_SUFFIX in files else None
+    members = tuple(
+        archive.member(folder, video_id, name + PNG_SUFFIX) if name + PNG_SUFFIX in files else None
         for name in frame_names
     )
-    missing = sum(png is None for png in pngs)
+    missing = sum(member is None for member in members)
     if missing and files:
         logger.warning(
             "%s/%s: %d prediction frame(s) missing, scored as empty masks",
@@ -218,10 +216,7 @@ def _make_task(
             video_id,
             missing,
         )
-    sources = tuple(archive.where(folder, video_id, name + PNG_SUFFIX) for name in frame_names)
-    task = _SequenceTask(
-        annotator, video_id, tuple(split.annotation_paths(video_id)), pngs, sources
-    )
+    task = _SequenceTask(annotator, video_id, tuple(split.annotation_paths(video_id)), members)
     return task, missing
 
 
@@ -232,6 +227,7 @@ def evaluate_davis17(
     jobs: int = -1,
     bound_th: float = DEFAULT_BOUND_TH,
     progress: bool = True,
+    limits: ArchiveLimits | None = None,
 ) -> DavisResult:
     """Score per-annotator indexed predictions with the DAVIS 2017 unsupervised protocol.
 
@@ -241,9 +237,12 @@ def evaluate_davis17(
         jobs: worker processes (joblib ``n_jobs``).
         bound_th: boundary tolerance of F.
         progress: show a progress bar.
+        limits: what ``pred`` may hold (``None``: ``evaluation.limits`` of
+            ``configs/pipeline.yaml``).
     Raises:
         DataError: the layout has no annotators or no annotations, or one is missing.
-        ValueError: an unreadable or mis-sized prediction, or more than 20 objects.
+        ValueError: a damaged archive or member, one over the limits, an unreadable or
+            mis-sized prediction, or more than 20 objects.
     """
     layout = split.layout
     if layout.annotators is None or layout.annotations_dir is None:
@@ -254,7 +253,8 @@ def evaluate_davis17(
     if not split.has_ground_truth:
         raise DataError(f"{split.ground_truth_path} not found: ground truth is needed to evaluate")
     missing: dict[int, int] = dict.fromkeys(range(layout.annotators), 0)
-    with PredictionArchive(pred) as archive:
+    limits = limits or default_limits()
+    with PredictionArchive(pred, limits) as archive:
         for annotator in range(layout.annotators):
             if not archive.has_video(annotator_dir(annotator)):
                 logger.warning(
@@ -269,8 +269,11 @@ def evaluate_davis17(
                 task, count = _make_task(split, archive, annotator, video_id)
                 tasks.append(task)
                 missing[annotator] += count
+        unexpected = archive.unexpected()
+    if unexpected.count:
+        logger.warning("%s: %s", pred, unexpected.describe())
     results = Parallel(n_jobs=jobs, return_as="generator")(
-        delayed(_score_sequence)(task, bound_th) for task in tasks
+        delayed(_score_sequence)(task, bound_th, limits) for task in tasks
     )
     bar = progress_bar(
         results, total=len(tasks), desc="DAVIS J&F", unit="seq", disable=not progress
@@ -279,4 +282,7 @@ def evaluate_davis17(
     for task, scores in zip(tasks, bar, strict=True):
         for obj_id, score in scores.items():
             per_object[task.annotator][(task.video_id, obj_id)] = score
-    return DavisResult(annotators={k: AnnotatorScore(per_object[k], missing[k]) for k in missing})
+    return DavisResult(
+        annotators={k: AnnotatorScore(per_object[k], missing[k]) for k in missing},
+        unexpected=unexpected,
+    )

@@ -13,7 +13,10 @@ scored, as the official MeViS evaluation does:
 - J and F (:mod:`rvos.metrics`) are averaged over an expression's frames, then over expressions;
   ``J&F = (J + F) / 2``;
 - a video missing from ``PRED`` scores J = F = 0 for each of its expressions; so does a missing
-  expression folder; a missing frame PNG is an empty mask (with a warning naming it).
+  expression folder; a missing frame PNG is an empty mask (with a warning naming it);
+- a prediction PNG must have the ground truth's size, read from its header before it is decoded;
+  the archive is read within ``evaluation.limits`` (:mod:`rvos.archive_reader`), and its members
+  that no expression's frame asks for are counted in the result, not scored.
 
 MeViS v2 (:func:`evaluate_mevis_v2`) adds expressions that refer to nothing (an empty ``anno_id``
 list: empty ground truth on every frame) and reports their accuracies beside J, F and J&F
@@ -30,7 +33,15 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from rvos.archive_reader import PNG_SUFFIX, PredictionArchive, decode_png
+from rvos.archive_limits import ArchiveLimits, default_limits
+from rvos.archive_reader import (
+    PNG_SUFFIX,
+    Member,
+    PredictionArchive,
+    decode_png,
+    png_size,
+    read_prediction_png,
+)
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
 from rvos.mevis import MASK_FILE, DataError, MevisSplit, gt_frame_mask, gt_frame_size
 from rvos.progress import progress_bar
@@ -94,42 +105,38 @@ class _ExpressionTask:
     where: str  # "<video_id>/<exp_id>", for messages
     anno_ids: tuple[str, ...]
     gt_rles: dict[str, list]  # the anno_ids' entries of mask_dict.json
-    pngs: tuple[bytes | None, ...]  # one per frame; None for a missing file
+    members: tuple[Member | None, ...]  # one per frame, read by the worker; None: missing
     missing_frames: tuple[str, ...]
-    sources: tuple[str, ...]  # per frame, its file: "<zip>: member <name>" or a path
 
 
-def _score_task(task: _ExpressionTask, bound_th: float) -> ExpressionScore:
-    """Mean J and F of one expression, decoding one frame at a time."""
-    size = gt_frame_size(task.gt_rles, task.anno_ids) or _prediction_size(task)
+def _score_task(task: _ExpressionTask, bound_th: float, limits: ArchiveLimits) -> ExpressionScore:
+    """Mean J and F of one expression, reading and decoding one frame at a time."""
+    size = gt_frame_size(task.gt_rles, task.anno_ids) or _prediction_size(task, limits)
     scores = []
     has_foreground = False
-    for frame_idx, png in enumerate(task.pngs):
-        where = f"{task.where}, frame {frame_idx}"
+    for frame_idx, member in enumerate(task.members):
         try:
             gt = gt_frame_mask(task.gt_rles, task.anno_ids, frame_idx, *size)
         except ValueError as err:
             raise ValueError(f"{task.where}: {err}") from None
-        if png is None:
+        if member is None:
             pred = np.zeros(size, dtype=bool)
         else:
-            pred = decode_png(png, task.sources[frame_idx])
+            frame = f"{task.where}, frame {frame_idx}"
+            pred = decode_png(read_prediction_png(member, limits, size, frame), member.where)
         has_foreground = has_foreground or bool(pred.any())
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"{where}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
-                f"ground truth is {size[1]}x{size[0]}"
-            )
         scores.append(frame_scores(pred, gt, bound_th))
     j, f = mean_scores(scores)
     return ExpressionScore(j, f, "ok", task.missing_frames, has_foreground)
 
 
-def _prediction_size(task: _ExpressionTask) -> tuple[int, int]:
-    """Frame size from the first prediction PNG, for an expression with no ground-truth RLE."""
-    for png, source in zip(task.pngs, task.sources, strict=True):
-        if png is not None:
-            return decode_png(png, source).shape
+def _prediction_size(task: _ExpressionTask, limits: ArchiveLimits) -> tuple[int, int]:
+    """Frame size from the first prediction PNG's header, for an expression with no
+    ground-truth RLE."""
+    for member in task.members:
+        if member is not None:
+            data = member.read(limits.member_bytes)
+            return png_size(data, member.where, limits.max_pixels)
     # Neither side has a pixel on any frame: every frame is "both empty", whatever its size.
     return (1, 1)
 
@@ -178,13 +185,15 @@ def _make_task(
     """Read one expression's PNGs (a missing one is logged and scored as an empty mask)."""
     where = f"{item.video_id}/{item.exp_id}"
     files = archive.file_names(item.video_id, item.exp_id) or set()
-    pngs = tuple(
-        archive.read(item.video_id, item.exp_id, name + PNG_SUFFIX)
+    members = tuple(
+        archive.member(item.video_id, item.exp_id, name + PNG_SUFFIX)
         if name + PNG_SUFFIX in files
         else None
         for name in item.frame_names
     )
-    missing = tuple(name for name, png in zip(item.frame_names, pngs, strict=True) if png is None)
+    missing = tuple(
+        name for name, member in zip(item.frame_names, members, strict=True) if member is None
+    )
     if missing:
         shown = ", ".join(f"{where}/{name}{PNG_SUFFIX}" for name in missing[:_MAX_NAMED_FRAMES])
         more = len(missing) - _MAX_NAMED_FRAMES
@@ -194,12 +203,8 @@ def _make_task(
         where=where,
         anno_ids=item.anno_ids,
         gt_rles={anno_id: mask_dict[anno_id] for anno_id in item.anno_ids},
-        pngs=pngs,
+        members=members,
         missing_frames=missing,
-        sources=tuple(
-            archive.where(item.video_id, item.exp_id, name + PNG_SUFFIX)
-            for name in item.frame_names
-        ),
     )
 
 
@@ -210,6 +215,7 @@ def evaluate_archive(
     jobs: int = -1,
     bound_th: float = DEFAULT_BOUND_TH,
     progress: bool = True,
+    limits: ArchiveLimits | None = None,
 ) -> EvaluationResult:
     """Score a prediction archive with the official MeViS J&F.
 
@@ -219,14 +225,20 @@ def evaluate_archive(
         jobs: worker processes (joblib ``n_jobs``: -1 = all cores, 1 = in this process).
         bound_th: boundary tolerance of F (fraction of the image diagonal).
         progress: show a tqdm progress bar over expressions.
+        limits: what ``pred`` may hold (``None``: ``evaluation.limits`` of
+            ``configs/pipeline.yaml``).
     Raises:
         FileNotFoundError: ``pred`` is missing.
         DataError: ``meta_expressions.json`` or ``mask_dict.json`` is missing or inconsistent,
             or no video of the split is in ``pred`` (a wrapper folder is stepped into).
-        ValueError: an unreadable or mis-sized prediction PNG (the message names it).
+        ValueError: a damaged archive or member, one over the limits, or an unreadable or
+            mis-sized prediction PNG (:class:`rvos.archive_reader.ArchiveError` and others;
+            the message names it).
     """
     split = MevisSplit(data_root)
-    return evaluate_mevis(pred, split, jobs=jobs, bound_th=bound_th, progress=progress)
+    return evaluate_mevis(
+        pred, split, jobs=jobs, bound_th=bound_th, progress=progress, limits=limits
+    )
 
 
 def evaluate_mevis(
@@ -236,10 +248,12 @@ def evaluate_mevis(
     jobs: int = -1,
     bound_th: float = DEFAULT_BOUND_TH,
     progress: bool = True,
+    limits: ArchiveLimits | None = None,
 ) -> EvaluationResult:
     """:func:`evaluate_archive` on a split already read (a layout with ``mask_dict.json``)."""
     split, mask_dict = _mask_dict(split)
-    with PredictionArchive(pred) as archive:
+    limits = limits or default_limits()
+    with PredictionArchive(pred, limits) as archive:
         wrapper = archive.step_into_wrapper(split.video_ids)
         if wrapper is not None:
             logger.warning(
@@ -257,13 +271,17 @@ def evaluate_mevis(
         plan = _plan(split, mask_dict, archive)
         todo = [item for item in plan if item.status == "ok"]
         tasks = (
-            delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th) for item in todo
+            delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th, limits)
+            for item in todo
         )
         results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
         bar = progress_bar(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
         computed = {
             (item.video_id, item.exp_id): score for item, score in zip(todo, bar, strict=True)
         }
+        unexpected = archive.unexpected()
+    if unexpected.count:
+        logger.warning("%s: %s", pred, unexpected.describe())
     scores = {
         (item.video_id, item.exp_id): computed.get(
             (item.video_id, item.exp_id), ExpressionScore(0.0, 0.0, item.status)
@@ -271,7 +289,7 @@ def evaluate_mevis(
         for item in plan
     }
     j, f = mean_scores([(score.j, score.f) for score in scores.values()])
-    return EvaluationResult(j=j, f=f, jf=(j + f) / 2, per_expression=scores)
+    return EvaluationResult(j=j, f=f, jf=(j + f) / 2, per_expression=scores, unexpected=unexpected)
 
 
 def evaluate_mevis_v2(
@@ -281,10 +299,13 @@ def evaluate_mevis_v2(
     jobs: int = -1,
     bound_th: float = DEFAULT_BOUND_TH,
     progress: bool = True,
+    limits: ArchiveLimits | None = None,
 ) -> MevisV2Result:
     """MeViS v2: :func:`evaluate_mevis` plus the no-target and target accuracies (see the module
     docstring); an expression with an empty ``anno_id`` list has no target."""
-    scores = evaluate_mevis(pred, split, jobs=jobs, bound_th=bound_th, progress=progress)
+    scores = evaluate_mevis(
+        pred, split, jobs=jobs, bound_th=bound_th, progress=progress, limits=limits
+    )
     targets = {
         (video_id, exp_id): bool(expression.anno_ids)
         for video_id, video in split.videos.items()

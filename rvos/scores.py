@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rvos.archive_reader import UnexpectedMembers
 from rvos.davis import annotator_dir
 from rvos.metrics import mean_scores
 
@@ -43,11 +44,18 @@ class BenchmarkResult(Protocol):
         expression; Ref-DAVIS17: an annotator's object), for the J&F-per-video plot."""
         ...
 
+    @property
+    def unexpected(self) -> UnexpectedMembers:
+        """The prediction's members its layout does not ask for (not scored)."""
+        ...
+
     def summary(self) -> dict[str, float]:
         """The headline scores: ``J``, ``F`` and ``J&F`` first, then the metric's own."""
         ...
 
-    def to_json(self) -> dict: ...
+    def to_json(self) -> dict:
+        """The scores, and ``unexpected_members``: ``{"count", "names"}``."""
+        ...
 
     def format_table(self) -> str:
         """The scores in percent, as the benchmark's leaderboard shows them."""
@@ -85,13 +93,14 @@ class EvaluationResult:
     """J, F and J&F of a prediction archive (fractions in ``[0, 1]``).
 
     ``per_expression`` maps ``(video_id, exp_id)`` to its score, in ``meta_expressions.json``
-    order.
+    order; ``unexpected`` counts the archive's members that no expression's frame asks for.
     """
 
     j: float
     f: float
     jf: float
     per_expression: dict[tuple[str, str], ExpressionScore] = field(repr=False)
+    unexpected: UnexpectedMembers
 
     def count(self, status: str) -> int:
         """Number of expressions with the given ``status``."""
@@ -120,6 +129,7 @@ class EvaluationResult:
             "num_expressions": len(self.per_expression),
             "num_missing_videos": len(self.missing_videos()),
             "num_missing_expressions": self.count("missing_expression"),
+            "unexpected_members": self.unexpected.to_json(),
             "per_expression": videos,
         }
 
@@ -152,6 +162,10 @@ class MevisV2Result:
     @property
     def per_expression(self) -> dict[tuple[str, str], ExpressionScore]:
         return self.scores.per_expression
+
+    @property
+    def unexpected(self) -> UnexpectedMembers:
+        return self.scores.unexpected
 
     def accuracies(self) -> dict[str, float]:
         """``N-acc``, ``T-acc`` and ``J&F-T``; a key is left out when its set is empty."""
@@ -246,9 +260,11 @@ class AnnotatorScore:
 
 @dataclass(frozen=True)
 class DavisResult:
-    """The Ref-DAVIS17 score: the DAVIS 2017 unsupervised statistics per annotator, averaged."""
+    """The Ref-DAVIS17 score: the DAVIS 2017 unsupervised statistics per annotator, averaged;
+    ``unexpected`` counts the archive's members that no annotator's frame asks for."""
 
     annotators: dict[int, AnnotatorScore]
+    unexpected: UnexpectedMembers
 
     def summary(self) -> dict[str, float]:
         """Each statistic averaged over the annotators (fractions; ``J`` is J-Mean)."""
@@ -288,7 +304,11 @@ class DavisResult:
                 "missing_frames": annotator.missing_frames,
                 "per_object": objects,
             }
-        return {**self.summary(), "annotators": per_annotator}
+        return {
+            **self.summary(),
+            "unexpected_members": self.unexpected.to_json(),
+            "annotators": per_annotator,
+        }
 
     def format_table(self) -> str:
         """Rows ``anno_<k>`` and ``avg`` of the statistics in percent, as ``eval_davis.py``."""
