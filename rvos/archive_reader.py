@@ -420,7 +420,7 @@ class PredictionArchive:
         FileNotFoundError: ``path`` does not exist.
         ArchiveError: a zip that is damaged or over ``limits`` (one line naming it, and the
             member when one is at fault).
-        ValueError: neither a folder nor a zip file.
+        ArchiveError: neither a folder nor a zip file.
     """
 
     def __init__(self, path: str | Path, limits: ArchiveLimits) -> None:
@@ -439,7 +439,7 @@ class PredictionArchive:
         if not self.path.exists():
             raise FileNotFoundError(f"prediction {self.path} not found")
         if not (zipfile.is_zipfile(self.path) or _starts_like_zip(self.path)):
-            raise ValueError(f"prediction {self.path} is neither a folder nor a zip file")
+            raise ArchiveError(f"prediction {self.path} is neither a folder nor a zip file")
         self._is_zip = True
         archive, directory_start = _open_zip(self.path, limits)
         with archive:
@@ -574,19 +574,19 @@ def png_size(data: bytes, where: str, max_pixels: int) -> tuple[int, int]:
     """``(height, width)`` of a PNG from its header, before anything is decoded.
 
     Raises:
-        ValueError: naming ``where``: not a PNG, a header that cannot be read, or more than
+        ArchiveError: naming ``where``: not a PNG, a header that cannot be read, or more than
             ``max_pixels`` pixels.
     """
     if not data.startswith(PNG_SIGNATURE):
-        raise ValueError(f"{where} is not a PNG image (it starts with {data[:8]!r})")
+        raise ArchiveError(f"{where} is not a PNG image (it starts with {data[:8]!r})")
     start = len(PNG_SIGNATURE)
     if len(data) < start + PNG_IHDR.size:
-        raise ValueError(f"{where} is a damaged PNG (its header cannot be read)")
+        raise ArchiveError(f"{where} is a damaged PNG (its header cannot be read)")
     _, kind, width, height = PNG_IHDR.unpack_from(data, start)
     if kind != b"IHDR":
-        raise ValueError(f"{where} is a damaged PNG (its header cannot be read)")
+        raise ArchiveError(f"{where} is a damaged PNG (its header cannot be read)")
     if width * height > max_pixels:
-        raise ValueError(
+        raise ArchiveError(
             f"{where} is a {width}x{height} PNG, over {SECTION}.max_pixels={max_pixels} "
             f"(not decoded); {RAISE_LIMIT}"
         )
@@ -598,15 +598,15 @@ def check_png(data: bytes, where: str) -> None:
     decoder sees them (OpenCV and libpng would print their own messages for each).
 
     Raises:
-        ValueError: naming ``where``.
+        ArchiveError: naming ``where``.
     """
     if not data.startswith(PNG_SIGNATURE):
-        raise ValueError(f"{where} is not a PNG image (it starts with {data[:8]!r})")
+        raise ArchiveError(f"{where} is not a PNG image (it starts with {data[:8]!r})")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()  # every chunk present and matching its CRC (nothing decoded)
     except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for damaged files
-        raise ValueError(f"{where} is a damaged PNG ({_png_error(err)})") from None
+        raise ArchiveError(f"{where} is a damaged PNG ({_png_error(err)})") from None
 
 
 def _png_error(err: BaseException) -> str:
@@ -624,7 +624,7 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
     whole. Bound the size first (:func:`png_size`).
 
     Raises:
-        ValueError: ``data`` is not a PNG, or a PNG that does not decode; the message starts
+        ArchiveError: ``data`` is not a PNG, or a PNG that does not decode; the message starts
             with ``where``.
     """
     check_png(data, where)
@@ -634,10 +634,10 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
             if image.mode == "L":
                 return np.asarray(image) != 0
     except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for damaged files
-        raise ValueError(f"{where} is a PNG that does not decode ({_png_error(err)})") from None
+        raise ArchiveError(f"{where} is a PNG that does not decode ({_png_error(err)})") from None
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     if decoded is None:
-        raise ValueError(f"{where} is a PNG that does not decode")
+        raise ArchiveError(f"{where} is a PNG that does not decode")
     return decoded != 0
 
 
@@ -653,13 +653,13 @@ def read_prediction_png(
         frame: the frame it predicts, for messages (``"<video>/<exp>, frame 2"``).
     Raises:
         ArchiveError: the member cannot be read.
-        ValueError: not a PNG, too many pixels, or a size other than ``size`` (naming
+        ArchiveError: not a PNG, too many pixels, or a size other than ``size`` (naming
             ``frame`` and the member).
     """
     data = member.read(limits.member_bytes)
     height, width = png_size(data, member.where, limits.max_pixels)
     if size is not None and (height, width) != tuple(size):
-        raise ValueError(
+        raise ArchiveError(
             f"{frame}: prediction is {width}x{height}, ground truth is {size[1]}x{size[0]} "
             f"({member.where}; not decoded)"
         )

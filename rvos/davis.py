@@ -16,7 +16,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rvos.archive_reader import check_png
+from rvos.archive_reader import ArchiveError, check_png
 
 # Value of void pixels in DAVIS annotations (davis2017 toolkit: DAVIS.VOID_LABEL).
 VOID_LABEL = 255
@@ -59,15 +59,19 @@ def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
 
 def decode_label_png(data: bytes, where: str) -> np.ndarray:
     """PNG bytes -> ``[H, W]`` labels as the toolkit reads them (``np.array(Image.open(...))``:
-    palette indices of a mode-P image, grey values of a mode-L one)."""
+    palette indices of a mode-P image, grey values of a mode-L one).
+
+    Raises:
+        ArchiveError: naming ``where``: not a PNG, one that does not decode, or not indexed.
+    """
     check_png(data, where)
     try:
         with Image.open(io.BytesIO(data)) as image:
             labels = np.array(image)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"{where} is a PNG that does not decode ({err})") from None
+        raise ArchiveError(f"{where} is a PNG that does not decode ({err})") from None
     if labels.ndim != 2:
-        raise ValueError(
+        raise ArchiveError(
             f"{where}: expected an indexed (one-channel) PNG, got shape {labels.shape}"
         )
     return labels

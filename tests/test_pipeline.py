@@ -166,3 +166,52 @@ def test_report_never_mixes_decisions_of_another_configuration(tmp_path, make_sp
     path = write_report(cfg, fingerprints, MevisSplit(root), RunResult())
     report = json.loads(path.read_text())
     assert list(report["fusion"]) == ["new/0"]
+
+
+def _split_with_fused_records(tmp_path, make_split, cfg_overrides=()):
+    """A one-frame split with ground truth and finished stage-3 records of this configuration."""
+    from benchmark_layouts import rle
+
+    root = make_split(
+        tmp_path / "split", {"v": {"frames": ["00000"], "expressions": {"0": "x"}}}, size=(4, 4)
+    )
+    target = np.zeros((4, 4), dtype=bool)
+    target[1:3, 1:3] = True
+    (root / "mask_dict.json").write_text(json.dumps({"v-0": [rle(target)]}))
+    cfg = load_config(
+        [
+            f"data.root={root}",
+            f"work_dir={tmp_path / 'work'}",
+            f"submission_dir={tmp_path / 'out'}",
+            *cfg_overrides,
+        ]
+    )
+    fingerprints = stage_fingerprints(cfg)
+    video = im.Stage3Video("v", ["00000"], 4, 4)
+    video.expressions["0"] = im.ExpressionFusion(
+        masks=RunLengthMasks.encode(target[None]),
+        multi_object=False,
+        frames_sam2_smaller=0,
+        frames_both_nonempty=0,
+    )
+    im.save_stage3(im.stage_path(tmp_path / "work", 3, "v"), video, fingerprint=fingerprints[3])
+    return cfg, fingerprints, MevisSplit(root)
+
+
+def test_an_archive_over_the_evaluation_limits_is_written_and_left_unscored(
+    tmp_path, make_split, caplog
+):
+    from referdino_plus.pipeline import write_archives
+
+    cfg, fingerprints, split = _split_with_fused_records(tmp_path, make_split)
+    scored = RunResult()
+    write_archives(cfg, fingerprints, split, scored)
+    assert scored.scores["fused.zip"]["J&F"] == 1.0  # the record is the ground truth
+
+    cfg, fingerprints, split = _split_with_fused_records(
+        tmp_path / "limited", make_split, ["evaluation.limits.max_pixels=15"]
+    )
+    unscored = RunResult()
+    write_archives(cfg, fingerprints, split, unscored)
+    assert unscored.archives["fused.zip"].is_file() and "fused.zip" not in unscored.scores
+    assert "is written but not scored" in caplog.text and "max_pixels" in caplog.text
