@@ -86,14 +86,28 @@ class PredictionArchive:
         if top & set(video_ids) or len(top) != 1:
             return None
         (wrapper,) = top
-        if self._zip is not None:
-            self.prefix = f"{wrapper}/"
-            self._build_index()
-        else:
-            self.path = self.path / wrapper
+        self.step_into(wrapper)
         if not self.top_level() & set(video_ids):
             return None
         return wrapper
+
+    def step_into(self, folder: str) -> None:
+        """Read from inside the top-level ``folder`` from now on (a wrapper such as
+        ``Annotations``: its members are then ``<video_id>/<exp_id>/<frame_name>.png``)."""
+        if self._zip is not None:
+            self.prefix = f"{self.prefix}{folder}/"
+            self._build_index()
+        else:
+            self.path = self.path / folder
+
+    def folders(self, video_id: str) -> set[str]:
+        """The folder names inside a top-level folder (MeViS: the expressions of a video)."""
+        if self._zip is not None:
+            return {exp_id for video, exp_id in self._index if video == video_id}
+        folder = self.path / video_id
+        if not folder.is_dir():
+            return set()
+        return {entry.name for entry in os.scandir(folder) if entry.is_dir()}
 
     def close(self) -> None:
         if self._zip is not None:
