@@ -166,6 +166,8 @@ def report_result(result: RunResult, details: str = "") -> int:
         logger.info("archive %s: %s", name, path)
     if result.scores:
         print(pipeline.format_scores(result.scores))
+    if result.bad_cases is not None:
+        print(result.bad_cases.format())
     if not result.ok:
         where = f"see {result.report}" if result.report else "its report could not be written"
         logger.error("the run did not complete: %s%s", where, details)
