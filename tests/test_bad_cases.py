@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 import pytest
+from benchmark_layouts import rle
 from mask_archives import run_in_process, write_mask_archive
-from pycocotools import mask as mask_utils
 
 from referdino_plus import visualize
 from referdino_plus.config import load_config
@@ -230,17 +230,10 @@ def test_an_archive_on_its_own_lists_empty_spatial_and_worst(tmp_path, make_spli
     predicted = {v: dict(exps) for v, exps in truth.items()}
     predicted["v2"]["0"] = np.zeros_like(predicted["v2"]["0"])  # empty, and the worst
     mask_dict = {
-        f"{v}-{e}": [
-            mask_utils.encode(np.asfortranarray(frame.astype(np.uint8))) if frame.any() else None
-            for frame in stack
-        ]
+        f"{v}-{e}": [rle(frame) if frame.any() else None for frame in stack]
         for v, exps in truth.items()
         for e, stack in exps.items()
     }
-    for rles in mask_dict.values():
-        for rle in rles:
-            if rle is not None:
-                rle["counts"] = rle["counts"].decode()
     (root / "mask_dict.json").write_text(json.dumps(mask_dict))
     frames = {v: spec["frames"] for v, spec in videos.items()}
     pred = write_mask_archive(tmp_path / "pred.zip", predicted, frames)

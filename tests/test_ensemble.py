@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_layouts import ANNOTATORS, write_ref_davis17
 from mask_archives import (
     decoded,
     members,
@@ -34,11 +35,14 @@ def random_masks(seed: int, size=SIZE, frames=FRAMES, expressions=EXPRESSIONS):
     }
 
 
-def random_labels(seed: int, objects: int = 2):
-    """Per video, annotators 0 and 1, labels 0..objects."""
+def random_labels(seed: int, objects: int = 2, annotators: int = 2):
+    """Per video and annotator ``0..annotators-1``, labels ``0..objects``."""
     rng = np.random.default_rng(seed)
     return {
-        video: {k: rng.integers(0, objects + 1, (len(FRAMES[video]), *SIZE)) for k in ("0", "1")}
+        video: {
+            str(k): rng.integers(0, objects + 1, (len(FRAMES[video]), *SIZE))
+            for k in range(annotators)
+        }
         for video in FRAMES
     }
 
@@ -232,6 +236,29 @@ def test_a_split_is_the_reference_when_named(tmp_path, capfd, make_split):
     out = tmp_path / "e.zip"
     assert ensemble(a, a, f"data.root={root}", f"out={out}") == 0
     assert list(members(out)) == list(members(a))  # in the split's order
+
+
+def test_davis_archives_are_checked_against_a_davis_split(tmp_path, capfd):
+    objects = [[f"object {i}, annotator {k}" for k in range(ANNOTATORS)] for i in (1, 2)]
+    videos = {
+        v: {"frames": FRAMES[v], "objects": objects, "labels": np.zeros((len(FRAMES[v]), *SIZE))}
+        for v in FRAMES
+    }
+    root = write_ref_davis17(tmp_path / "davis", videos, size=SIZE)
+    split = ("data=ref_davis17_valid", f"data.root={root}")
+    a, b = (
+        write_label_archive(tmp_path / f"{name}.zip", random_labels(seed, 2, ANNOTATORS), FRAMES)
+        for name, seed in (("a", 20), ("b", 21))
+    )
+    out = tmp_path / "e.zip"
+    assert ensemble(a, b, a, *split, f"out={out}") == 0
+    assert members(out) == members(a)
+    three = write_label_archive(tmp_path / "c.zip", random_labels(22, 3, ANNOTATORS), FRAMES)
+    line = _refused(capfd, a, three, *split, out=tmp_path / "out" / "e.zip")
+    assert f"{three}: video 'bird', annotator 'anno_0' has object 3; the split {root} has 2" in line
+    two = write_label_archive(tmp_path / "d.zip", random_labels(23, 2, 2), FRAMES)
+    line = _refused(capfd, a, two, *split, out=tmp_path / "out" / "e.zip")
+    assert f"{two}: video 'bird', annotator 'anno_2' is missing (the split {root} has it)" in line
 
 
 def test_bad_arguments_exit_2_in_one_line(tmp_path, capfd):
