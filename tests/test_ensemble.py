@@ -72,6 +72,11 @@ def test_weights_become_exact_integers():
     assert integer_weights([2.0, 0, 4]) == (1, 0, 2)
     with pytest.raises(EnsembleError, match="add up to 0"):
         integer_weights([0, 0])
+    with pytest.raises(EnsembleError, match="too finely divided"):
+        integer_weights([1e19, 1, 1])
+    many = (200, 100, 100)  # sums beyond one byte
+    masks = [np.array([True, False]), np.array([False, True]), np.array([True, True])]
+    assert vote(masks, many).tolist() == [True, False]
 
 
 # ----------------------------------------------------------------------------- reproduction
