@@ -100,6 +100,15 @@ def test_an_ensemble_of_one_davis_archive_reproduces_it(tmp_path):
     assert members(out) == members(source)
 
 
+def test_folders_and_zips_mix(tmp_path):
+    source = write_mask_archive(tmp_path / "a.zip", random_masks(17), FRAMES, "ref_youtube_vos")
+    folder = tmp_path / "a"
+    zipfile.ZipFile(source).extractall(folder)
+    out = tmp_path / "e.zip"
+    assert ensemble(folder, source, folder, f"out={out}") == 0
+    assert members(out) == members(source)
+
+
 def test_three_archives_two_equal_give_those_two(tmp_path):
     twin = random_masks(1)
     a = write_mask_archive(tmp_path / "a.zip", twin, FRAMES)
