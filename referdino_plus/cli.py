@@ -6,6 +6,8 @@
     run_pipeline.py app [--gid N | --cpu] [--port P] [key=value ...]
     run_pipeline.py finish RECORD      (a launcher=slurm run submitted with launcher.slurm.wait=false)
     run_pipeline.py evaluate PRED [data=<benchmark>] [--data-root DIR] [--json OUT] [key=value ...]
+    run_pipeline.py ensemble A.zip B.zip ... out=E.zip [weights=[2,1,1]] [data=<benchmark>]
+    run_pipeline.py badcases PRED.zip [data=<benchmark>] [--json OUT]
 
 ``key=value`` are hydra overrides of ``configs/pipeline.yaml`` (e.g. ``data.root=...``,
 ``stage2.model=sam2.1_hiera_b+``). Each stage caches its per-video outputs in ``work_dir`` and
@@ -49,6 +51,10 @@ commands:
            run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.slurm.wait=false prints it)
   evaluate score an archive with its benchmark's metric:
            run_pipeline.py evaluate PRED.zip data=<benchmark> (run_pipeline.py evaluate --help)
+  ensemble fuse archives of one split by weighted pixel voting:
+           run_pipeline.py ensemble A.zip B.zip C.zip out=E.zip [weights=[2,1,1]]
+  badcases list an archive's bad cases (empty masks, spatial words, worst J&F):
+           run_pipeline.py badcases PRED.zip data=<benchmark>
 
 launcher=slurm (key=value) submits the stages to a SLURM cluster: see docs/cluster.md.
 """
@@ -160,6 +166,8 @@ def report_result(result: RunResult, details: str = "") -> int:
         logger.info("archive %s: %s", name, path)
     if result.scores:
         print(pipeline.format_scores(result.scores))
+    if result.bad_cases is not None:
+        print(result.bad_cases.format())
     if not result.ok:
         where = f"see {result.report}" if result.report else "its report could not be written"
         logger.error("the run did not complete: %s%s", where, details)
@@ -282,4 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return finish_command(argv[1:])
     if argv[:1] == ["evaluate"]:
         return evaluate_command(argv[1:])
+    if argv[:1] == ["ensemble"]:
+        from referdino_plus.ensemble import main as ensemble_main
+
+        return ensemble_main(argv[1:])
+    if argv[:1] == ["badcases"]:
+        from referdino_plus.bad_cases import main as bad_cases_main
+
+        return bad_cases_main(argv[1:])
     return run_command(argv)

@@ -119,6 +119,35 @@ class VisualizeOptions:
 
 
 @dataclass
+class EnsembleOptions:
+    """The ``ensemble`` section: ``referdino-plus ensemble A.zip B.zip ... out=E.zip``."""
+
+    SECTION = "ensemble"
+
+    weights: list[float] | None = bounded(0.0)  # one per archive; None: equal weights
+    out: str | None  # the archive to write
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+@dataclass
+class BadCaseOptions:
+    """The ``bad_cases`` section: the bad-case report of a run and of ``referdino-plus badcases``."""
+
+    SECTION = "bad_cases"
+
+    enabled: bool
+    duplicate_iou: float = bounded(0.0, 1.0)
+    spatial_words: list[str]
+    worst: int = bounded(0)
+    shown: int = bounded(0)
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+@dataclass
 class DemoOptions:
     """The ``demo`` section: the overlay video of ``run_pipeline.py demo`` and the stage-1
     windows of ``demo`` and ``app``."""
@@ -253,6 +282,8 @@ class PipelineConfig:
     archive: ArchiveOptions
     evaluation: EvaluationOptions
     visualize: VisualizeOptions
+    ensemble: EnsembleOptions
+    bad_cases: BadCaseOptions
     demo: DemoOptions
     app: AppOptions
     launcher: LauncherOptions

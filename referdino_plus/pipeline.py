@@ -28,6 +28,7 @@ from referdino_plus.archives import (
     archive_stamp,
     set_aside_stale_archives,
 )
+from referdino_plus.bad_cases import BadCases, find_bad_cases, report_field
 from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from referdino_plus.launchers import Handoff, RunPlan, build_launcher
 from referdino_plus.preflight import check_benchmark as check_benchmark  # also here for callers
@@ -81,6 +82,8 @@ class RunResult:
     failure: str = ""
     # The run goes on elsewhere (launcher.slurm.wait=false), which writes its outputs and report.
     handoff: Handoff | None = None
+    # What the bad-case report found (None: not looked for: bad_cases.enabled=false, no outputs).
+    bad_cases: BadCases | None = None
 
     @property
     def ok(self) -> bool:
@@ -309,12 +312,14 @@ def write_outputs(
     *,
     score: bool = True,
 ) -> None:
-    """After the stages: the archives (scored when ``score``) and the pictures."""
+    """After the stages: the archives (scored when ``score``), the bad cases and the pictures."""
     from referdino_plus.visualize import write_run_visualizations
 
     write_archives(cfg, fingerprints, split, result, score=score)
+    if cfg.bad_cases.enabled:
+        result.bad_cases = find_bad_cases(cfg, fingerprints, split, result.evaluations)
     if cfg.visualize.enabled:
-        write_run_visualizations(cfg, fingerprints, split, result.evaluations)
+        write_run_visualizations(cfg, fingerprints, split, result.evaluations, result.bad_cases)
 
 
 # ----------------------------------------------------------------------------- archives
@@ -467,6 +472,7 @@ def write_report(
             if split is not None
             else {}
         ),
+        "bad_cases": report_field(result.bad_cases),
     }
     path = (folder or work_dir) / "report.json"
     with atomic_output(path) as tmp:

@@ -3,13 +3,14 @@
 Into ``work_dir/visualize/``: per expression, a strip of its stage-1, SAM 2 and fused masks on a
 few evenly spaced frames, captioned with the expression (at most ``visualize.caption_max_lines``
 lines) and its fusion decision; with ground truth, ``jf_per_video.png``, the J&F of each video in
-each archive.
+each archive. The expressions the bad-case report flags (:mod:`referdino_plus.bad_cases`) are
+drawn first, each with why under its caption.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from referdino_plus.archives import archive_masks
 from referdino_plus.config import PipelineConfig, VisualizeOptions
 from referdino_plus.stages import LAST_STAGE, STAGES
 from rvos import intermediates as im
+from rvos.bad_cases import BadCases
 from rvos.drawing import (
     PALETTE,
     Color,
@@ -67,10 +69,23 @@ def _fusion_note(decision: Mapping[str, Any] | None) -> str:
     return f"fused = {rule}; SAM 2 box smaller on {smaller}/{both} frames"
 
 
+def _note(decision: Mapping[str, Any] | None, flags: Sequence[str]) -> str:
+    """The line under a strip's title: the fusion decision, then why it is a bad case."""
+    bad = f"bad case: {'; '.join(flags)}" if flags else ""
+    return " · ".join(part for part in (bad, _fusion_note(decision)) if part)
+
+
 def write_video_strips(
-    work_dir: Path, split: Split, video_id: str, options: VisualizeOptions
+    work_dir: Path,
+    split: Split,
+    video_id: str,
+    options: VisualizeOptions,
+    *,
+    exp_ids: Sequence[str] | None = None,
+    flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
 ) -> list[Path]:
-    """Strips of every expression of one video, from its stage 1, 2 and 3 records.
+    """Strips of every expression of one video (``exp_ids``: of those, in that order), from its
+    stage 1, 2 and 3 records; ``flags``: why the bad-case report flags an expression, said under its caption.
 
     Returns:
         the written ``work_dir/visualize/<video_id>/<exp_id>.png``; a strip newer than the video's
@@ -84,7 +99,7 @@ def write_video_strips(
     newest = record.stat().st_mtime
     todo = [
         e
-        for e in video.expressions
+        for e in (video.expressions if exp_ids is None else exp_ids)
         if not (out_dir / f"{e}.png").is_file() or (out_dir / f"{e}.png").stat().st_mtime < newest
     ]
     if not todo:
@@ -103,7 +118,7 @@ def write_video_strips(
             frames,
             [row[exp_id].select(picked).decode() for row in masks],
             title=f'{video_id}/{exp_id}: "{video.expressions[exp_id].text}"',
-            note=_fusion_note(decisions.get(exp_id)),
+            note=_note(decisions.get(exp_id), (flags or {}).get((video_id, exp_id), ())),
             max_title_lines=options.caption_max_lines,
             frame_names=[frame_names[i] for i in picked],
             row_labels=[label for label, _ in STRIP_ROWS],
@@ -121,14 +136,17 @@ def write_run_visualizations(
     fingerprints: Mapping[int, str],
     split: Split,
     evaluations: Mapping[str, BenchmarkResult] | None = None,
+    bad_cases: BadCases | None = None,
 ) -> list[Path]:
-    """After a run: a strip per expression and, with evaluations, the J&F-per-video plot.
+    """After a run: a strip per expression, the flagged ones first, and, with evaluations, the
+    J&F-per-video plot.
 
     Args:
         cfg: the run's configuration.
         fingerprints: the configuration fingerprint of each stage's records.
         split: the split of the run.
         evaluations: ``{archive name: its evaluation}`` of the run (empty: no plot).
+        bad_cases: the run's bad-case report: its expressions are drawn first.
     Returns:
         the files written. Videos whose three stage records are not all finished are skipped
         (with a log line).
@@ -146,9 +164,21 @@ def write_run_visualizations(
             len(split.video_ids) - len(ready),
             len(split.video_ids),
         )
+    flags = bad_cases.reasons() if bad_cases is not None else {}
+    flagged: dict[str, list[str]] = {}
+    for video_id, exp_id in flags:
+        if video_id in ready and exp_id in split.videos[video_id].expressions:
+            flagged.setdefault(video_id, []).append(exp_id)
     written: list[Path] = []
+    for video_id, exp_ids in progress_bar(
+        flagged.items(), desc="visualize bad cases", unit="video", dynamic_ncols=True
+    ):
+        written += write_video_strips(
+            work_dir, split, video_id, options, exp_ids=exp_ids, flags=flags
+        )
+    # The flagged strips just drawn are newer than their records: skipped here.
     for video_id in progress_bar(ready, desc="visualize", unit="video", dynamic_ncols=True):
-        written += write_video_strips(work_dir, split, video_id, options)
+        written += write_video_strips(work_dir, split, video_id, options, flags=flags)
     if evaluations:
         scores = {name: per_video_jf(ev.per_expression) for name, ev in evaluations.items()}
         totals = {name: float(ev.jf) for name, ev in evaluations.items()}

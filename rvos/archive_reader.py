@@ -486,14 +486,28 @@ class PredictionArchive:
         if top & set(video_ids) or len(top) != 1:
             return None
         (wrapper,) = top
-        if self._is_zip:
-            self.prefix = f"{wrapper}/"
-            self._build_index()
-        else:
-            self.path = self.path / wrapper
+        self.step_into(wrapper)
         if not self.top_level() & set(video_ids):
             return None
         return wrapper
+
+    def step_into(self, folder: str) -> None:
+        """Read from inside the top-level ``folder`` from now on (a wrapper such as
+        ``Annotations``: its members are then ``<video_id>/<exp_id>/<frame_name>.png``)."""
+        if self._is_zip:
+            self.prefix = f"{self.prefix}{folder}/"
+            self._build_index()
+        else:
+            self.path = self.path / folder
+
+    def folders(self, video_id: str) -> set[str]:
+        """The folder names inside a top-level folder (MeViS: the expressions of a video)."""
+        if self._is_zip:
+            return {exp_id for video, exp_id in self._index if video == video_id}
+        folder = self.path / video_id
+        if not folder.is_dir():
+            return set()
+        return {entry.name for entry in os.scandir(folder) if entry.is_dir()}
 
     def close(self) -> None:
         """Nothing stays open: each member is read with its own file handle."""
@@ -528,6 +542,10 @@ class PredictionArchive:
         path = str(self.path / video_id / exp_id / file_name)
         self._claimed.add(path)
         return FolderFile(path)
+
+    def where(self, video_id: str, exp_id: str, file_name: str) -> str:
+        """How messages name the member ``<video_id>/<exp_id>/<file_name>``."""
+        return self.member(video_id, exp_id, file_name).where
 
     def read(self, video_id: str, exp_id: str, file_name: str) -> bytes:
         """The bytes of a member (at most ``limits.max_member_mib``).

@@ -153,23 +153,26 @@ def check_range(
     also: tuple[float, ...] = (),
 ) -> None:
     """Raise :class:`OptionError` unless ``owner.<name>`` is finite and ``low <= value <= high``
-    (``None``: unbounded) or one of ``also``; ``None`` passes (a nullable option left unset)."""
+    (``None``: unbounded) or one of ``also``; ``None`` passes (a nullable option left unset). A
+    list of numbers: each of them."""
     value = getattr(owner, name)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OptionError(f"{_where(owner, name)}={value!r}: expected a number")
-    if value in also:
-        return
-    if not math.isfinite(value) or (
-        (low is not None and value < low) or (high is not None and value > high)
-    ):
-        if low is None and high is None:
-            expected = "a finite number"
-        else:
-            bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-            expected = f"a value in {bounds}" + "".join(f" or {v}" for v in also)
-        raise OptionError(f"{_where(owner, name)}={value!r}: expected {expected}")
+    values, each = (list(value), "each ") if isinstance(value, list | tuple) else ([value], "")
+    for number in values:
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise OptionError(f"{_where(owner, name)}={value!r}: expected {each}a number")
+        if number in also:
+            continue
+        if not math.isfinite(number) or (
+            (low is not None and number < low) or (high is not None and number > high)
+        ):
+            if low is None and high is None:
+                expected = "a finite number"
+            else:
+                bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+                expected = f"a value in {bounds}" + "".join(f" or {v}" for v in also)
+            raise OptionError(f"{_where(owner, name)}={value!r}: expected {each}{expected}")
 
 
 def check_fraction(owner: Any, name: str) -> None:

@@ -225,13 +225,39 @@ def test_numeric_boundaries(option):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "option", [o for o in OPTIONS if is_number_list(o.kind)], ids=lambda o: o.key
+    "option",
+    [o for o in OPTIONS if is_number_list(o.kind) and RANGE not in o.field.metadata],
+    ids=lambda o: o.key,
 )
 def test_fraction_boundaries(option):
     assert option.field.metadata.get(FRACTION)
     passes(option.key, "[1,1]")
     for bad in ("[0,1]", "[1,0]", "[1]", "[1,2,3]"):
         fails(option.key, bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "option",
+    [o for o in OPTIONS if is_number_list(o.kind) and RANGE in o.field.metadata],
+    ids=lambda o: o.key,
+)
+def test_number_list_boundaries(option):
+    """A list whose numbers declare a range: each number is checked, wherever it stands."""
+    key, (kind,) = option.key, typing.get_args(option.kind)
+    declared: Range = option.field.metadata[RANGE]
+    for bound, direction in ((declared.low, -1), (declared.high, +1)):
+        if bound is None:
+            passes(key, f"[{_text(kind(direction * FAR))}]")
+            continue
+        passes(key, f"[{_text(kind(bound))},{_text(kind(bound))}]")
+        beyond = _text(step(bound, kind, direction))
+        fails(key, f"[{_text(kind(bound))},{beyond}]")
+        fails(key, f"[{beyond}]")
+    if kind is float:
+        fails(key, "[1.0,nan]")
+    if option.nullable:
+        passes(key, None)
 
 
 def _choices(option: Option) -> list[Any]:
