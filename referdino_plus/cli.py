@@ -49,6 +49,8 @@ commands:
            run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.slurm.wait=false prints it)
   evaluate score an archive with its benchmark's metric:
            run_pipeline.py evaluate PRED.zip data=<benchmark> (run_pipeline.py evaluate --help)
+  sweep    tune on a labelled split: run_pipeline.py sweep stage2.score_threshold=0.2,0.275,0.35
+           (run_pipeline.py sweep --help)
 
 launcher=slurm (key=value) submits the stages to a SLURM cluster: see docs/cluster.md.
 """
@@ -280,4 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return finish_command(argv[1:])
     if argv[:1] == ["evaluate"]:
         return evaluate_command(argv[1:])
+    if argv[:1] == ["sweep"]:
+        from referdino_plus.sweep_command import main as sweep_main
+
+        return sweep_main(argv[1:])
     return run_command(argv)
