@@ -137,10 +137,16 @@ def expand(overrides: Sequence[str]) -> tuple[list[str], list[str], list[dict[st
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise SweepError(" ".join(str(err).split("See https")[0].split())) from None
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed.extend(parser.parse_overrides([override]))
+        except HydraException as err:
+            reason = " ".join(str(err).split("See https")[0].split())
+            raise SweepError(
+                f"{override}: not an override hydra reads ({reason}); quote it for the shell, "
+                "e.g. 'stage3.shrink_ratio=[1,2],[2,3]'"
+            ) from None
     fixed = [text for text, p in zip(overrides, parsed, strict=True) if not p.is_sweep_override()]
     sweeps = [p for p in parsed if p.is_sweep_override()]
     if not sweeps:
