@@ -6,6 +6,7 @@ models; every run and sweep of the module shares one work_dir, as a user's would
 """
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from referdino_plus.config import load_config
 from referdino_plus.pipeline import stage_fingerprints
 from referdino_plus.sweep_report import best_commands, plot_size
 
-STAGE3_SWEEP = "stage3.shrink_ratio=[1,2],[2,3],[999,1000]"
+STAGE3_SWEEP = "stage3.shrink_ratio=[2,3],[999,1000]"  # the default (the first run's), another
 
 
 # ----------------------------------------------------------------------------- the grammar
@@ -155,7 +156,7 @@ def test_stage3_sweep_runs_no_stage_1_or_2(stage3_sweep, work):
     assert {p: p.stat().st_mtime_ns for p in before} == before
     # ... and a set of stage-3 records per point, made after every stage-2 record.
     stage3 = [p for p in (root / "stage3").iterdir() if p.is_dir()]
-    assert len(stage3) == 3
+    assert len(stage3) == 2
     newest_stage2 = max(t for p, t in before.items() if p.parent.name == "stage2")
     for folder in stage3:
         for record in folder.glob("*.npz"):
@@ -169,8 +170,8 @@ def test_stage3_sweep_runs_no_stage_1_or_2(stage3_sweep, work):
 def test_sweep_prints_and_writes_its_table_plot_and_best_command(stage3_sweep, work):
     proc, _ = stage3_sweep
     lines = proc.stdout.splitlines()
-    rows = read_table("\n".join(lines[:4]))
-    assert [row["stage3.shrink_ratio"] for row in rows] == ["[1,2]", "[2,3]", "[999,1000]"]
+    rows = read_table("\n".join(lines[:3]))
+    assert [row["stage3.shrink_ratio"] for row in rows] == ["[2,3]", "[999,1000]"]
     assert list(rows[0]) == ["point", "stage3.shrink_ratio", "J&F", "J", "F"]
     table = json.loads((work / "sweep" / "sweep.json").read_text())
     for row, saved in zip(rows, table["points"], strict=True):
@@ -181,10 +182,10 @@ def test_sweep_prints_and_writes_its_table_plot_and_best_command(stage3_sweep, w
     best = scores.index(max(scores))
     assert [row["point"] for row in rows][best] == f"*{best + 1}"
     assert table["best"]["point"] == best + 1
-    assert f"'stage3.shrink_ratio={rows[best]['stage3.shrink_ratio']}'" in lines[5]
+    assert f"'stage3.shrink_ratio={rows[best]['stage3.shrink_ratio']}'" in lines[4]
     csv_lines = (work / "sweep" / "sweep.csv").read_text().splitlines()
     assert csv_lines[0] == "point,stage3.shrink_ratio,J&F,J,F,fingerprint,archive"
-    assert len(csv_lines) == 4
+    assert len(csv_lines) == 3
     with Image.open(work / "sweep" / "sweep.png") as image:
         assert image.size == plot_size(1)
 
@@ -223,11 +224,12 @@ def test_every_point_scores_as_its_own_run_and_evaluate(
 def test_interrupted_sweep_resumes_without_rerunning_finished_points(
     stage3_sweep, base, monkeypatch
 ):
-    overrides = [*base, "stage3.majority=[1,3],[1,1],[3,4]"]
+    overrides = [*base, "stage3.majority=[1,3],[1,1]"]
     real_run = pipeline.run
     calls, interrupt_at = [], [2]
 
     def run(cfg, **kwargs):
+        assert kwargs["devices"] == ["cpu"]  # the sweep's, for each point's run
         calls.append(cfg.stage3.majority)
         if len(calls) in interrupt_at:
             raise KeyboardInterrupt
@@ -236,20 +238,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_points(
     monkeypatch.setattr(pipeline, "run", run)
     plan = sweep.plan_sweep(overrides)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(plan)
+        sweep.run_sweep(plan, ["cpu"])
     first = sweep.point_dir(plan.root, plan.points[0]) / sweep.RESULT_FILE
     stamp = first.stat().st_mtime_ns
     assert not (sweep.point_dir(plan.root, plan.points[1]) / sweep.RESULT_FILE).exists()
 
     calls.clear()
     interrupt_at.clear()
-    results = sweep.run_sweep(sweep.plan_sweep(overrides))
-    assert calls == [[1, 1], [3, 4]]  # the finished point is not run again
-    assert [r.ran for r in results] == [False, True, True]
+    results = sweep.run_sweep(sweep.plan_sweep(overrides), ["cpu"])
+    assert calls == [[1, 1]]  # the finished point is not run again
+    assert [r.ran for r in results] == [False, True]
     assert first.stat().st_mtime_ns == stamp
     # A rerun of a finished sweep runs nothing.
     calls.clear()
-    again = sweep.run_sweep(sweep.plan_sweep(overrides))
+    again = sweep.run_sweep(sweep.plan_sweep(overrides), ["cpu"])
     assert calls == [] and [r.scores for r in again] == [r.scores for r in results]
 
 
@@ -276,21 +278,23 @@ def test_a_stage2_point_starts_at_stage_2(stage3_sweep, base):
         (["stage2.score_threshold=interval(0.2,0.4)"], "an interval has none to list"),
         (["stage2.score_threshold=0.3"], "nothing to sweep"),
         (["stage2.score_threshold=0.2,7"], "stage2.score_threshold=7"),
+        (["stage2.score_threshold=[0.2,0.3"], "not an override hydra reads"),
+        (
+            ["launcher=slurm", "launcher.slurm.wait=false", "stage3.majority=[1,2],[1,3]"],
+            "launcher.slurm.wait=false",
+        ),
     ],
 )
-def test_a_sweep_that_cannot_run_is_one_line_before_any_work(
-    run_cli, labelled_split, tmp_path, sweep_words, message
+def test_a_sweep_that_cannot_run_is_refused_before_any_work(
+    labelled_split, tmp_path, sweep_words, message
 ):
-    proc = run_cli(
-        "sweep", f"data.root={labelled_split}", f"work_dir={tmp_path}", *sweep_words, check=False
-    )
-    assert proc.returncode == 2
-    [line] = proc.stderr.strip().splitlines()
-    assert message in line and "Traceback" not in line
-    assert not (tmp_path / "sweep").exists()
+    with pytest.raises(sweep.SweepError, match=re.escape(message)) as refused:
+        sweep.plan_sweep([f"data.root={labelled_split}", f"work_dir={tmp_path}", *sweep_words])
+    assert "\n" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_split_without_ground_truth_is_refused(run_cli, fixtures_dir, tmp_path):
+def test_a_split_without_ground_truth_is_one_line_before_any_work(run_cli, fixtures_dir, tmp_path):
     split = fixtures_dir / "refine_tiny" / "mevis"  # frames and expressions, no mask_dict.json
     proc = run_cli("sweep", f"data.root={split}", f"work_dir={tmp_path}", STAGE3_SWEEP, check=False)
     assert proc.returncode == 2
