@@ -40,6 +40,7 @@ from pathlib import Path
 
 from referdino_plus.config import ConfigError, PipelineConfig, load_config
 from referdino_plus.stages import LAST_STAGE, STAGE_NUMBERS, STAGES, Fingerprints
+from rvos import intermediates as im
 from rvos.io import atomic_output, write_error
 from rvos.splits import DataError, Split
 
@@ -216,6 +217,10 @@ def check_distinct(points: Sequence[SweepPoint], keys: Sequence[str]) -> None:
         if twin is point:
             continue
         differ = [k for k in keys if twin.values[k] != point.values[k]]
+        if not differ:
+            raise SweepError(
+                f"{twin.describe()} and point {point.index} are the same: a value is given twice"
+            )
         named = ", ".join(f"{k}={twin.values[k]} and {k}={point.values[k]}" for k in differ)
         raise SweepError(
             f"{named} make the same configuration: {', '.join(differ)} changes how or where the "
@@ -360,16 +365,17 @@ def adopt_run_records(plan: SweepPlan) -> int:
         link_file(cache, plan.root / FRAME_CHECK_CACHE)
     adopted = 0
     for stage in STAGES:
-        fingerprints = {point.fingerprints[stage.number] for point in plan.points}
+        wanted = {point.fingerprints[stage.number] for point in plan.points}
         for video_id in plan.split.video_ids:
             source = stage.record_path(work_dir, video_id)
-            if not source.is_file():
+            header = im.read_header(source) if source.is_file() else None
+            fingerprint = (header or {}).get("config_fingerprint")
+            if fingerprint not in wanted:
                 continue
-            for fingerprint in sorted(fingerprints):
-                target = records_dir(plan.root, stage.number, fingerprint) / source.name
-                if stage.is_finished(work_dir, video_id, fingerprint) and not target.exists():
-                    link_file(source, target)
-                    adopted += 1
+            target = records_dir(plan.root, stage.number, fingerprint) / source.name
+            if not target.exists() and stage.is_finished(work_dir, video_id, fingerprint):
+                link_file(source, target)
+                adopted += 1
     return adopted
 
 

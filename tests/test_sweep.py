@@ -278,6 +278,7 @@ def test_a_stage2_point_starts_at_stage_2(stage3_sweep, base):
         (["stage2.score_threshold=interval(0.2,0.4)"], "an interval has none to list"),
         (["stage2.score_threshold=0.3"], "nothing to sweep"),
         (["stage2.score_threshold=0.2,7"], "stage2.score_threshold=7"),
+        (["stage2.score_threshold=0.2,0.2"], "a value is given twice"),
         (["stage2.score_threshold=[0.2,0.3"], "not an override hydra reads"),
         (
             ["launcher=slurm", "launcher.slurm.wait=false", "stage3.majority=[1,2],[1,3]"],
