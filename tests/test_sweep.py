@@ -295,6 +295,7 @@ def test_a_sweep_that_cannot_run_is_refused_before_any_work(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_split_without_ground_truth_is_one_line_before_any_work(run_cli, fixtures_dir, tmp_path):
     split = fixtures_dir / "refine_tiny" / "mevis"  # frames and expressions, no mask_dict.json
     proc = run_cli("sweep", f"data.root={split}", f"work_dir={tmp_path}", STAGE3_SWEEP, check=False)
