@@ -51,6 +51,8 @@ commands:
            run_pipeline.py finish WORK_DIR/slurm/<job>_run.json (launcher.slurm.wait=false prints it)
   evaluate score an archive with its benchmark's metric:
            run_pipeline.py evaluate PRED.zip data=<benchmark> (run_pipeline.py evaluate --help)
+  sweep    tune on a labelled split: run_pipeline.py sweep stage2.score_threshold=0.2,0.275,0.35
+           (run_pipeline.py sweep --help)
   ensemble fuse archives of one split by weighted pixel voting:
            run_pipeline.py ensemble A.zip B.zip C.zip out=E.zip [weights=[2,1,1]]
   badcases list an archive's bad cases (empty masks, spatial words, worst J&F):
@@ -298,4 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from referdino_plus.bad_cases import main as bad_cases_main
 
         return bad_cases_main(argv[1:])
+    if argv[:1] == ["sweep"]:
+        from referdino_plus.sweep_command import main as sweep_main
+
+        return sweep_main(argv[1:])
     return run_command(argv)

@@ -294,7 +294,8 @@ def space_needed(
         ``{"work_dir": bytes, "submission_dir": bytes}``.
     """
     work_dir = Path(cfg.work_dir)
-    queries = queries_per_expression(cfg)
+    # Stage 3's records hold no query; the count reads stage 1's model code, loaded only if needed.
+    queries = queries_per_expression(cfg) if {1, 2} & set(stages) else 0
     shapes = {
         vid: VideoShape(*sizes[vid], video.num_frames, len(video.expressions))
         for vid, video in split.videos.items()
