@@ -243,7 +243,8 @@ class WorkDirLock:
             raise _Claimed(
                 f"work_dir {self.folder} is in use by a launcher=slurm run ({last.describe()}): "
                 f"its SLURM job(s) {', '.join(active)} are still queued or running; wait for "
-                f"them (squeue --jobs={jobs}) or cancel them (scancel {' '.join(last.slurm_jobs)})"
+                f"them (squeue --jobs={','.join(last.slurm_jobs)}) or cancel them "
+                f"(scancel {' '.join(last.slurm_jobs)})"
             )
 
     def record_jobs(self, job_ids: Sequence[str]) -> None:
