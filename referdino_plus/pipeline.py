@@ -204,12 +204,12 @@ def run(
     names (:mod:`referdino_plus.launchers`; ``devices``: this machine's, for a local run: none
     given, the CPU); see the module docstring.
 
-    Everything the run needs is checked first (the launcher's settings and tools,
-    :func:`referdino_plus.preflight.preflight`, and the cached inputs of the first stage to run);
-    nothing is moved or written before. The run then holds the lock of ``work_dir`` (one run
-    per folder: :mod:`referdino_plus.workdir_lock`, ``run.lock_timeout``), sets aside the
-    archives of another configuration (:func:`set_aside_stale_archives`), and the launcher runs
-    the stages. ``work_dir/report.json`` is written however the run ends (:func:`reporting`;
+    The run holds the lock of ``work_dir`` from its checks to its report (one run per folder:
+    :mod:`referdino_plus.workdir_lock`, ``run.lock_timeout``). Everything the run needs is
+    checked first (the launcher's settings and tools, :func:`referdino_plus.preflight.preflight`,
+    and the cached inputs of the first stage to run); nothing but the lock is moved or written
+    before. Then the archives of another configuration are set aside
+    (:func:`set_aside_stale_archives`), and the launcher runs the stages. ``work_dir/report.json`` is written however the run ends (:func:`reporting`;
     ``command``: the command line that resumes it), unless the launcher handed the run off
     (``result.handoff``: what finishes it writes the report).
 

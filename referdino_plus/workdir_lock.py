@@ -49,8 +49,12 @@ class WorkDirBusy(RuntimeError):
     one line naming the holder, the lock file and what to do."""
 
 
-class LockUnsupported(OSError):
-    """The folder's file system has no file locks; the message says what to do."""
+class WorkDirUnusable(OSError):
+    """The folder cannot hold a lock: not writable, or its file system has no file locks; the
+    message is one line saying what to do."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass(frozen=True)
@@ -140,13 +144,32 @@ class WorkDirLock:
         """Take the lock, waiting up to ``options.lock_timeout`` seconds while another run has
         it (saying so once).
 
+        A folder that cannot be written is left to the run's checks, which name it with the run's
+        other problems (:mod:`referdino_plus.preflight`): nothing can be written there, by this
+        run or another one, so it goes on without the lock.
+
         Raises:
             WorkDirBusy: still held after the wait (one line: holder, file, what to do).
-            LockUnsupported: the file system has no locks.
+            WorkDirUnusable: the folder's file system has no locks.
         """
         if not self.options.lock:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._wait_for_lock()
+        except OSError as err:
+            if err.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                raise WorkDirUnusable(
+                    err.errno,
+                    f"cannot lock {self.path}: its file system has no file locks "
+                    f"({err.strerror}); mount it with locks (e.g. Lustre: -o flock), or set "
+                    "run.lock=false and make sure yourself that one run at a time uses this "
+                    "work_dir",
+                ) from err
+            logger.debug("no lock in %s: %s (the run's checks report it)", self.folder, err)
+
+    def _wait_for_lock(self) -> None:
+        """:meth:`acquire` once the folder exists."""
         timeout = self.options.lock_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = False
@@ -190,15 +213,6 @@ class WorkDirLock:
             return f"work_dir {self.folder} is in use by {who}", False
         except _Claimed as claimed:
             return str(claimed), False
-        except OSError as err:
-            if err.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
-                raise LockUnsupported(
-                    err.errno,
-                    f"cannot lock {self.path}: its file system has no file locks "
-                    f"({os.strerror(err.errno or 0)}); mount it with locks (e.g. Lustre: -o flock) "
-                    "or set run.lock=false and make sure that one run at a time uses this work_dir",
-                ) from err
-            raise
         self._lock = lock
         return None, False
 
@@ -282,9 +296,11 @@ class WorkDirLock:
 
 
 def _write_record(fd: int, record: Holder) -> None:
+    """Over the previous record, then cut to length: a full disk rarely stops it (the blocks are
+    there), and a reader meets a whole record or one it cannot parse, never an empty file."""
     data = record.to_json()
-    os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
     os.fsync(fd)
 
 
