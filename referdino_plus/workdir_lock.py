@@ -50,8 +50,7 @@ class WorkDirBusy(RuntimeError):
 
 
 class WorkDirUnusable(OSError):
-    """The folder cannot hold a lock: not writable, or its file system has no file locks; the
-    message is one line saying what to do."""
+    """The folder's file system has no file locks; the message is one line saying what to do."""
 
     def __str__(self) -> str:
         return str(self.strerror)
