@@ -99,21 +99,15 @@ def _now() -> str:
 
 
 def active_slurm_jobs(job_ids: Sequence[str]) -> list[str]:
-    """Those of ``job_ids`` (arrays: their tasks) that SLURM may still run: queued, running,
-    requeued or suspended.
+    """:func:`referdino_plus.launchers.slurm.queue.active_jobs` (imported when a folder is
+    claimed by SLURM jobs).
 
     Raises:
         OSError: squeue is not here, or did not answer.
     """
-    from referdino_plus.launchers.slurm.watch import ENDED_STATES, queue_states
+    from referdino_plus.launchers.slurm.queue import active_jobs
 
-    try:
-        states = queue_states(job_ids)
-    except FileNotFoundError as err:
-        raise OSError(errno.ENOENT, "squeue is not installed here") from err
-    if states is None:
-        raise OSError(errno.EAGAIN, "squeue did not answer")
-    return sorted(job for job, entry in states.items() if entry.state not in ENDED_STATES)
+    return active_jobs(job_ids)
 
 
 class _Claimed(Exception):

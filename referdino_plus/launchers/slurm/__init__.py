@@ -33,9 +33,9 @@ database that not every cluster has.
 
 Modules, by concern: :mod:`.submit` (checks before submitting; the array and the finishing job),
 :mod:`.task` (what a task runs), :mod:`.journal` (a task's progress events), :mod:`.record` (a
-submitted run's record), :mod:`.watch` (``squeue`` and result files until every task ended),
-:mod:`.outcomes` (how the tasks ended, merged into the run's outcome), :mod:`.finish` (the run's
-archives and report once its tasks ended). The settings are ``launcher.slurm.<key>``
+submitted run's record), :mod:`.queue` (what ``squeue`` says of jobs), :mod:`.watch` (``squeue``
+and result files until every task ended), :mod:`.outcomes` (how the tasks ended, merged into the
+run's outcome), :mod:`.finish` (the run's archives and report once its tasks ended). The settings are ``launcher.slurm.<key>``
 (:class:`referdino_plus.config.SlurmOptions`), also spelled ``launcher.<key>``.
 """
 
