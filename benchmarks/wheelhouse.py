@@ -66,6 +66,8 @@ WHEELS = (
     Wheel("pycocotools", "pycocotools", build=False),  # mask run-lengths in the evaluator
     Wheel("av", "av", build=False),  # video files of the demo (bundles FFmpeg: most of the size)
     Wheel("submitit", "submitit", build=False),  # launcher=slurm
+    # One run per work_dir; a PyTorch machine has it (torch's dependency), maybe too old.
+    Wheel("filelock", "filelock", build=False),
     # make gpu-check's test runner and its dependencies (packaging: see MACHINE_HAS). Below
     # Python 3.11 pytest also needs exceptiongroup and tomli, which this list leaves out.
     Wheel("pytest", "pytest", build=False),

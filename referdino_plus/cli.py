@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
 from referdino_plus.runtime import (
+    command_line,
     gpu_count,
     log_file_failed,
     log_to_file,
@@ -105,8 +106,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run_command(argv: Sequence[str]) -> int:
-    """The pipeline on a split; returns the exit status (0 done, 1 failed, 2 bad arguments,
-    130 interrupted). Expected failures print one line; tracebacks go to the run's log file."""
+    """The pipeline on a split; returns the exit status (0 done, 1 failed or another run holds
+    ``work_dir``, 2 bad arguments, 130 interrupted by Ctrl-C, 143 stopped by SIGTERM). Expected
+    failures print one line; tracebacks go to the run's log file."""
     args = parse_args(argv)
     setup_logging(args.quiet)
     from referdino_plus.config import ConfigError, load_config
@@ -127,8 +129,10 @@ def run_command(argv: Sequence[str]) -> int:
     # The stages' code loads only once the configuration is known to be good.
     from referdino_plus import pipeline
     from referdino_plus.preflight import PreflightError
+    from referdino_plus.workdir_lock import WorkDirBusy
     from rvos.checkpoints import CheckpointError
     from rvos.intermediates import IntermediateError
+    from rvos.interrupts import exit_status, signal_name, stop_on_signals
     from rvos.legacy import LegacyFormatError
     from rvos.mevis import DataError
 
@@ -141,15 +145,26 @@ def run_command(argv: Sequence[str]) -> int:
         IntermediateError,
         LegacyFormatError,
         CheckpointError,
+        WorkDirBusy,
         OSError,
     )
+    command = command_line(argv)
     try:
-        result = pipeline.run(
-            cfg, stages=args.stages, devices=launcher.devices, overwrite=args.overwrite
+        with stop_on_signals():  # SIGTERM too: the report says interrupted, writes are whole
+            result = pipeline.run(
+                cfg,
+                stages=args.stages,
+                devices=launcher.devices,
+                overwrite=args.overwrite,
+                command=command,
+            )
+    except KeyboardInterrupt as stop:
+        logger.error(
+            "interrupted (%s); finished videos are kept: rerun the same command to go on: %s",
+            signal_name(stop),
+            command,
         )
-    except KeyboardInterrupt:
-        logger.error("interrupted; finished videos are kept: rerun the same command to go on")
-        return 130
+        return exit_status(stop)
     except expected as err:
         logger.debug("the run stopped", exc_info=True)
         logger.error("%s%s", err, "" if isinstance(err, PreflightError) else details())
@@ -218,13 +233,16 @@ def finish_command(argv: Sequence[str]) -> int:
     from referdino_plus.launchers.slurm.finish import collect
     from referdino_plus.launchers.slurm.record import SubmittedRun
     from referdino_plus.pipeline import PipelineError
+    from referdino_plus.workdir_lock import WorkDirBusy
+    from rvos.interrupts import exit_status, stop_on_signals
     from rvos.mevis import DataError
 
     try:
-        result = collect(SubmittedRun.load(args.record))
-    except KeyboardInterrupt:
-        return 130
-    except (PipelineError, ConfigError, DataError, OSError) as err:
+        with stop_on_signals():
+            result = collect(SubmittedRun.load(args.record))
+    except KeyboardInterrupt as stop:
+        return exit_status(stop)
+    except (PipelineError, ConfigError, DataError, WorkDirBusy, OSError) as err:
         logger.error("%s", err)
         return 1
     return report_result(result)

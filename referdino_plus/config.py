@@ -162,6 +162,20 @@ class DemoOptions:
         check_declared(self)
 
 
+@dataclass
+class RunOptions:
+    """The ``run`` section: one run per ``work_dir`` (:mod:`referdino_plus.workdir_lock`)."""
+
+    SECTION = "run"
+
+    lock: bool
+    lock_timeout: float | None = bounded(0)  # seconds; null: as long as it takes
+    lock_poll_s: float = bounded(1e-3)
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
 class LauncherKind(Choice):
     """Where a run's stages execute (the ``launcher`` config group; :mod:`referdino_plus.launchers`)."""
 
@@ -286,6 +300,7 @@ class PipelineConfig:
     bad_cases: BadCaseOptions
     demo: DemoOptions
     app: AppOptions
+    run: RunOptions
     launcher: LauncherOptions
 
 

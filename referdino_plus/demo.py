@@ -53,6 +53,7 @@ from referdino_plus.segmenter import (
 from rvos.archive import encode_png
 from rvos.drawing import caption_band, color_of, hex_color, overlay_masks, pad_to_even
 from rvos.intermediates import Stage3Video
+from rvos.interrupts import exit_status, signal_name, stop_on_signals
 from rvos.io import atomic_output, make_temp_dir
 from rvos.video import Clip, VideoError, h264_writer, load_clip, source_name
 from rvos.workers import bind_device
@@ -323,12 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(quiet="-q" in argv or "--quiet" in argv)
     try:
         args = parse_args(argv)
-        out_dir = run_demo(args)
+        with stop_on_signals():  # SIGTERM as Ctrl-C: the outputs being written are dropped whole
+            out_dir = run_demo(args)
     except DemoError as err:
         logger.error("%s", err)
         return err.exit_code
-    except KeyboardInterrupt:
-        logger.error("interrupted")
-        return 130
+    except KeyboardInterrupt as stop:
+        logger.error("interrupted (%s)", signal_name(stop))
+        return exit_status(stop)
     logger.info("wrote %s: overlay.mp4, masks/, summary.json", out_dir)
     return 0

@@ -33,10 +33,12 @@ from referdino_plus.config import PipelineConfig, to_plain, to_yaml
 from referdino_plus.launchers import Handoff, RunPlan, build_launcher
 from referdino_plus.preflight import check_benchmark as check_benchmark  # also here for callers
 from referdino_plus.stages import LAST_STAGE, STAGE_NUMBERS, STAGES, Fingerprints, get_stage
+from referdino_plus.workdir_lock import hold_work_dir
 from rvos import intermediates as im
 from rvos.archive import build_archive_writer, write_archive
 from rvos.archive_reader import ArchiveError
 from rvos.evaluation import BenchmarkResult, evaluate
+from rvos.interrupts import signal_name, signals_deferred
 from rvos.io import atomic_output
 from rvos.proposals import THRESHOLD_OR_TOP1
 from rvos.splits import Split
@@ -200,16 +202,19 @@ def run(
     stages: Sequence[int] = STAGE_NUMBERS,
     devices: Sequence[str] = (),
     overwrite: bool = False,
+    command: str = "",
 ) -> RunResult:
     """Run ``stages`` of the pipeline on ``cfg.data.root`` with the launcher ``cfg.launcher``
     names (:mod:`referdino_plus.launchers`; ``devices``: this machine's, for a local run: none
     given, the CPU); see the module docstring.
 
-    Everything the run needs is checked first (the launcher's settings and tools,
-    :func:`referdino_plus.preflight.preflight`, and the cached inputs of the first stage to run);
-    nothing is moved or written before. Then the archives of another configuration are set aside
-    (:func:`set_aside_stale_archives`), and the launcher runs the stages. ``work_dir/report.json``
-    is written however the run ends (:func:`reporting`), unless the launcher handed the run off
+    The run holds the lock of ``work_dir`` from its checks to its report (one run per folder:
+    :mod:`referdino_plus.workdir_lock`, ``run.lock_timeout``). Everything the run needs is
+    checked first (the launcher's settings and tools, :func:`referdino_plus.preflight.preflight`,
+    and the cached inputs of the first stage to run); nothing but the lock is moved or written
+    before. Then the archives of another configuration are set aside
+    (:func:`set_aside_stale_archives`), and the launcher runs the stages. ``work_dir/report.json`` is written however the run ends (:func:`reporting`;
+    ``command``: the command line that resumes it), unless the launcher handed the run off
     (``result.handoff``: what finishes it writes the report).
 
     Raises:
@@ -217,6 +222,9 @@ def run(
         PreflightError: listing everything that stops the run before any model loads.
         PipelineError: a stage whose inputs are missing, a failed write (a full disk, a
             read-only folder), which stops the run at once, or a launcher that cannot start.
+        WorkDirBusy: another run holds ``work_dir`` (after ``run.lock_timeout``).
+        KeyboardInterrupt: stopped (Ctrl-C, or SIGTERM: :class:`rvos.interrupts.Interrupted`);
+            the report says ``interrupted``.
     """
     from referdino_plus.preflight import open_split, preflight
 
@@ -225,14 +233,17 @@ def run(
     launcher.check(stages)
     fingerprints = stage_fingerprints(cfg)
     result = RunResult()
-    with reporting(cfg, fingerprints, result) as status:
+    with (
+        hold_work_dir(cfg.work_dir, cfg.run, command=command) as lock,
+        reporting(cfg, fingerprints, result, command=command) as status,
+    ):
         split = status.split = open_split(cfg, stages)
         todo = pending_by_stage(cfg, fingerprints, stages, split.video_ids, overwrite)
         flight = preflight(cfg, split, stages, pending=todo)
         check_first_inputs(cfg, fingerprints, split, stages)
         save_resolved_config(cfg, Path(cfg.work_dir))
         set_aside_stale_archives(Path(cfg.submission_dir), fingerprints)
-        plan = RunPlan(cfg, fingerprints, split, stages, todo, overwrite, flight.evaluate)
+        plan = RunPlan(cfg, fingerprints, split, stages, todo, overwrite, flight.evaluate, lock)
         launcher.launch(plan, result)
         if result.handoff is None:
             finish(cfg, fingerprints, split, result, status, score=flight.evaluate)
@@ -246,30 +257,39 @@ class RunStatus:
     status: str = "failed"  # ok, failed, interrupted
     error: str = ""  # why it failed, one line
     split: Split | None = None  # None: the split could not be read
+    command: str = ""  # the command line that resumes the run ("": not known)
 
 
 @contextlib.contextmanager
 def reporting(
-    cfg: PipelineConfig, fingerprints: Fingerprints, result: RunResult
+    cfg: PipelineConfig, fingerprints: Fingerprints, result: RunResult, *, command: str = ""
 ) -> Iterator[RunStatus]:
     """Write the run's report (:func:`save_report`) however the block ends: ``failed`` unless
     the block sets the yielded status to ``ok``; an exception's message as the error (one
-    line); ``interrupted`` by the user. Not when ``result.handoff`` is set: the run goes on
-    elsewhere, which writes it."""
-    ended = RunStatus()
+    line); ``interrupted`` by Ctrl-C or SIGTERM (:mod:`rvos.interrupts`), which wait for the
+    report to be written. Not when ``result.handoff`` is set: the run goes on elsewhere, which
+    writes it."""
+    ended = RunStatus(command=command)
     try:
         yield ended
-    except KeyboardInterrupt:
-        ended.status, ended.error = "interrupted", "interrupted by the user"
+    except KeyboardInterrupt as stop:
+        ended.status, ended.error = "interrupted", interruption(stop)
         raise
     except Exception as err:
         ended.error = " ".join(str(err).split())
         raise
     finally:
         if result.handoff is None:
-            result.report = save_report(
-                cfg, fingerprints, ended.split, result, status=ended.status, error=ended.error
-            )
+            with signals_deferred():
+                result.report = save_report(
+                    cfg,
+                    fingerprints,
+                    ended.split,
+                    result,
+                    status=ended.status,
+                    error=ended.error,
+                    command=ended.command,
+                )
 
 
 def finish(
@@ -399,6 +419,7 @@ def save_report(
     *,
     status: str,
     error: str,
+    command: str = "",
 ) -> Path | None:
     """:func:`write_report` wherever it can be written: ``work_dir``, else the system's
     temporary folder (a warning names it), else nowhere (an error says so).
@@ -407,13 +428,22 @@ def save_report(
         the report, or ``None``.
     """
     try:
-        return write_report(cfg, fingerprints, split, result, status=status, error=error)
+        return write_report(
+            cfg, fingerprints, split, result, status=status, error=error, command=command
+        )
     except OSError as err:
         first = err
     fallback = Path(tempfile.gettempdir()) / f"{cfg.name}-report-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         path = write_report(
-            cfg, fingerprints, split, result, status=status, error=error, folder=fallback
+            cfg,
+            fingerprints,
+            split,
+            result,
+            status=status,
+            error=error,
+            folder=fallback,
+            command=command,
         )
     except OSError as err:
         logger.warning(
@@ -439,10 +469,12 @@ def write_report(
     status: str = "ok",
     error: str = "",
     folder: Path | None = None,
+    command: str = "",
 ) -> Path:
     """``work_dir/report.json`` (or ``folder/report.json``): how the run ended, per-stage
     outcome, fusion decisions, archives and scores (``split``: ``None`` when it could not be
-    read)."""
+    read); the videos each stage has finished (:func:`stage_progress`) and, unless it ended
+    ``ok``, the ``command`` that resumes it."""
     work_dir = Path(cfg.work_dir)
     report = {
         "name": cfg.name,
@@ -473,11 +505,39 @@ def write_report(
             else {}
         ),
         "bad_cases": report_field(result.bad_cases),
+        "progress": (
+            stage_progress(work_dir, fingerprints, split.video_ids) if split is not None else {}
+        ),
+        "resume": command if status != "ok" else "",
     }
     path = (folder or work_dir) / "report.json"
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     return path
+
+
+def interruption(stop: KeyboardInterrupt) -> str:
+    """The report's error of a stopped run: ``stopped by SIGTERM`` or ``interrupted by the user
+    (SIGINT)``."""
+    name = signal_name(stop)
+    return "interrupted by the user (SIGINT)" if name == "SIGINT" else f"stopped by {name}"
+
+
+def stage_progress(
+    work_dir: Path, fingerprints: Fingerprints, video_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Per stage, ``{"done": videos whose record is finished with the run's configuration,
+    "total": videos}``: what a stopped run keeps, and what resuming it leaves to do."""
+    return {
+        str(stage.number): {
+            "done": len(video_ids)
+            - len(
+                pending_videos(work_dir, stage.number, video_ids, fingerprints[stage.number], False)
+            ),
+            "total": len(video_ids),
+        }
+        for stage in STAGES
+    }
 
 
 def format_scores(scores: dict[str, dict[str, float]]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -152,3 +154,16 @@ def select_devices(gids: Sequence[int] | None, cpu: bool, *, available: int) -> 
     if len(set(gids)) != len(gids):
         raise ValueError(f"--gids lists a GPU twice: {list(gids)}")
     return [f"cuda:{g}" for g in gids]
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The shell command that runs this process's command ``argv`` again, from its folder
+    (``cd <cwd> && <python> run_pipeline.py <argv>``; installed: ``referdino-plus <argv>``)."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "run_pipeline.py"
+    if Path(program).name == "__main__.py":
+        start = [sys.executable, "-m", "referdino_plus"]
+    elif program.endswith(".py"):
+        start = [sys.executable, program]
+    else:
+        start = [program]
+    return f"cd {shlex.quote(os.getcwd())} && {shlex.join([*start, *argv])}"

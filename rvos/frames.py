@@ -152,15 +152,19 @@ def check_frames(
                 todo.append(path)
     workers = threads or max(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(decoded_size, todo)
-        bar = progress_bar(
-            results, total=len(todo), desc="checking frames", unit="frame", disable=not progress
-        )
-        for path, (size, error) in zip(todo, bar, strict=True):
-            if error is None:
-                sizes[path] = size
-            else:
-                errors[path] = error
+        try:
+            results = pool.map(decoded_size, todo)
+            bar = progress_bar(
+                results, total=len(todo), desc="checking frames", unit="frame", disable=not progress
+            )
+            for path, (size, error) in zip(todo, bar, strict=True):
+                if error is None:
+                    sizes[path] = size
+                else:
+                    errors[path] = error
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # stopped: the frames not started are not decoded
+            raise
     problems = [
         problem
         for video_id, paths in videos.items()

@@ -10,7 +10,9 @@ A video that raises is reported with its id and traceback; the worker goes on wi
 videos, and every other shard's finished work is kept. A worker process that dies (killed,
 out of memory, segfault) is reported with the video it was working on. A failed write (a full
 disk, a read-only folder: :func:`rvos.io.is_write_fault`) stops every worker instead: each later
-video would be computed only to fail the same way.
+video would be computed only to fail the same way. A run that stops (SIGTERM, SIGINT:
+:mod:`rvos.interrupts`) stops its worker processes, which drop the write in progress, and waits
+for them; a worker whose run dies stops too (Linux), so none is left behind.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from rvos.interrupts import Interrupted, exit_status, prepare_worker_process
 from rvos.io import is_write_fault, write_fault_message
 from rvos.progress import progress_bar
 
@@ -180,14 +184,19 @@ def _process_entry(
     num_workers: int,
     stop: Any,
 ) -> None:
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s [worker {worker} {device}] %(levelname)s %(message)s"
-    )
-    share_cpu_threads(num_workers)
-    # Connection.send is synchronous: an event sent before a crash is never lost.
-    _run_shard(
-        worker, device, target, job, video_ids, lambda *event: channel.send(event), stop.is_set
-    )
+    try:
+        prepare_worker_process()
+        logging.basicConfig(
+            level=log_level,
+            format=f"%(asctime)s [worker {worker} {device}] %(levelname)s %(message)s",
+        )
+        share_cpu_threads(num_workers)
+        # Connection.send is synchronous: an event sent before a crash is never lost.
+        _run_shard(
+            worker, device, target, job, video_ids, lambda *event: channel.send(event), stop.is_set
+        )
+    except Interrupted as stopped:
+        sys.exit(exit_status(stopped))  # its write dropped; the run says why it stopped
     channel.send(("exit", worker, None, None))
     channel.close()
 
@@ -304,6 +313,41 @@ def _run_processes(
         process.start()
         sender.close()
         processes[worker], channels[worker] = process, receiver
+    try:
+        _receive_events(processes, channels, stop, on_event, current)
+    except BaseException:
+        _stop_processes(list(processes.values()))
+        raise
+    for process in processes.values():
+        process.join()
+        if process.exitcode != 0:
+            logger.warning("%s exited with code %s", process.name, process.exitcode)
+
+
+def _stop_processes(processes: Sequence[Any]) -> None:
+    """Stop the worker processes of a run that stops (interrupted, or an error here): SIGTERM
+    (each drops the write in progress), then wait for them; stopped again while waiting, kill
+    them."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    try:
+        for process in processes:
+            process.join()
+    except BaseException:
+        for process in processes:
+            process.kill()
+        raise
+
+
+def _receive_events(
+    processes: dict[int, Any],
+    channels: dict[int, Connection],
+    stop: Any,
+    on_event: Callable[[str, int, str | None, str], None],
+    current: dict[int, str | None],
+) -> None:
+    """Hand every worker's events to ``on_event`` until each has said goodbye or died."""
     while channels:
         ready = wait(list(channels.values()))
         for worker, channel in list(channels.items()):
@@ -329,7 +373,3 @@ def _run_processes(
                 if kind == "stopped":
                     stop.set()
                 on_event(kind, worker, video_id, message)
-    for process in processes.values():
-        process.join()
-        if process.exitcode != 0:
-            logger.warning("%s exited with code %s", process.name, process.exitcode)

@@ -43,6 +43,7 @@ from referdino_plus.launchers.slurm.watch import (
     task_outcome,
 )
 from referdino_plus.pipeline import PipelineError, RunResult
+from referdino_plus.workdir_lock import LOCK_FILE, read_holder
 from rvos.workers import Failure, RunSummary
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +207,7 @@ def test_videos_to_process_is_every_video_some_requested_stage_lacks(
 
 def test_a_task_refuses_to_run_other_code_than_the_submitted(cluster_config):
     elsewhere = {**code_environment(), "code": "/elsewhere/referdino_plus"}
-    task = ShardTask(cluster_config(), [1], 0, ["v"], False, elsewhere)
+    task = ShardTask(cluster_config(), [1], 0, ["v"], False, elsewhere, "run")
     with pytest.raises(PipelineError, match="submit from a folder the nodes share"):
         task()
 
@@ -629,6 +630,61 @@ def test_a_preempted_task_is_requeued_and_resumes_after_its_finished_videos(
     started = [(e["stage"], e["video_id"]) for e in events if e["event"] == "start"]
     # vid2 was finished before the pre-emption: the requeued task did not redo it.
     assert started.count((1, "vid2")) == 1 and started.count((1, "vid3")) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_detached_run_keeps_its_work_dir_while_a_preempted_task_resumes(
+    slurm, run_cli, split, model_overrides, local_run, tmp_path
+):
+    """``launcher.slurm.wait=false``: the command returns once it has submitted. While the run's
+    jobs may run (one task pre-empted and requeued), a second run on the same work_dir is
+    refused; the requeued task resumes after its finished videos (their records untouched), and
+    the finishing job writes the archives of an uninterrupted run."""
+    root = Path(shutil.copytree(split, tmp_path / "split"))
+    frame = hold_video(root)
+    overrides = slurm_overrides(model_overrides, root, tmp_path, "data.validate_frames=false")
+    work, log_dir = tmp_path / "work", tmp_path / "work" / "slurm"
+    try:
+        run_cli(*overrides, "launcher.wait=false")
+        [run] = submitted_runs(work)
+        holder = read_holder(work / LOCK_FILE)
+        assert (holder.run_id, holder.released) == (run.run_id, True)  # the command has ended
+        assert holder.slurm_jobs == [run.array_id, run.finishing_job_id]  # ... its jobs go on
+        job_id = wait_until_held(log_dir)
+        finished = record_times(work)
+        assert "stage1/vid2.npz" in finished  # the held task's first video
+        # What a pre-empting scheduler sends: submitit checkpoints the task and requeues it.
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+        other = slurm_overrides(
+            model_overrides,
+            root,
+            tmp_path,
+            "data.validate_frames=false",
+            "stage2.score_threshold=0.3",
+        )
+        refused = run_cli(*other, check=False)
+        release_video(root, frame)
+        assert wait_for_job(run.finishing_job_id) == "COMPLETED"
+    finally:
+        cancel_jobs(tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    [line] = [line for line in refused.stderr.splitlines() if "ERROR" in line]
+    assert f"work_dir {work} is in use by a launcher=slurm run (pid " in line
+    assert "are still queued or running" in line
+    assert f"scancel {run.array_id} {run.finishing_job_id}" in line
+    assert len(submitted_runs(work)) == 1  # nothing submitted
+    assert_same_archives(local_run[0], tmp_path / "submissions")
+    log = (log_dir / f"{job_id}_0_log.out").read_text()
+    assert "this job is preempted" in log and f"Requeued job {job_id}" in log
+    events = [json.loads(line) for line in progress_path(log_dir, job_id).read_text().splitlines()]
+    started = [(e["stage"], e["video_id"]) for e in events if e["event"] == "start"]
+    assert started.count((1, "vid2")) == 1 and started.count((1, "vid3")) == 2
+    times = record_times(work)
+    assert {key: times[key] for key in finished} == finished and len(times) == 12
+    assert json.loads((work / "report.json").read_text())["status"] == "ok"
+    holder = read_holder(work / LOCK_FILE)  # the finishing job's, as the same run
+    assert (holder.run_id, holder.slurm_jobs, holder.released) == (run.run_id, [], True)
 
 
 @pytest.mark.slow

@@ -51,3 +51,19 @@ def build_progress_job(config, device):
             time.sleep(0.01)
 
     return process
+
+
+def build_holding_job(config, device):
+    """Writes ``<out>/<video>.pid`` (its process id), then, inside an atomic write of
+    ``<out>/<video>.out``, waits ``config["hold_s"]`` seconds: a stop arrives mid-write."""
+    from rvos.io import atomic_output
+
+    out = Path(config["out"])
+
+    def process(video_id):
+        with atomic_output(out / f"{video_id}.out") as tmp:
+            tmp.write_bytes(b"x" * 65536)
+            (out / f"{video_id}.pid").write_text(str(os.getpid()))
+            time.sleep(config["hold_s"])
+
+    return process

@@ -25,6 +25,7 @@ from rvos.workers import RunSummary
 
 if TYPE_CHECKING:
     from referdino_plus.config import PipelineConfig
+    from referdino_plus.workdir_lock import WorkDirLock
 
 # launcher.name -> "module:class" of its Launcher.
 LAUNCHERS = {
@@ -45,6 +46,8 @@ class RunPlan:
         todo: per stage, the videos it has to process (found once, before the run).
         overwrite: recompute finished videos (``--overwrite``).
         evaluate: score the archives (the split's ground truth is complete).
+        lock: the run's lock of ``work_dir``, held (:mod:`referdino_plus.workdir_lock`): its id
+            goes with work done elsewhere, which it records (SLURM jobs).
     """
 
     cfg: PipelineConfig
@@ -54,6 +57,7 @@ class RunPlan:
     todo: dict[int, list[str]]
     overwrite: bool
     evaluate: bool
+    lock: WorkDirLock
 
 
 class Handoff(Protocol):

@@ -15,6 +15,12 @@ missing. A pre-empted task, or one about to run out of time, is requeued through
 checkpointing (``launcher.slurm.max_requeues`` times for time-outs) and resumes after its finished
 videos.
 
+The run keeps ``work_dir`` to itself (:mod:`referdino_plus.workdir_lock`): the submitting process
+holds its lock and records the jobs it submitted there, so that no other run takes the folder
+while they may run, even once it has returned (``launcher.slurm.wait=false``) or was stopped; the
+tasks carry the run's id and check the lock still names their run; what finishes the run takes
+the lock again as the same run.
+
 Task states come from ``squeue`` (which lists ended jobs for the cluster's ``MinJobAge``) and
 from the tasks' result files: submitit's own watcher asks ``sacct``, which needs an accounting
 database that not every cluster has.
@@ -27,9 +33,9 @@ database that not every cluster has.
 
 Modules, by concern: :mod:`.submit` (checks before submitting; the array and the finishing job),
 :mod:`.task` (what a task runs), :mod:`.journal` (a task's progress events), :mod:`.record` (a
-submitted run's record), :mod:`.watch` (``squeue`` and result files until every task ended),
-:mod:`.outcomes` (how the tasks ended, merged into the run's outcome), :mod:`.finish` (the run's
-archives and report once its tasks ended). The settings are ``launcher.slurm.<key>``
+submitted run's record), :mod:`.queue` (what ``squeue`` says of jobs), :mod:`.watch` (``squeue``
+and result files until every task ended), :mod:`.outcomes` (how the tasks ended, merged into the
+run's outcome), :mod:`.finish` (the run's archives and report once its tasks ended). The settings are ``launcher.slurm.<key>``
 (:class:`referdino_plus.config.SlurmOptions`), also spelled ``launcher.<key>``.
 """
 
@@ -51,6 +57,7 @@ from referdino_plus.launchers.slurm.submit import (
 from referdino_plus.launchers.slurm.task import code_environment
 from referdino_plus.pipeline import pending_by_stage
 from referdino_plus.stages import Fingerprints
+from rvos.interrupts import signals_deferred
 from rvos.workers import RunSummary, shard
 
 logger = logging.getLogger(__name__)
@@ -92,10 +99,24 @@ class SlurmLauncher(Launcher):
             result.stage_summaries = {stage: RunSummary() for stage in plan.stages}
             return
         shards = shard(todo, min(options.tasks, len(todo)))
-        run = submit_array(cfg, plan.stages, shards, plan.overwrite, evaluate=plan.evaluate)
+        lock = plan.lock
+        # A submission and its record in work_dir's lock are whole: a stop waits for them.
+        with signals_deferred():
+            run = submit_array(
+                cfg,
+                plan.stages,
+                shards,
+                plan.overwrite,
+                evaluate=plan.evaluate,
+                run_id=lock.run_id,
+                command=lock.command,
+            )
+            lock.record_jobs(run.array_ids)
+            if not options.wait:
+                run.finishing_job_id = submit_finishing_job(run, options)
+                lock.record_jobs([run.finishing_job_id])
+                run.save()
         if not options.wait:
-            run.finishing_job_id = submit_finishing_job(run, options)
-            run.save()
             logger.info(
                 "submitted job %s: it finishes the run once job %s has ended",
                 run.finishing_job_id,
@@ -108,6 +129,7 @@ class SlurmLauncher(Launcher):
         except KeyboardInterrupt:
             result.handoff = run  # the tasks go on; `finish` ends the run
             raise
+        lock.forget_jobs()  # every task has ended
         conclude(cfg, plan.fingerprints, plan.split, outcomes, plan.stages, result)
 
 

@@ -18,6 +18,7 @@ from referdino_plus.pipeline import (
     stage_fingerprints,
 )
 from referdino_plus.runtime import setup_logging
+from referdino_plus.workdir_lock import hold_work_dir
 from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -41,16 +42,26 @@ def wait_for_run(run: SubmittedRun, options: SlurmOptions) -> list[TaskOutcome]:
 
 def collect(run: SubmittedRun) -> RunResult:
     """Wait for ``run``'s tasks, then finish it: archives and scores when every task succeeded
-    (and every video is finished), ``work_dir/report.json`` in any case."""
+    (and every video is finished), ``work_dir/report.json`` in any case; all within the lock
+    of ``work_dir``, taken as the submitted run.
+
+    Raises:
+        WorkDirBusy: another process holds the lock (e.g. another ``finish`` of the run).
+    """
     cfg = from_yaml(run.config)
-    outcomes = wait_for_run(run, cfg.launcher.slurm)
-    fingerprints = stage_fingerprints(cfg)
-    split = Split(cfg.data.root, cfg.data.layout)
-    result = RunResult()
-    with reporting(cfg, fingerprints, result) as status:
-        status.split = split
-        conclude(cfg, fingerprints, split, outcomes, run.stages, result)
-        finish(cfg, fingerprints, split, result, status, score=run.evaluate)
+    # The same run as the one submitted (its id): not kept out by its own jobs.
+    with hold_work_dir(
+        cfg.work_dir, cfg.run, run_id=run.run_id or None, command=run.command
+    ) as lock:
+        outcomes = wait_for_run(run, cfg.launcher.slurm)
+        lock.forget_jobs()  # every task has ended
+        fingerprints = stage_fingerprints(cfg)
+        split = Split(cfg.data.root, cfg.data.layout)
+        result = RunResult()
+        with reporting(cfg, fingerprints, result, command=run.command) as status:
+            status.split = split
+            conclude(cfg, fingerprints, split, outcomes, run.stages, result)
+            finish(cfg, fingerprints, split, result, status, score=run.evaluate)
     return result
 
 

@@ -27,10 +27,19 @@ class SubmittedRun:
     config: str  # the resolved configuration (YAML)
     evaluate: bool  # score the archives (the preflight found the ground truth complete)
     finishing_job_id: str | None = None  # launcher.slurm.wait=false: the job finishing the run
+    # The run's id in work_dir's lock (referdino_plus.workdir_lock): its tasks and whatever
+    # finishes it work inside that run's claim. "": a record from before run ids.
+    run_id: str = ""
+    command: str = ""  # the command line that submitted the run (and resumes it)
 
     @property
     def array_id(self) -> str:
         return self.job_ids[0].split("_")[0]
+
+    @property
+    def array_ids(self) -> list[str]:
+        """The SLURM job array(s) of the tasks."""
+        return sorted({job_id.split("_")[0] for job_id in self.job_ids})
 
     @property
     def record_path(self) -> Path:

@@ -102,8 +102,11 @@ def submit_array(
     overwrite: bool,
     *,
     evaluate: bool,
+    run_id: str,
+    command: str,
 ) -> SubmittedRun:
-    """Submit one task per shard; save and return the run's record.
+    """Submit one task per shard of run ``run_id`` (submitted by ``command``); save and return
+    the run's record.
 
     Raises:
         PipelineError: sbatch refused the job (its message).
@@ -112,7 +115,7 @@ def submit_array(
     Path(options.log_dir).mkdir(parents=True, exist_ok=True)
     executor = build_executor(options, gpus=options.gpus_per_task)
     tasks = [
-        ShardTask(cfg, sorted(stages), index, video_ids, overwrite, code_environment())
+        ShardTask(cfg, sorted(stages), index, video_ids, overwrite, code_environment(), run_id)
         for index, video_ids in enumerate(shards)
     ]
     with sbatch_errors():
@@ -124,6 +127,8 @@ def submit_array(
         log_dir=options.log_dir,
         config=to_yaml(cfg),
         evaluate=evaluate,
+        run_id=run_id,
+        command=command,
     )
     run.save()
     logger.info(
@@ -139,9 +144,8 @@ def submit_array(
 def submit_finishing_job(run: SubmittedRun, options: SlurmOptions) -> str:
     """Submit the job that finishes ``run`` once its tasks have ended; returns its job id."""
     executor = build_executor(options, gpus=0)
-    array_ids = sorted({job_id.split("_")[0] for job_id in run.job_ids})
     executor.update_parameters(
-        name=f"{options.job_name}-finish", slurm_dependency=f"afterany:{':'.join(array_ids)}"
+        name=f"{options.job_name}-finish", slurm_dependency=f"afterany:{':'.join(run.array_ids)}"
     )
     with sbatch_errors():
         job = executor.submit(finish_recorded_run, str(run.record_path))

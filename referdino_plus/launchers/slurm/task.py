@@ -21,6 +21,7 @@ from referdino_plus.pipeline import (
 )
 from referdino_plus.runtime import setup_logging
 from referdino_plus.stages import Fingerprints, get_stage
+from referdino_plus.workdir_lock import check_run_holds
 from rvos.workers import RunSummary, run_sharded
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,11 @@ class ShardTask(Checkpointable):
     """What array task ``shard`` runs: the requested stages on its videos, in this process.
 
     Picklable (submitit sends it to the node). Requeued after a pre-emption or a time-out
-    (:meth:`checkpoint`, submitit's), it resumes after the videos it finished.
+    (:meth:`checkpoint`, submitit's), it resumes after the videos it finished. It works inside its
+    run's claim of ``work_dir`` (:func:`referdino_plus.workdir_lock.check_run_holds`): it does
+    not start when the lock file names another run. Signals are submitit's: SIGUSR2 checkpoints
+    and requeues the task (the write in progress is dropped: ``SystemExit`` unwinds it), SIGTERM
+    is ignored (a pre-empting SLURM sends it first).
     """
 
     cfg: PipelineConfig
@@ -47,6 +52,7 @@ class ShardTask(Checkpointable):
     video_ids: list[str]
     overwrite: bool
     environment: dict[str, str]  # the submitting process's code_environment()
+    run_id: str  # the run's id in work_dir's lock (referdino_plus.workdir_lock)
     # stage -> videos this task has finished: a requeued task skips them, even with overwrite.
     finished: dict[int, list[str]] = field(default_factory=dict)
 
@@ -64,6 +70,8 @@ class ShardTask(Checkpointable):
                 f"{self.environment}: submit from a folder the nodes share, with an environment "
                 "they see at the same path"
             )
+        if self.cfg.run.lock:
+            check_run_holds(self.cfg.work_dir, self.run_id)
         import torch
 
         options = self.cfg.launcher.slurm

@@ -5,10 +5,8 @@ watcher asks ``sacct``, which needs an accounting database that not every cluste
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import submitit
 from submitit.core.utils import pickle_load
@@ -16,61 +14,17 @@ from submitit.core.utils import pickle_load
 from referdino_plus.config import SlurmOptions
 from referdino_plus.launchers.slurm.journal import last_position, progress_path
 from referdino_plus.launchers.slurm.outcomes import TaskOutcome, report_task, task_ok
+from referdino_plus.launchers.slurm.queue import (  # noqa: F401 - parse_queue: also read from here
+    ENDED_STATES,
+    RUNNING_STATES,
+    QueueEntry,
+    parse_queue,
+    queue_states,
+)
 from referdino_plus.launchers.slurm.record import SubmittedRun
 from rvos.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-# squeue states after which a job does not run again (anything else may still run: pending,
-# running, completing, requeued, suspended, ...).
-ENDED_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "SPECIAL_EXIT",
-        "TIMEOUT",
-    }
-)
-RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
-
-
-class QueueEntry(NamedTuple):
-    """A job as ``squeue`` lists it."""
-
-    state: str  # PENDING, RUNNING, COMPLETED, CANCELLED, ...
-    reason: str  # why it waits (e.g. Resources, Priority, PartitionConfig); "None" if it does not
-
-
-def queue_states(job_ids: Sequence[str]) -> dict[str, QueueEntry] | None:
-    """The jobs ``squeue`` lists (ended ones too, for ``MinJobAge``), by job id; ``None`` when
-    squeue could not answer (the controller busy or restarting)."""
-    array_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
-    command = ["squeue", "--noheader", "--array", "--states=all", "--format=%i %T %r"]
-    proc = subprocess.run(
-        [*command, f"--jobs={','.join(array_ids)}"], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        if "invalid job id" in proc.stderr.lower():
-            return {}  # every job has left the queue
-        logger.warning("squeue failed, asking again later: %s", " ".join(proc.stderr.split()))
-        return None
-    return parse_queue(proc.stdout)
-
-
-def parse_queue(text: str) -> dict[str, QueueEntry]:
-    """``squeue --array --format='%i %T %r'`` lines by job id (``<array>_<task>``)."""
-    entries = {}
-    for line in text.splitlines():
-        fields = line.split(maxsplit=2)
-        if len(fields) >= 2:
-            entries[fields[0]] = QueueEntry(fields[1], fields[2] if len(fields) == 3 else "None")
-    return entries
 
 
 def read_outcome(run: SubmittedRun, shard_index: int, job: submitit.SlurmJob) -> TaskOutcome:
