@@ -27,14 +27,13 @@ split is done, so an interrupted sweep goes on where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,6 @@ logger = logging.getLogger(__name__)
 SWEEP_DIR = "sweep"  # under work_dir
 POINTS_DIR = "points"  # under SWEEP_DIR: one folder per point
 RESULT_FILE = "result.json"  # in a point's folder: its scores; written last
-LOCK_FILE = "sweep.lock"  # in SWEEP_DIR: held while a sweep runs there
 # The sections whose settings a sweep varies: those the stages compute with.
 SWEEPABLE_SECTIONS = tuple(f"stage{number}" for number in STAGE_NUMBERS)
 
@@ -379,34 +377,6 @@ def adopt_run_records(plan: SweepPlan) -> int:
     return adopted
 
 
-@contextlib.contextmanager
-def sweep_lock(root: Path) -> Iterator[None]:
-    """Hold ``root/sweep.lock`` while the block runs: one sweep at a time writes a sweep folder.
-
-    Raises:
-        SweepError: another process holds it.
-    """
-    import fcntl
-
-    path = root / LOCK_FILE
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
-    except OSError as err:
-        raise write_error(path, err) from err
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SweepError(
-                f"another sweep is running in {root} ({path} is locked): wait for it to end, or "
-                "sweep with another --name"
-            ) from None
-        yield
-    finally:
-        handle.close()
-
-
 # ----------------------------------------------------------------------------- a point
 
 
@@ -527,20 +497,28 @@ def run_point(plan: SweepPlan, point: SweepPoint, devices: Sequence[str]) -> Poi
     return result
 
 
-def run_sweep(plan: SweepPlan, devices: Sequence[str] = ()) -> list[PointResult]:
+def run_sweep(plan: SweepPlan, devices: Sequence[str] = (), command: str = "") -> list[PointResult]:
     """Every point of ``plan``, the done ones read back (:func:`read_result`), the others run
     (:func:`run_point`) one after another on ``devices``, with a progress bar over the points.
+    The sweep folder is held as a run holds its work_dir
+    (:func:`referdino_plus.workdir_lock.hold_work_dir`, ``command``: how the lock names it);
+    each point's run holds its own folder.
 
     Returns:
         each point's result, in the plan's order.
     Raises:
-        SweepError: another sweep holds the folder, or a point did not complete (the points
-            before it are kept).
+        WorkDirBusy: another sweep holds the folder (naming it).
+        SweepError: a point did not complete (the points before it are kept).
     """
+    from referdino_plus.workdir_lock import hold_work_dir
     from rvos.progress import progress_bar
 
     results = []
-    with sweep_lock(plan.root):
+    try:
+        plan.root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(plan.root, err) from err
+    with hold_work_dir(plan.root, plan.base.run, command=command):
         adopted = adopt_run_records(plan)
         if adopted:
             logger.info("reusing %d finished record(s) of %s", adopted, plan.base.work_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
-from referdino_plus.runtime import log_file_failed, log_to_file, setup_logging
+from referdino_plus.runtime import command_line, log_file_failed, log_to_file, setup_logging
 
 if TYPE_CHECKING:
     from referdino_plus.sweep import SweepPlan
@@ -92,11 +92,15 @@ def main(argv: Sequence[str]) -> int:
         plan.split.root,
         launcher.describe(),
     )
-    return run_and_report(plan, launcher.devices, args, log_file)
+    return run_and_report(plan, launcher.devices, args, log_file, command_line(["sweep", *argv]))
 
 
 def run_and_report(
-    plan: SweepPlan, devices: Sequence[str], args: argparse.Namespace, log_file: Path | None
+    plan: SweepPlan,
+    devices: Sequence[str],
+    args: argparse.Namespace,
+    log_file: Path | None,
+    command: str,
 ) -> int:
     """Run the sweep's points, then print and write its table and the best point's commands;
     returns the exit status."""
@@ -104,14 +108,17 @@ def run_and_report(
     from referdino_plus.pipeline import PipelineError
     from referdino_plus.preflight import PreflightError
     from referdino_plus.sweep import SweepError, run_sweep
+    from referdino_plus.workdir_lock import WorkDirBusy
     from rvos.checkpoints import CheckpointError
     from rvos.intermediates import IntermediateError
+    from rvos.interrupts import exit_status, stop_on_signals
     from rvos.legacy import LegacyFormatError
     from rvos.mevis import DataError
 
     details = f" (details: {log_file})" if log_file and not log_file_failed() else ""
     expected = (
         SweepError,
+        WorkDirBusy,
         PreflightError,
         PipelineError,
         DataError,
@@ -121,13 +128,18 @@ def run_and_report(
         OSError,
     )
     try:
-        results = run_sweep(plan, devices)
-    except KeyboardInterrupt:
+        with stop_on_signals():  # SIGTERM too: a point's report says interrupted
+            results = run_sweep(plan, devices, command)
+    except KeyboardInterrupt as stop:
         logger.error("interrupted; finished points are kept: rerun the same command to go on")
-        return 130
+        return exit_status(stop)
     except expected as err:
         logger.debug("the sweep stopped", exc_info=True)
-        logger.error("%s%s", err, "" if isinstance(err, (PreflightError, SweepError)) else details)
+        logger.error(
+            "%s%s",
+            err,
+            "" if isinstance(err, (PreflightError, SweepError, WorkDirBusy)) else details,
+        )
         return 1
     best = sweep_report.best_result(results)
     commands = sweep_report.best_commands(plan, best, device_flags(args))

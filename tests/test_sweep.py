@@ -319,3 +319,16 @@ def test_points_keep_their_configuration_apart(tmp_path):
         cfg = sweep.point_config(point, folder)
         assert stage_fingerprints(cfg) == point.fingerprints
         assert cfg.work_dir == str(folder) and not cfg.evaluation.enabled
+
+
+@pytest.mark.slow
+def test_a_second_sweep_of_one_folder_is_refused_naming_the_first(stage3_sweep, base):
+    from referdino_plus.workdir_lock import WorkDirBusy, hold_work_dir
+
+    plan = sweep.plan_sweep([*base, STAGE3_SWEEP])
+    with (
+        hold_work_dir(plan.root, plan.base.run, command="the first sweep"),
+        pytest.raises(WorkDirBusy, match="pid"),
+    ):
+        sweep.run_sweep(plan, ["cpu"])
+    assert len(sweep.run_sweep(plan, ["cpu"])) == len(plan.points)  # once it is free
