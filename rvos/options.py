@@ -85,11 +85,15 @@ def _where(owner: Any, name: str) -> str:
     return f"{section}.{name}" if section else name
 
 
+# The ints numpy and torch hold (an option's value ends up in them): any int option stays within.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Range:
     """The values a numeric option allows: ``low <= value <= high`` (``None``: unbounded; a
     string: the value of that other field of the same section), or one of ``also``. Every value
-    must be finite."""
+    must be finite, and an int within 64 bits (:data:`INT64_MIN`, :data:`INT64_MAX`)."""
 
     low: float | str | None = None
     high: float | str | None = None
@@ -152,8 +156,9 @@ def check_range(
     *,
     also: tuple[float, ...] = (),
 ) -> None:
-    """Raise :class:`OptionError` unless ``owner.<name>`` is finite and ``low <= value <= high``
-    (``None``: unbounded) or one of ``also``; ``None`` passes (a nullable option left unset)."""
+    """Raise :class:`OptionError` unless ``owner.<name>`` is finite (an int: within 64 bits) and
+    ``low <= value <= high`` (``None``: unbounded) or one of ``also``; ``None`` passes (a
+    nullable option left unset)."""
     value = getattr(owner, name)
     if value is None:
         return
@@ -161,6 +166,9 @@ def check_range(
         raise OptionError(f"{_where(owner, name)}={value!r}: expected a number")
     if value in also:
         return
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        low = INT64_MIN if low is None else max(low, INT64_MIN)
+        high = INT64_MAX if high is None else min(high, INT64_MAX)
     if not math.isfinite(value) or (
         (low is not None and value < low) or (high is not None and value > high)
     ):
@@ -173,9 +181,11 @@ def check_range(
 
 
 def check_fraction(owner: Any, name: str) -> None:
-    """``owner.<name>`` is ``[numerator, denominator]`` of positive integers."""
+    """``owner.<name>`` is ``[numerator, denominator]`` of positive integers (within 64 bits)."""
     value = list(getattr(owner, name))
-    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+    if len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT64_MAX for v in value
+    ):
         raise OptionError(
             f"{_where(owner, name)}={value!r}: expected [numerator, denominator], positive ints"
         )
