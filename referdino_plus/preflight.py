@@ -20,16 +20,15 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from referdino_plus.config import PipelineConfig
 from referdino_plus.stages import STAGES, get_stage
 from rvos.archive import build_archive_writer
 from rvos.checkpoints import checkpoint_family_problem
 from rvos.frames import check_frames
-from rvos.mevis import DataError, rle_problem
+from rvos.mevis import DataError, object_masks_problem
 from rvos.proposals import check_answer_rule
-from rvos.splits import Split, Video
+from rvos.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -368,31 +367,19 @@ def ground_truth_gaps(
     except DataError as err:
         return [str(err)]
     gaps = []
-    problems: dict[tuple[str, int, int], str | None] = {}  # an object's masks, checked once
+    problems: dict[tuple, str | None] = {}  # an object's masks, checked once per frame size
     for video_id, video in split.videos.items():
         height, width = (sizes or {}).get(video_id, (None, None))
         for exp_id, expression in video.expressions.items():
             for anno_id in expression.anno_ids:
                 key = (anno_id, height, width)
                 if key not in problems:
-                    problems[key] = _masks_problem(mask_dict.get(anno_id), video, height, width)
+                    problems[key] = object_masks_problem(
+                        mask_dict.get(anno_id), video, height, width
+                    )
                 if problems[key]:
                     gaps.append(f"{video_id}/{exp_id} (anno_id {anno_id}: {problems[key]})")
     return gaps
-
-
-def _masks_problem(rles: Any, video: Video, height: int | None, width: int | None) -> str | None:
-    """What is wrong with one object's per-frame ground truth, or ``None``."""
-    if rles is None:
-        return "missing"
-    if not isinstance(rles, list):
-        return f"a {type(rles).__name__}, not a list of per-frame masks"
-    if len(rles) != video.num_frames:
-        return f"{len(rles)} masks, not {video.num_frames}"
-    for frame_name, rle in zip(video.frame_names, rles, strict=True):
-        if (problem := rle_problem(rle, height, width)) is not None:
-            return f"frame {frame_name}: {problem}"
-    return None
 
 
 def preflight(

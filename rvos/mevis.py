@@ -36,6 +36,7 @@ __all__ = [
     "gt_frame_mask",
     "gt_frame_size",
     "load_gt_masks",
+    "object_masks_problem",
     "rle_problem",
 ]
 
@@ -116,6 +117,23 @@ def rle_problem(rle: object, height: int | None = None, width: int | None = None
         return "counts is not a compressed RLE string"
     if int(runs.sum()) != size[0] * size[1]:
         return f"counts cover {int(runs.sum())} pixels, not {size[0] * size[1]}"
+    return None
+
+
+def object_masks_problem(
+    rles: object, video: Video, height: int | None = None, width: int | None = None
+) -> str | None:
+    """What is wrong with one object's ground truth (``mask_dict[anno_id]``) for ``video``, or
+    ``None``: missing, not one mask (or null) per frame, or a mask :func:`rle_problem` refuses."""
+    if rles is None:
+        return "missing"
+    if not isinstance(rles, list):
+        return f"a {type(rles).__name__}, not a list of per-frame masks"
+    if len(rles) != video.num_frames:
+        return f"{len(rles)} masks, not {video.num_frames}"
+    for frame_name, rle in zip(video.frame_names, rles, strict=True):
+        if (problem := rle_problem(rle, height, width)) is not None:
+            return f"frame {frame_name}: {problem}"
     return None
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from rvos.checkpoints import load_weights
-from rvos.options import OptionError, autocast_to_dtype, bounded, check_declared
+from rvos.options import INT64_MAX, OptionError, autocast_to_dtype, bounded, check_declared
 
 from .model.lora import LoRALinear, merge_lora_
 from .model.position_encoding import PositionEmbeddingSineHW
@@ -67,6 +67,12 @@ DOWNLOAD_HINT = "run `bash download_ckpts.sh` (see README) to fetch the released
 # What a BERT tokenizer + config folder needs (download_ckpts.sh bert also fetches the fast
 # tokenizer's files, which can be rebuilt from these).
 TEXT_ENCODER_FILES = ("config.json", "vocab.txt")
+# The most layers (or Swin blocks) of one stack a configuration may ask for: far above the
+# released models' (6 per transformer stack, 18 in a Swin stage); a slip such as 600000 would
+# otherwise keep the checks building the architecture for minutes.
+MAX_LAYERS = 100
+# Swin stages: the pixel decoder and the transformer read all four (return_interm_indices).
+SWIN_STAGES = 4
 # Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
 MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
@@ -82,7 +88,7 @@ class SegHeadConfig:
     n_heads: int = bounded(1)  # attention heads
     n_points: int = bounded(1)  # deformable sampling points per head
     dropout: float = bounded(0.0, 1.0)  # dropout (inactive at inference)
-    n_layers: int = bounded(1)  # decoder layers
+    n_layers: int = bounded(1, MAX_LAYERS)  # decoder layers
     use_self_attention: bool  # queries attend to each other (always on in ReferDINO)
     use_text_cross_attention: bool  # queries attend to the text
 
@@ -107,8 +113,8 @@ class ReferDINOConfig:
     pe_temperatureH: float = bounded(1e-3)  # sine frequency base along the height
     pe_temperatureW: float = bounded(1e-3)  # sine frequency base along the width
     return_interm_indices: list[int]  # backbone stages returned (only [0, 1, 2, 3])
-    enc_layers: int = bounded(1)  # encoder layers
-    dec_layers: int = bounded(1)  # decoder layers
+    enc_layers: int = bounded(1, MAX_LAYERS)  # encoder layers
+    dec_layers: int = bounded(1, MAX_LAYERS)  # decoder layers
     pre_norm: bool  # pre-norm layers (unsupported, must be false)
     dim_feedforward: int = bounded(1)  # FFN width
     hidden_dim: int = bounded(2)  # transformer width (even, a multiple of nheads)
@@ -139,7 +145,7 @@ class ReferDINOConfig:
     dec_lora: bool  # LoRA factors on the decoder
     enc_lora: bool  # LoRA factors on the encoder
     lora_rank: int = bounded(1)  # LoRA rank
-    temporal_layer: int = bounded(0)  # temporal decoder blocks
+    temporal_layer: int = bounded(0, MAX_LAYERS)  # temporal decoder blocks
     tracking_alpha: float = bounded(0.0, 1.0)  # query tracking memory update rate
     clip_len: int = bounded(1)  # frames per clip in inference (ReferDINO's crop_len)
     SegHead: SegHeadConfig  # mask decoder
@@ -201,7 +207,7 @@ class ReferDINOConfig:
                 f"backbone={self.backbone!r}: expected a Swin variant name or a dict of its "
                 "hyper-parameters"
             )
-        swin_hyperparameters(self.backbone)  # a known variant, or a dict of its settings
+        check_swin(swin_hyperparameters(self.backbone))
         # Attention splits the width evenly between heads; the sine embedding fills half the
         # width along each axis.
         for heads in ("nheads", "SegHead.n_heads"):
@@ -212,6 +218,39 @@ class ReferDINOConfig:
                 )
         if self.hidden_dim % 2:
             raise ValueError(f"hidden_dim={self.hidden_dim} must be even")
+
+
+def check_swin(params: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first Swin hyper-parameter (``backbone.<key>``) that no
+    Swin transformer has: sizes are positive ints, ``depths`` and ``num_heads`` one per stage
+    (:data:`SWIN_STAGES`), each stage's width (``embed_dim * 2**stage``) a multiple of its
+    heads."""
+
+    def count(value: Any, high: int | None = None) -> bool:
+        return type(value) is int and 0 < value <= (high or INT64_MAX)
+
+    for key in ("embed_dim", "window_size", "pretrain_img_size"):
+        if not count(params[key]):
+            raise ValueError(f"backbone.{key}={params[key]!r}: expected a positive int")
+    for key, high in (("depths", MAX_LAYERS), ("num_heads", None)):
+        value = params[key]
+        if not (
+            isinstance(value, list)
+            and len(value) == SWIN_STAGES
+            and all(count(v, high) for v in value)
+        ):
+            limit = f" (at most {high})" if high else ""
+            raise ValueError(
+                f"backbone.{key}={value!r}: expected {SWIN_STAGES} positive ints{limit}, one "
+                "per Swin stage"
+            )
+    for stage, heads in enumerate(params["num_heads"]):
+        width = params["embed_dim"] * 2**stage
+        if width % heads:
+            raise ValueError(
+                f"backbone.num_heads[{stage}]={heads}: the stage is {width} wide "
+                f"(embed_dim * 2**{stage}), not a multiple of its heads"
+            )
 
 
 def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:
