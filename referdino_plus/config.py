@@ -384,6 +384,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             setting of another launcher than the chosen one.
     """
     overrides, aliased = resolve_aliases(overrides)
+    check_group_choices(overrides)
     try:
         return _compose(overrides)
     except ConfigError as err:
@@ -392,6 +393,26 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         for old, new in aliased.items():
             message = message.replace(new, old)
         raise ConfigError(message) from None
+
+
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """Refuse an override of a config group (``data=``, ``launcher=``: a folder of
+    ``configs/``) that names none of its files: null, a path into another folder, a misspelling.
+
+    Raises:
+        ConfigError: naming the group, the value and the group's options.
+    """
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        folder = CONFIG_DIR / key
+        if override.startswith("~") or not key.isidentifier() or not folder.is_dir():
+            continue
+        names = sorted(path.stem for path in folder.glob("*.yaml"))
+        if value.strip("'\"") not in names:
+            raise ConfigError(
+                f"{key}={value}: Could not find '{key}/{value}' in configs/ "
+                f"(available: {', '.join(names)})"
+            )
 
 
 def _override_key(override: str) -> str:

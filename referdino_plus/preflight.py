@@ -26,7 +26,7 @@ from referdino_plus.stages import STAGES, get_stage
 from rvos.archive import build_archive_writer
 from rvos.checkpoints import checkpoint_family_problem
 from rvos.frames import check_frames
-from rvos.mevis import DataError
+from rvos.mevis import DataError, object_masks_problem
 from rvos.proposals import check_answer_rule
 from rvos.splits import Split
 
@@ -132,18 +132,29 @@ def model_problems(cfg: PipelineConfig, stages: Sequence[int]) -> list[str]:
 
 
 def _stage1_problems(cfg: PipelineConfig) -> list[str]:
-    from stage1_referdino.build import load_model_config, resolve_text_encoder, text_encoder_problem
+    """The model configuration (every key in its range, an architecture that builds), the
+    text encoder and the checkpoint of stage 1, and whether the checkpoint fits the
+    architecture (:func:`stage1_referdino.build.checkpoint_fit_problem`: no model loads)."""
+    from stage1_referdino.build import (
+        ReferDINOConfig,
+        checkpoint_fit_problem,
+        load_model_config,
+        resolve_text_encoder,
+        text_encoder_problem,
+    )
 
     problems = []
     options = cfg.stage1
+    config = source = None
     try:
         values, base_dir = load_model_config(options.model)
+        config = ReferDINOConfig.from_dict(values)
     except (FileNotFoundError, ValueError) as err:
-        problems.append(f"stage1.model={options.model}: {err}")
+        problems.append(f"stage1.model={options.model}: {' '.join(str(err).split())}")
     else:
         try:
             source = resolve_text_encoder(
-                options.text_encoder or values.get("text_encoder_type", ""), base_dir
+                options.text_encoder or config.text_encoder_type, base_dir
             )
             problem = text_encoder_problem(source)
         except FileNotFoundError as err:
@@ -152,6 +163,12 @@ def _stage1_problems(cfg: PipelineConfig) -> list[str]:
     problem = checkpoint_family_problem(
         options.checkpoint, key="stage1.checkpoint", family="ReferDINO", hint=DOWNLOAD_HINT
     )
+    if problem is None and not problems:
+        fit = checkpoint_fit_problem(config, source, options.checkpoint)
+        problem = (
+            fit
+            and f"stage1.checkpoint={options.checkpoint} and stage1.model={options.model}: {fit}"
+        )
     return problems + ([problem] if problem else [])
 
 
@@ -340,23 +357,29 @@ def space_problems(folders: Mapping[str, Path], needed: Mapping[str, int]) -> li
     return problems
 
 
-def ground_truth_gaps(split: Split) -> list[str]:
-    """Expressions whose ``anno_id`` masks are missing from ``mask_dict.json`` (or of the wrong
-    length); the first few named."""
+def ground_truth_gaps(
+    split: Split, sizes: Mapping[str, tuple[int, int]] | None = None
+) -> list[str]:
+    """Expressions whose ``anno_id`` masks in ``mask_dict.json`` are missing, of the wrong
+    length, or not masks pycocotools can decode (of the video's ``(H, W)`` in ``sizes``); one
+    line each, naming the expression, the object and what is wrong."""
     try:
         mask_dict = split.mask_dict
     except DataError as err:
         return [str(err)]
     gaps = []
+    problems: dict[tuple, str | None] = {}  # an object's masks, checked once per frame size
     for video_id, video in split.videos.items():
+        height, width = (sizes or {}).get(video_id, (None, None))
         for exp_id, expression in video.expressions.items():
             for anno_id in expression.anno_ids:
-                rles = mask_dict.get(anno_id)
-                if rles is None or len(rles) != video.num_frames:
-                    state = (
-                        "missing" if rles is None else f"{len(rles)} masks, not {video.num_frames}"
+                key = (anno_id, height, width)
+                if key not in problems:
+                    problems[key] = object_masks_problem(
+                        mask_dict.get(anno_id), video, height, width
                     )
-                    gaps.append(f"{video_id}/{exp_id} (anno_id {anno_id}: {state})")
+                if problems[key]:
+                    gaps.append(f"{video_id}/{exp_id} (anno_id {anno_id}: {problems[key]})")
     return gaps
 
 
@@ -380,6 +403,7 @@ def preflight(
     folders = folder_problems(cfg)
     problems += [p for p in folders.values() if p]
     frame_problems = []
+    sizes: dict[str, tuple[int, int]] | None = None
     if cfg.data.validate_frames:
         videos = {vid: split.frame_paths(vid) for vid in split.video_ids}
         cache = work_dir / FRAME_CHECK_CACHE if folders["work_dir"] is None else None
@@ -388,7 +412,7 @@ def preflight(
     if not frame_problems and not any(folders.values()):
         try:
             sizes = {vid: split.frame_size(vid) for vid in split.video_ids}
-        except OSError:  # an unreadable frame (data.validate_frames=false): its video fails later
+        except (OSError, DataError):  # unreadable (data.validate_frames=false): fails later
             sizes = None
         if sizes is not None:
             needed = space_needed(cfg, split, stages, pending or {}, sizes)
@@ -398,7 +422,7 @@ def preflight(
         raise PreflightError(problems)
     result = Preflight()
     if cfg.evaluation.enabled and split.has_ground_truth and split.layout.mask_file:
-        gaps = ground_truth_gaps(split)
+        gaps = ground_truth_gaps(split, sizes)
         if gaps:
             result.evaluate = False
             named = ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")

@@ -71,7 +71,7 @@ def read_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise FrameError(f"frame {path} is unreadable ({err})") from None
 
 
@@ -83,8 +83,8 @@ def decoded_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
             return (image.height, image.width), None
     except FileNotFoundError:
         return None, "missing"
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        return None, f"unreadable ({err})"
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        return None, f"unreadable ({err})"  # a bomb: more pixels than Pillow decodes
 
 
 def _stamp(path: Path) -> list[int] | None:

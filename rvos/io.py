@@ -8,9 +8,14 @@ import errno
 import functools
 import os
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
+# The longest id used as a file or folder name, in UTF-8 bytes: file systems take 255, and the
+# names made from an id add a suffix (``.png``, ``.npz``) and, while written, a temporary part
+# (``.<name>.<random>.tmp``).
+MAX_NAME_BYTES = 200
 # Modes a plain open() and mkdir() ask for; the process umask then removes bits (usually 022).
 FILE_MODE, DIR_MODE = 0o666, 0o777
 # Errors that only a write raises (a full disk or quota, a read-only file system, a file too
@@ -140,15 +145,27 @@ def safe_component(name: str, what: str) -> str:
     """Return ``name`` if it is usable as one path component, else raise ``ValueError``.
 
     Refuses empty names, ``.``/``..``, path separators and NUL bytes, which could make an id
-    escape the folder it is written into.
+    escape the folder it is written into; control characters (a line break in a log line or an
+    archive listing); names that are not valid Unicode text (a lone surrogate from JSON's
+    ``\\ud800``: no file system or zip file can store it); and names longer than
+    :data:`MAX_NAME_BYTES` in UTF-8, which no file system would take once a suffix is added.
     """
     if (
         not name
         or name in (".", "..")
         or "/" in name
         or "\\" in name
-        or "\0" in name
         or name != name.strip()
+        or any(unicodedata.category(c) == "Cc" for c in name)
     ):
         raise ValueError(f"{what} {name!r} is not a safe file name")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {name!r} is not a safe file name (not valid Unicode)") from None
+    if size > MAX_NAME_BYTES:
+        raise ValueError(
+            f"{what} {name[:20]!r}... is not a safe file name ({size} bytes in UTF-8, at most "
+            f"{MAX_NAME_BYTES})"
+        )
     return name

@@ -36,6 +36,8 @@ __all__ = [
     "gt_frame_mask",
     "gt_frame_size",
     "load_gt_masks",
+    "object_masks_problem",
+    "rle_problem",
 ]
 
 META_FILE = MEVIS_LAYOUT.meta_file
@@ -53,6 +55,88 @@ class MevisSplit(Split):
         super().__init__(root, MEVIS_LAYOUT)
 
 
+# Characters per run a compressed RLE string may use: 12 groups of 5 bits hold any count.
+_MAX_RUN_CHARS = 12
+
+
+def _run_lengths(counts: str) -> np.ndarray | None:
+    """The run lengths of a compressed COCO RLE string, ``[R] int64``, or ``None`` where the
+    string is not one. As pycocotools' ``rleFrString``: each run in groups of 5 bits, low ones
+    first, one character each (``'0'`` + the group, bit 0x20: more groups follow; 0x10 of the
+    last: negative); from the third run on, relative to the run two before."""
+    try:
+        codes = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError:
+        return None
+    if codes.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    more = (codes & 0x20) != 0
+    if codes.min() < 0 or codes.max() >= 64 or more[-1]:
+        return None
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > _MAX_RUN_CHARS:
+        return None
+    shift = 5 * (np.arange(codes.size) - np.repeat(starts, lengths))
+    values = np.add.reduceat((codes & 0x1F) << shift, starts)
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * lengths[negative])
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def rle_problem(rle: object, height: int | None = None, width: int | None = None) -> str | None:
+    """Why ``rle`` is not a ground-truth mask pycocotools can decode (and, given ``height``
+    and ``width``, of that size), or ``None``. Null (the object is absent) is fine.
+
+    pycocotools decodes whatever it is given, with no check: runs that fall short of the mask
+    leave pixels of uninitialised memory, runs beyond it write past the mask's buffer. So every
+    ground-truth RLE is checked first: ``{"size": [H, W], "counts": str}``, non-negative runs
+    that cover exactly ``H * W`` pixels.
+    """
+    if not rle:
+        return None
+    if not isinstance(rle, dict):
+        return f"not an RLE object ({type(rle).__name__})"
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        return f"size {size!r} is not [height, width]"
+    if height is not None and (size[0], size[1]) != (height, width):
+        return f"size {size[1]}x{size[0]}, the frames are {width}x{height}"
+    if not isinstance(counts, str):
+        return f"counts is a {type(counts).__name__}, not a compressed RLE string"
+    runs = _run_lengths(counts)
+    if runs is None or (runs < 0).any():
+        return "counts is not a compressed RLE string"
+    if int(runs.sum()) != size[0] * size[1]:
+        return f"counts cover {int(runs.sum())} pixels, not {size[0] * size[1]}"
+    return None
+
+
+def object_masks_problem(
+    rles: object, video: Video, height: int | None = None, width: int | None = None
+) -> str | None:
+    """What is wrong with one object's ground truth (``mask_dict[anno_id]``) for ``video``, or
+    ``None``: missing, not one mask (or null) per frame, or a mask :func:`rle_problem` refuses."""
+    if rles is None:
+        return "missing"
+    if not isinstance(rles, list):
+        return f"a {type(rles).__name__}, not a list of per-frame masks"
+    if len(rles) != video.num_frames:
+        return f"{len(rles)} masks, not {video.num_frames}"
+    for frame_name, rle in zip(video.frame_names, rles, strict=True):
+        if (problem := rle_problem(rle, height, width)) is not None:
+            return f"frame {frame_name}: {problem}"
+    return None
+
+
 def gt_frame_mask(
     mask_dict: dict[str, list], anno_ids: Sequence[str], frame_idx: int, height: int, width: int
 ) -> np.ndarray:
@@ -67,6 +151,8 @@ def gt_frame_mask(
         rle = mask_dict[str(anno_id)][frame_idx]
         if not rle:
             continue
+        if (problem := rle_problem(rle)) is not None:
+            raise ValueError(f"anno_id {anno_id}, frame {frame_idx}: ground truth {problem}")
         # Column-major like pycocotools' output: the union needs no transposing copies.
         decoded = mask_utils.decode(rle).astype(bool)
         if decoded.shape != (height, width):

@@ -85,11 +85,15 @@ def _where(owner: Any, name: str) -> str:
     return f"{section}.{name}" if section else name
 
 
+# The ints numpy and torch hold (an option's value ends up in them): any int option stays within.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Range:
     """The values a numeric option allows: ``low <= value <= high`` (``None``: unbounded; a
     string: the value of that other field of the same section), or one of ``also``. Every value
-    must be finite."""
+    must be finite, and an int within 64 bits (:data:`INT64_MIN`, :data:`INT64_MAX`)."""
 
     low: float | str | None = None
     high: float | str | None = None
@@ -152,9 +156,9 @@ def check_range(
     *,
     also: tuple[float, ...] = (),
 ) -> None:
-    """Raise :class:`OptionError` unless ``owner.<name>`` is finite and ``low <= value <= high``
-    (``None``: unbounded) or one of ``also``; ``None`` passes (a nullable option left unset). A
-    list of numbers: each of them."""
+    """Raise :class:`OptionError` unless ``owner.<name>`` is finite (an int: within 64 bits) and
+    ``low <= value <= high`` (``None``: unbounded) or one of ``also``; ``None`` passes (a
+    nullable option left unset). A list of numbers: each of them."""
     value = getattr(owner, name)
     if value is None:
         return
@@ -164,21 +168,29 @@ def check_range(
             raise OptionError(f"{_where(owner, name)}={value!r}: expected {each}a number")
         if number in also:
             continue
+        least, most = low, high
+        if isinstance(number, int) and not INT64_MIN <= number <= INT64_MAX:
+            least = INT64_MIN if low is None else max(low, INT64_MIN)
+            most = INT64_MAX if high is None else min(high, INT64_MAX)
         if not math.isfinite(number) or (
-            (low is not None and number < low) or (high is not None and number > high)
+            (least is not None and number < least) or (most is not None and number > most)
         ):
-            if low is None and high is None:
+            if least is None and most is None:
                 expected = "a finite number"
             else:
-                bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+                bounds = (
+                    f"[{'-inf' if least is None else least}, {'inf' if most is None else most}]"
+                )
                 expected = f"a value in {bounds}" + "".join(f" or {v}" for v in also)
             raise OptionError(f"{_where(owner, name)}={value!r}: expected {each}{expected}")
 
 
 def check_fraction(owner: Any, name: str) -> None:
-    """``owner.<name>`` is ``[numerator, denominator]`` of positive integers."""
+    """``owner.<name>`` is ``[numerator, denominator]`` of positive integers (within 64 bits)."""
     value = list(getattr(owner, name))
-    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+    if len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT64_MAX for v in value
+    ):
         raise OptionError(
             f"{_where(owner, name)}={value!r}: expected [numerator, denominator], positive ints"
         )

@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -39,6 +40,9 @@ from rvos.registry import Registry
 logger = logging.getLogger(__name__)
 
 FRAME_SUFFIX = ".jpg"
+# What opening a frame raises when it cannot be read: missing, not an image, or a header that
+# claims more pixels than Pillow decodes (a decompression bomb).
+UNREADABLE = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
@@ -177,6 +181,9 @@ def _parse_expression(video_id: str, exp_id: str, entry: object) -> Expression:
     anno_ids = entry.get("anno_id", ())
     if not isinstance(anno_ids, list | tuple):
         raise DataError(f"{where}: 'anno_id' must be a list, got {anno_ids!r}")
+    odd = [a for a in anno_ids if isinstance(a, bool) or not isinstance(a, str | int)]
+    if odd:
+        raise DataError(f"{where}: 'anno_id' lists {odd[0]!r}; an id is a string or an integer")
     # Other fields (obj_id, MeViS v2's audio and boxes, ...) are not needed and ignored.
     # As written: ReferDINO feeds the raw text to BERT (only appending "." when it lacks one).
     return Expression(exp_id=exp_id, text=text, anno_ids=tuple(str(a) for a in anno_ids))
@@ -193,12 +200,17 @@ def _parse_video(video_id: str, entry: object) -> Video:
     if not isinstance(frames, list) or not frames:
         raise DataError(f"video {video_id!r}: 'frames' is missing or empty")
     for name in frames:
+        if not isinstance(name, str):
+            raise DataError(
+                f"video {video_id!r}: 'frames' lists {name!r}; a frame name is a string"
+            )
         try:
-            safe_component(str(name), "frame name")
+            safe_component(name, "frame name")
         except ValueError as err:
             raise DataError(f"video {video_id!r}: {err}") from None
     if len(set(frames)) != len(frames):
-        raise DataError(f"video {video_id!r}: 'frames' lists a frame twice")
+        twice = next(name for name in frames if frames.count(name) > 1)
+        raise DataError(f"video {video_id!r}: 'frames' lists frame {twice!r} twice")
     expressions = entry.get("expressions")
     if not isinstance(expressions, dict) or not expressions:
         raise DataError(f"video {video_id!r}: no expressions")
@@ -211,14 +223,50 @@ def _parse_video(video_id: str, entry: object) -> Video:
     )
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object with a key twice (:func:`read_json`)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise _DuplicateKey(twice)
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def read_json(path: Path) -> Any:
+    """A split's JSON file (metadata, ground truth), as strict JSON: UTF-8 (a byte-order mark is
+    skipped), every key once per object (Python's reader would keep only the last of two), no
+    ``NaN`` or ``Infinity``.
+
+    Raises:
+        DataError: naming the file and what is wrong with it.
+    """
+    try:
+        return json.loads(
+            path.read_bytes().decode("utf-8-sig"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+        )
+    except _DuplicateKey as err:
+        raise DataError(
+            f"{path}: the key {err.args[0]!r} appears twice in one object (only one would be "
+            "read); remove or rename one"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
 def _read_videos_field(path: Path, title: str) -> dict:
     """The ``videos`` object of a metadata file; :class:`DataError` naming the file otherwise."""
     if not path.is_file():
         raise DataError(f"{path} not found (is data.root {title}?)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+    meta = read_json(path)
     videos = meta.get("videos") if isinstance(meta, dict) else None
     if not isinstance(videos, dict):
         raise DataError(f"{path}: no 'videos' object at its top level")
@@ -346,7 +394,7 @@ class Split:
             try:
                 with Image.open(path) as image:
                     sizes[path.name] = (image.height, image.width)
-            except (UnidentifiedImageError, OSError) as err:
+            except UNREADABLE as err:
                 raise DataError(
                     f"video {video_id!r}: frame {path.name} is unreadable ({err})"
                 ) from None
@@ -367,16 +415,26 @@ class Split:
             try:
                 with Image.open(path) as image:
                     images.append(image.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as err:
+            except UNREADABLE as err:
                 raise DataError(
                     f"video {video_id!r}: frame {path.name} is unreadable ({err})"
                 ) from None
         return images
 
     def frame_size(self, video_id: str) -> tuple[int, int]:
-        """``(H, W)`` of the video's first frame."""
-        with Image.open(self.frame_paths(video_id)[0]) as image:
-            return image.height, image.width
+        """``(H, W)`` of the video's first frame.
+
+        Raises:
+            DataError: the frame cannot be read (missing, not an image, too many pixels).
+        """
+        path = self.frame_paths(video_id)[0]
+        try:
+            with Image.open(path) as image:
+                return image.height, image.width
+        except UNREADABLE as err:
+            raise DataError(
+                f"video {video_id!r}: frame {path.name} is unreadable ({err})"
+            ) from None
 
     def validate(self, video_ids: list[str] | None = None) -> None:
         """Check the frames of ``video_ids`` (all videos by default) before any work starts."""
@@ -404,10 +462,7 @@ class Split:
         path = self.root / self.layout.mask_file
         if not path.is_file():
             raise DataError(f"{path} not found: this split has no ground truth")
-        try:
-            masks = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
+        masks = read_json(path)
         if not isinstance(masks, dict):
             raise DataError(f"{path}: expected an object mapping anno_id to per-frame RLEs")
         return masks

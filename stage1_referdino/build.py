@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -24,7 +25,7 @@ from torch import nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from rvos.checkpoints import load_weights
-from rvos.options import autocast_to_dtype
+from rvos.options import INT64_MAX, OptionError, autocast_to_dtype, bounded, check_declared
 
 from .model.lora import LoRALinear, merge_lora_
 from .model.position_encoding import PositionEmbeddingSineHW
@@ -66,6 +67,12 @@ DOWNLOAD_HINT = "run `bash download_ckpts.sh` (see README) to fetch the released
 # What a BERT tokenizer + config folder needs (download_ckpts.sh bert also fetches the fast
 # tokenizer's files, which can be rebuilt from these).
 TEXT_ENCODER_FILES = ("config.json", "vocab.txt")
+# The most layers (or Swin blocks) of one stack a configuration may ask for: far above the
+# released models' (6 per transformer stack, 18 in a Swin stage); a slip such as 600000 would
+# otherwise keep the checks building the architecture for minutes.
+MAX_LAYERS = 100
+# Swin stages: the pixel decoder and the transformer read all four (return_interm_indices).
+SWIN_STAGES = 4
 # Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
 MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
@@ -75,13 +82,18 @@ MASK_DECODER_ACTIVATION = "relu"
 class SegHeadConfig:
     """``SegHead`` block: the deformable mask decoder."""
 
-    mask_dim: int  # channels of the pixel decoder output
-    n_heads: int  # attention heads
-    n_points: int  # deformable sampling points per head
-    dropout: float  # dropout (inactive at inference)
-    n_layers: int  # decoder layers
+    SECTION = "SegHead"
+
+    mask_dim: int = bounded(1)  # channels of the pixel decoder output
+    n_heads: int = bounded(1)  # attention heads
+    n_points: int = bounded(1)  # deformable sampling points per head
+    dropout: float = bounded(0.0, 1.0)  # dropout (inactive at inference)
+    n_layers: int = bounded(1, MAX_LAYERS)  # decoder layers
     use_self_attention: bool  # queries attend to each other (always on in ReferDINO)
     use_text_cross_attention: bool  # queries attend to the text
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
 @dataclass
@@ -90,50 +102,56 @@ class ReferDINOConfig:
 
     The schema of ``configs/referdino/``: no defaults here, a configuration's values come from
     its file merged over :data:`BASE_CONFIG` (:func:`load_model_config`); OmegaConf checks them
-    against these types (:meth:`from_dict`).
+    against these types (:meth:`from_dict`), and each number against its range (declared on the
+    field, :func:`rvos.options.bounded`).
     """
+
+    SECTION = ""  # errors name the keys as the YAML does
 
     backbone: Any  # Swin variant name, or a dict of its hyper-parameters (swin_hyperparameters)
     position_embedding: str  # image position embedding (only "sine")
-    pe_temperatureH: float  # sine frequency base along the height
-    pe_temperatureW: float  # sine frequency base along the width
+    pe_temperatureH: float = bounded(1e-3)  # sine frequency base along the height
+    pe_temperatureW: float = bounded(1e-3)  # sine frequency base along the width
     return_interm_indices: list[int]  # backbone stages returned (only [0, 1, 2, 3])
-    enc_layers: int  # encoder layers
-    dec_layers: int  # decoder layers
+    enc_layers: int = bounded(1, MAX_LAYERS)  # encoder layers
+    dec_layers: int = bounded(1, MAX_LAYERS)  # decoder layers
     pre_norm: bool  # pre-norm layers (unsupported, must be false)
-    dim_feedforward: int  # FFN width
-    hidden_dim: int  # transformer width
-    dropout: float  # dropout (inactive at inference)
-    nheads: int  # attention heads
-    num_queries: int  # proposals selected for the decoder
-    query_dim: int  # box queries (must be 4)
-    num_patterns: int  # pattern embeddings (unsupported, must be 0)
-    num_feature_levels: int  # transformer feature levels
-    enc_n_points: int  # encoder deformable sampling points
-    dec_n_points: int  # decoder deformable sampling points
+    dim_feedforward: int = bounded(1)  # FFN width
+    hidden_dim: int = bounded(2)  # transformer width (even, a multiple of nheads)
+    dropout: float = bounded(0.0, 1.0)  # dropout (inactive at inference)
+    nheads: int = bounded(1)  # attention heads
+    num_queries: int = bounded(1)  # proposals selected for the decoder
+    query_dim: int = bounded()  # box queries (must be 4)
+    num_patterns: int = bounded()  # pattern embeddings (unsupported, must be 0)
+    num_feature_levels: int = bounded()  # transformer feature levels (must be 4)
+    enc_n_points: int = bounded(1)  # encoder deformable sampling points
+    dec_n_points: int = bounded(1)  # decoder deformable sampling points
     two_stage_type: str  # query selection from the encoder (only "standard")
     two_stage_bbox_embed_share: bool  # proposal box head shared with the decoder's
     two_stage_class_embed_share: bool  # parameter-free either way
     transformer_activation: str  # FFN activation
     dec_pred_bbox_embed_share: bool  # one box head for all decoder layers
     embed_init_tgt: bool  # decoder content queries are learned embeddings
-    max_text_len: int  # tokens kept per expression
+    max_text_len: int = bounded(2)  # tokens kept per expression ([CLS] and [SEP] included)
     text_encoder_type: str  # tokenizer + BERT config: name or folder
     use_text_enhancer: bool  # encoder text self-attention layers
     use_fusion_layer: bool  # encoder image-text fusion layers
     use_text_cross_attention: bool  # decoder text cross-attention
-    text_dropout: float  # dropout (inactive at inference)
-    fusion_dropout: float  # dropout (inactive at inference)
-    fusion_droppath: float  # stochastic depth (inactive at inference)
+    text_dropout: float = bounded(0.0, 1.0)  # dropout (inactive at inference)
+    fusion_dropout: float = bounded(0.0, 1.0)  # dropout (inactive at inference)
+    fusion_droppath: float = bounded(0.0, 1.0)  # stochastic depth (inactive at inference)
     sub_sentence_present: bool  # BERT attention restricted to sub-sentences
-    query_decay: float  # decoder query pruning ratio per layer
+    query_decay: float = bounded(1e-3, 1.0)  # decoder query pruning ratio per layer
     dec_lora: bool  # LoRA factors on the decoder
     enc_lora: bool  # LoRA factors on the encoder
-    lora_rank: int  # LoRA rank
-    temporal_layer: int  # temporal decoder blocks
-    tracking_alpha: float  # query tracking memory update rate
-    clip_len: int  # frames per clip in inference (ReferDINO's crop_len)
+    lora_rank: int = bounded(1)  # LoRA rank
+    temporal_layer: int = bounded(0, MAX_LAYERS)  # temporal decoder blocks
+    tracking_alpha: float = bounded(0.0, 1.0)  # query tracking memory update rate
+    clip_len: int = bounded(1)  # frames per clip in inference (ReferDINO's crop_len)
     SegHead: SegHeadConfig  # mask decoder
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ReferDINOConfig:
@@ -151,7 +169,11 @@ class ReferDINOConfig:
             check_keys(values["SegHead"], SegHeadConfig, "SegHead")
         try:
             config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+        except OptionError as err:  # a value outside its range
+            raise ValueError(f"ReferDINO config {err}") from None
         except OmegaConfBaseException as err:
+            if isinstance(err.__cause__, OptionError):
+                raise ValueError(f"ReferDINO config {err.__cause__}") from None
             reason = str(err.msg).splitlines()[0]
             raise ValueError(f"ReferDINO config {err.full_key}: {reason}") from err
         config.check_supported()
@@ -180,6 +202,55 @@ class ReferDINOConfig:
         for key, (value, expected) in unsupported.items():
             if value != expected:
                 raise ValueError(f"{key}={value!r} is not supported (expected {expected!r})")
+        if not isinstance(self.backbone, str | Mapping):
+            raise ValueError(
+                f"backbone={self.backbone!r}: expected a Swin variant name or a dict of its "
+                "hyper-parameters"
+            )
+        check_swin(swin_hyperparameters(self.backbone))
+        # Attention splits the width evenly between heads; the sine embedding fills half the
+        # width along each axis.
+        for heads in ("nheads", "SegHead.n_heads"):
+            count = self.nheads if heads == "nheads" else self.SegHead.n_heads
+            if self.hidden_dim % count:
+                raise ValueError(
+                    f"hidden_dim={self.hidden_dim} is not a multiple of {heads}={count}"
+                )
+        if self.hidden_dim % 2:
+            raise ValueError(f"hidden_dim={self.hidden_dim} must be even")
+
+
+def check_swin(params: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first Swin hyper-parameter (``backbone.<key>``) that no
+    Swin transformer has: sizes are positive ints, ``depths`` and ``num_heads`` one per stage
+    (:data:`SWIN_STAGES`), each stage's width (``embed_dim * 2**stage``) a multiple of its
+    heads."""
+
+    def count(value: Any, high: int | None = None) -> bool:
+        return type(value) is int and 0 < value <= (high or INT64_MAX)
+
+    for key in ("embed_dim", "window_size", "pretrain_img_size"):
+        if not count(params[key]):
+            raise ValueError(f"backbone.{key}={params[key]!r}: expected a positive int")
+    for key, high in (("depths", MAX_LAYERS), ("num_heads", None)):
+        value = params[key]
+        if not (
+            isinstance(value, list)
+            and len(value) == SWIN_STAGES
+            and all(count(v, high) for v in value)
+        ):
+            limit = f" (at most {high})" if high else ""
+            raise ValueError(
+                f"backbone.{key}={value!r}: expected {SWIN_STAGES} positive ints{limit}, one "
+                "per Swin stage"
+            )
+    for stage, heads in enumerate(params["num_heads"]):
+        width = params["embed_dim"] * 2**stage
+        if width % heads:
+            raise ValueError(
+                f"backbone.num_heads[{stage}]={heads}: the stage is {width} wide "
+                f"(embed_dim * 2**{stage}), not a multiple of its heads"
+            )
 
 
 def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:
@@ -399,33 +470,87 @@ def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     return content["model_state_dict"]
 
 
+def state_dict_problems(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, named: int | None = None
+) -> list[str]:
+    """The missing, unexpected and mis-shaped keys of ``state_dict`` for ``model`` (ignorable
+    profiler entries left out), one string per kind; ``named``: at most that many keys each."""
+    state_dict = {
+        k: v for k, v in state_dict.items() if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)
+    }
+    expected = model.state_dict()
+    kinds = {
+        "missing keys": sorted(set(expected) - set(state_dict)),
+        "unexpected keys": sorted(set(state_dict) - set(expected)),
+        "shape mismatches": sorted(
+            f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state_dict and state_dict[k].shape != v.shape
+        ),
+    }
+    return [
+        f"{kind} ({len(keys)}): {keys[:named]}{' ...' if named and len(keys) > named else ''}"
+        for kind, keys in kinds.items()
+        if keys
+    ]
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load every parameter and buffer, strictly; ignorable profiler entries are dropped.
 
     Raises:
         RuntimeError: listing missing, unexpected or mis-shaped keys.
     """
+    problems = state_dict_problems(model, state_dict)
+    if problems:
+        raise RuntimeError("checkpoint does not match the ReferDINO config: " + "; ".join(problems))
     state_dict = {
         k: v for k, v in state_dict.items() if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)
     }
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
-    if problems:
-        raise RuntimeError("checkpoint does not match the ReferDINO config: " + "; ".join(problems))
     model.load_state_dict(state_dict, strict=True)
+
+
+# What building an architecture from a configuration that passed its checks can still raise
+# (a constructor's own assertion on sizes, a size torch cannot hold).
+_BUILD_ERRORS = (
+    ValueError,
+    TypeError,
+    RuntimeError,
+    AssertionError,
+    OverflowError,
+    ZeroDivisionError,
+)
+# Keys of each kind a message names (the count says how many more).
+NAMED_KEYS = 3
+
+
+def checkpoint_fit_problem(
+    config: ReferDINOConfig, source: Path | str, checkpoint: str | os.PathLike
+) -> str | None:
+    """Why the checkpoint's weights do not fit the architecture ``config``, or ``None``, found
+    without loading a model: it is built on PyTorch's ``meta`` device (shapes only, no memory,
+    no weights), and its parameter names and shapes are compared with the checkpoint's
+    (memory-mapped: only the file's index is read).
+
+    Args:
+        config: a checked configuration (:meth:`ReferDINOConfig.from_dict`).
+        source: the tokenizer and BERT config (:func:`resolve_text_encoder`), known to exist.
+        checkpoint: a ReferDINO checkpoint, known to be one.
+    """
+    tokenizer, bert_config = load_text_encoder(source)
+    try:
+        # Only shapes: what a constructor warns about values (e.g. empty tensors) is for the
+        # build that loads the weights to say.
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_referdino(config, tokenizer=tokenizer, bert_config=bert_config)
+    except _BUILD_ERRORS as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        return f"the architecture cannot be built ({reason})"
+    problems = state_dict_problems(model, read_checkpoint(checkpoint), named=NAMED_KEYS)
+    if problems:
+        return "the checkpoint's weights do not fit the architecture: " + "; ".join(problems)
+    return None
 
 
 def load_referdino(

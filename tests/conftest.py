@@ -21,10 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
+
+# Property-based tests (hypothesis): the same examples on every run and every machine (derived from
+# each test, not drawn at random), a bounded number of them (a test may ask for fewer), no time
+# limit per example (a shared CI machine is slow at times), and nothing written into the
+# repository (no example database: a failure prints the example that reproduces it).
+settings.register_profile(
+    "ci", derandomize=True, max_examples=50, deadline=None, database=None, print_blob=True
+)
+settings.load_profile("ci")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
