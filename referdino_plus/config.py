@@ -200,6 +200,17 @@ KEY_ALIASES = {
 
 
 @dataclass
+class WeightsOptions:
+    """The ``weights`` section: the released weights by group (``bash download_ckpts.sh
+    <group>``), each a name -> its hub reference or path; the other sections name them."""
+
+    SECTION = "weights"
+
+    referdino: dict[str, str]
+    sam2: dict[str, str]
+
+
+@dataclass
 class Sam2Choice:
     """One SAM 2 size offered by the app's page (an entry of ``app.sam2_models``)."""
 
@@ -243,6 +254,7 @@ class PipelineConfig:
     name: str
     work_dir: str
     submission_dir: str
+    weights: WeightsOptions
     data: DataOptions
     stage1: Stage1Options
     stage2: Stage2Options

@@ -29,6 +29,7 @@ from rvos.frames import check_frames
 from rvos.mevis import DataError
 from rvos.proposals import check_answer_rule
 from rvos.splits import Split
+from rvos.weights import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ def _stage1_problems(cfg: PipelineConfig) -> list[str]:
             problem = text_encoder_problem(source)
         except FileNotFoundError as err:
             problem = str(err)
+        except WeightsError as err:  # a hub reference: the key that names it
+            key = "stage1.text_encoder" if options.text_encoder else "text_encoder_type"
+            problem = f"{key}={err}"
         problems += [problem] if problem else []
     problem = checkpoint_family_problem(
         options.checkpoint, key="stage1.checkpoint", family="ReferDINO", hint=DOWNLOAD_HINT

@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from rvos.checkpoints import load_weights
 from rvos.options import autocast_to_dtype
+from rvos.weights import is_hub_reference, resolve_weights
 
 from .model.lora import LoRALinear, merge_lora_
 from .model.position_encoding import PositionEmbeddingSineHW
@@ -66,6 +67,8 @@ DOWNLOAD_HINT = "run `bash download_ckpts.sh` (see README) to fetch the released
 # What a BERT tokenizer + config folder needs (download_ckpts.sh bert also fetches the fast
 # tokenizer's files, which can be rebuilt from these).
 TEXT_ENCODER_FILES = ("config.json", "vocab.txt")
+# Fetched with them from a hub folder when it has them (not its weights: they are in the checkpoint).
+TEXT_ENCODER_EXTRAS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
 MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
@@ -243,10 +246,23 @@ def load_model_config(model_cfg: str | os.PathLike | Mapping[str, Any]) -> tuple
 def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -> Path | str:
     """Where to read the BERT tokenizer and config from.
 
-    Order: an existing absolute path; ``base_dir / text_encoder_type``;
+    A hub reference (``hf://<owner>/<repo>[@<revision>]/[<folder>/]``) is the folder it resolves
+    to (:func:`rvos.weights.resolve_weights`: ``checkpoints/<repo name>`` when there, else its
+    :data:`TEXT_ENCODER_FILES` in the Hugging Face cache, fetched and checked). Otherwise, in
+    order: an existing absolute path; ``base_dir / text_encoder_type``;
     ``checkpoints/<text_encoder_type>`` under the working directory; otherwise the name itself
     (loaded from the local Hugging Face cache only, never downloaded).
+
+    Raises:
+        FileNotFoundError: an absolute path that is not a folder.
+        rvos.weights.WeightsError: a hub reference that cannot be resolved (one line).
     """
+    if is_hub_reference(text_encoder_type):
+        return resolve_weights(
+            text_encoder_type,
+            folder_files=TEXT_ENCODER_FILES,
+            optional_files=TEXT_ENCODER_EXTRAS,
+        )
     candidate = Path(text_encoder_type).expanduser()
     if candidate.is_absolute():
         if not candidate.is_dir():
@@ -390,8 +406,9 @@ def build_referdino(
 
 
 def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``model_state_dict`` of a ReferDINO checkpoint (``weights_only`` load, on CPU)."""
-    path = Path(checkpoint)
+    """``model_state_dict`` of a ReferDINO checkpoint (``weights_only`` load, on CPU); a hub
+    reference is resolved first (:func:`rvos.weights.resolve_weights`)."""
+    path = resolve_weights(checkpoint)
     # memory-mapped: the tensors are only read once, when copied into the model
     content = load_weights(path, what="ReferDINO checkpoint", hint=DOWNLOAD_HINT, mmap=True)
     if not isinstance(content, dict) or "model_state_dict" not in content:
@@ -440,14 +457,17 @@ def load_referdino(
 
     Args:
         model_cfg: config name in ``configs/referdino/``, YAML path, or dict.
-        checkpoint: file with ``{"model_state_dict": ...}``.
-        text_encoder: tokenizer + BERT config folder (or cached hub name); overrides the config's
-            ``text_encoder_type``.
+        checkpoint: file with ``{"model_state_dict": ...}``, or its hub reference
+            (``hf://<owner>/<repo>[@<revision>]/<path>``).
+        text_encoder: tokenizer + BERT config folder, its hub reference (``hf://.../``), or a
+            cached hub name; overrides the config's ``text_encoder_type``.
         device: where to run.
         autocast: mixed precision on CUDA ("float16", "bfloat16" or None); CPU stays float32.
 
     Raises:
         FileNotFoundError: missing config, checkpoint or text encoder files.
+        rvos.weights.WeightsError: a hub reference that cannot be resolved (offline and not
+            cached, gated, a checksum mismatch, unknown).
         RuntimeError: the checkpoint's keys or shapes differ from the architecture.
     """
     values, base_dir = load_model_config(model_cfg)
