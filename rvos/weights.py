@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -75,6 +75,18 @@ class WeightsError(CheckpointError):
         self.reference = reference
         self.reason = reason
         super().__init__(f"{reference}: {reason}")
+
+
+class ChecksumError(WeightsError):
+    """A cached file whose size or checksum differs from the hub's.
+
+    Attributes:
+        blob: the file in the cache (what to delete).
+    """
+
+    def __init__(self, reference: str, reason: str, blob: Path) -> None:
+        super().__init__(reference, reason)
+        self.blob = blob
 
 
 @dataclass(frozen=True)
@@ -284,11 +296,7 @@ def not_cached(reference: HubReference, *, detail: str = "") -> WeightsError:
     """Not in the cache, and the hub not asked (offline mode) or not reachable."""
     from huggingface_hub import constants
 
-    why = (
-        "HF_HUB_OFFLINE=1"
-        if offline_mode()
-        else f"the hub ({hub_endpoint()}) cannot be reached"
-    )
+    why = "HF_HUB_OFFLINE=1" if offline_mode() else f"the hub ({hub_endpoint()}) cannot be reached"
     extra = f"; {detail}" if detail else ""
     return WeightsError(
         str(reference),
@@ -428,7 +436,7 @@ def verify_snapshot(reference: HubReference, snapshot: Path, paths: Iterable[str
     hub's figures (:func:`hub_metadata`, else :func:`cached_expectation`).
 
     Raises:
-        WeightsError: a file whose size or checksum differs, naming its blob to delete.
+        ChecksumError: a file whose size or checksum differs, naming its blob to delete.
     """
     paths = list(paths)
     commit = snapshot.name
@@ -445,10 +453,11 @@ def verify_snapshot(reference: HubReference, snapshot: Path, paths: Iterable[str
         problem = file_problem(blob, want)
         if problem is not None:
             shown = reference.file(path[len(base) :]) if reference.is_folder else reference
-            raise WeightsError(
+            raise ChecksumError(
                 str(shown),
                 f"the cached file {blob} {problem} (damaged, or changed since); delete it and run "
                 f"{download_hint(shown)} to fetch it again",
+                blob,
             )
 
 
@@ -526,15 +535,12 @@ def write_marker(path: Path, expected: Expected) -> None:
         logger.debug("cannot remember the check of %s: %s", path, err)
 
 
-def forget_cached(reference: HubReference, files: Mapping[str, Path]) -> None:
-    """Delete cached files (``{path in repo: snapshot path}``) and their blobs, so that the
-    next fetch downloads them again."""
-    for local in files.values():
-        blob = local.resolve()
-        for path in {local, blob}:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        verification_marker(blob).unlink(missing_ok=True)
-        logger.info("%s: deleted %s", reference, blob)
+def forget_cached(blob: Path) -> None:
+    """Delete a cached file that failed its check, the snapshot links to it and what was
+    remembered of it, so that no run finds it again."""
+    snapshots = blob.parent.parent / "snapshots"
+    links = [p for p in snapshots.rglob("*") if p.is_symlink() and p.resolve() == blob.resolve()]
+    for path in [*links, blob]:
+        path.unlink(missing_ok=True)
+    verification_marker(blob).unlink(missing_ok=True)
+    logger.info("deleted %s", blob)

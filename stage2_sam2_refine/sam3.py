@@ -49,8 +49,8 @@ import torch
 from PIL import Image
 
 from rvos.checkpoints import CheckpointError
-from rvos.weights import WeightsError, is_hub_reference, resolve_weights
 from rvos.options import CacheDevice, autocast_to_dtype
+from rvos.weights import WeightsError, is_hub_reference, resolve_weights
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.tracker import (
     Frame,

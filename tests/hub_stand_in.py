@@ -106,7 +106,7 @@ class StandInHub:
         storage = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, storage=True))
         self._servers = [hub, storage]
         for server in self._servers:
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
         self.storage = f"http://127.0.0.1:{storage.server_address[1]}"
         return self
