@@ -53,17 +53,11 @@ def checkpoint_problem(path: str | Path, *, key: str, hint: str) -> str | None:
     ``None``.
 
     Args:
-        path: the file, or a hub reference (``hf://...``: resolved first, see
-            :func:`rvos.weights.resolve_weights`).
+        path: the file.
         key: the configuration key that names it (``stage1.checkpoint``), for the message.
         hint: how to get the file (e.g. "run `bash download_ckpts.sh`").
     """
-    from rvos.weights import WeightsError, resolve_weights
-
-    try:
-        path = resolve_weights(path)
-    except WeightsError as err:
-        return f"{key}={err}"
+    path = Path(path).expanduser()
     if not path.is_file():
         return f"{key}={path}: not found; {hint}, or point {key}= at your file"
     size = path.stat().st_size
@@ -122,20 +116,15 @@ def checkpoint_family_problem(path: str | Path, *, key: str, family: str, hint: 
     only the file's index of names and shapes is read; a legacy-format file is read in full.
 
     Args:
-        path: the file, or a hub reference (resolved first).
+        path: the file.
         key: the configuration key that names it (``stage2.checkpoint``), for the message.
         family: a name in :data:`CHECKPOINT_FAMILIES`.
         hint: how to get the file (e.g. "run `bash download_ckpts.sh`").
     """
-    from rvos.weights import WeightsError, resolve_weights
-
-    try:
-        path = resolve_weights(path)
-    except WeightsError as err:
-        return f"{key}={err}"
     problem = checkpoint_problem(path, key=key, hint=hint)
     if problem is not None:
         return problem
+    path = Path(path).expanduser()
     try:
         content = load_weights(path, what=f"{family} checkpoint", hint=hint, mmap=True)
     except CheckpointError as err:

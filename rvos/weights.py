@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from rvos.checkpoints import CheckpointError
+from rvos.checkpoints import CheckpointError, checkpoint_family_problem
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,19 @@ def resolve_weights(
         logger.info("%s: using %s", reference, released)
         return released
     return fetch(reference, folder_files=folder_files, optional_files=optional_files, force=force)
+
+
+def checkpoint_setting_problem(
+    value: str | os.PathLike, *, key: str, family: str, hint: str
+) -> str | None:
+    """Why the weight setting ``key=value`` is not a usable ``family`` checkpoint, in one line,
+    or ``None``: a hub reference that cannot be resolved (:func:`resolve_weights`), else
+    :func:`rvos.checkpoints.checkpoint_family_problem` of the local file."""
+    try:
+        path = resolve_weights(value)
+    except WeightsError as err:
+        return f"{key}={err}"
+    return checkpoint_family_problem(path, key=key, family=family, hint=hint)
 
 
 def released_copy(reference: HubReference) -> Path | None:
