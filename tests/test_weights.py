@@ -242,3 +242,161 @@ def test_download_script_reports_each_file_and_fails_on_any(hub, tmp_path):
     proc = subprocess.run([*command, "nothing.pth"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "nothing.pth: not a group (referdino, sam2, bert, sam3, all)" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the applications
+
+
+@pytest.fixture
+def tiny_hub(fixtures_dir, tmp_path, monkeypatch):
+    """The stand-in serving the tiny fixture models (ReferDINO, its BERT folder, SAM 2.1) and a
+    gated copy of the SAM 2.1 weights; settings as :func:`hub`."""
+    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
+    server = StandInHub(
+        {
+            "tiny/referdino": StandInRepo(
+                {"referdino_checkpoint.pth": stage1 / "referdino_checkpoint.pth"}
+            ),
+            "tiny/bert": StandInRepo({p.name: p for p in (stage1 / "text_encoder").iterdir()}),
+            "tiny/sam2": StandInRepo({"weights_propagating.pt": sam2 / "weights_propagating.pt"}),
+            "tiny/gated": StandInRepo(
+                {"weights_propagating.pt": sam2 / "weights_propagating.pt"}, gated=True
+            ),
+        },
+        token=TOKEN,
+    ).start()
+    isolate_hub_settings(monkeypatch, tmp_path / "hf", server.endpoint)
+    monkeypatch.chdir(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub_overrides(fixtures_dir) -> list[str]:
+    """The tiny models, every weight by hub reference."""
+    stage1, sam2 = fixtures_dir / "referdino_tiny", fixtures_dir / "sam2_tiny"
+    return [
+        f"stage1.model={stage1 / 'model.yaml'}",
+        "stage1.checkpoint=hf://tiny/referdino/referdino_checkpoint.pth",
+        "stage1.text_encoder=hf://tiny/bert/",
+        "stage1.short_side=64",
+        "stage1.top_k=2",
+        f"stage2.model={sam2 / 'tiny_sam2.1.yaml'}",
+        "stage2.checkpoint=hf://tiny/sam2/weights_propagating.pt",
+    ]
+
+
+def run_pipeline_demo_and_app(
+    name: str, tmp_path: Path, fixtures_dir: Path, split: Path, overrides: list[str]
+) -> tuple[bytes, bytes, bytes]:
+    """A pipeline run, a demo and an app job on the tiny models: their fused masks."""
+    from conftest import run_command
+
+    from referdino_plus.app import CONFIGURED_SAM2, App, JobRequest
+    from referdino_plus.config import load_config
+
+    out = tmp_path / name
+    run_command(
+        "--cpu", "--name", name, f"data.root={split}", f"work_dir={out / 'work'}",
+        f"submission_dir={out / 'submissions'}", "archive.jobs=1", *overrides,
+    )  # fmt: skip
+    frames = fixtures_dir / "referdino_tiny" / "frames"
+    demo = out / "demo"
+    run_command(
+        "demo", "--cpu", "--video", frames, "--max-frames", "2", "--text", "the person",
+        "--out", demo, *overrides,
+    )  # fmt: skip
+    app = App(load_config([f"app.results_dir={out / 'app'}", *overrides]), "cpu")
+    app.load_models()
+    assert app.startup_problem is None
+    request = JobRequest(frames, ["the person"], 1, 2, CONFIGURED_SAM2, "mask", "sam2")
+    job = app.run(request)
+    return (
+        (out / "submissions" / "fused.zip").read_bytes(),
+        (demo / "summary.json").read_bytes(),
+        job.masks_zip.read_bytes(),
+    )
+
+
+@pytest.mark.slow
+def test_pipeline_demo_and_app_run_from_hub_references_then_offline(
+    tiny_hub, hub_overrides, fixtures_dir, make_split, tmp_path, monkeypatch
+):
+    split = make_split(
+        tmp_path / "split",
+        {"vid": {"frames": ["00000", "00001"], "expressions": {"0": "the dog"}}},
+        size=(48, 64),
+    )
+    online = run_pipeline_demo_and_app("online", tmp_path, fixtures_dir, split, hub_overrides)
+    assert storage_gets(tiny_hub) == 2  # each weight file downloaded once, then from the cache
+    tiny_hub.stop()
+    go_offline(monkeypatch)
+    offline = run_pipeline_demo_and_app("offline", tmp_path, fixtures_dir, split, hub_overrides)
+    assert online[0] == offline[0]  # the same weights: the same archive
+    assert all(online) and all(offline)
+
+
+def test_every_failure_is_one_line_before_anything_loads(tiny_hub, hub_overrides, monkeypatch):
+    from referdino_plus.config import load_config
+    from referdino_plus.preflight import model_problems
+
+    def problems(**changes: str) -> list[str]:
+        cfg = load_config([*hub_overrides, *(f"{k}={v}" for k, v in changes.items())])
+        return model_problems(cfg, stages=(1, 2))
+
+    # A damaged SAM 2.1 file in the cache, a gated repository, an unknown file and repository.
+    sam2 = resolve_weights("hf://tiny/sam2/weights_propagating.pt").resolve()
+    sam2.chmod(0o644)
+    with open(sam2, "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\0" * 8)
+    listed = problems(
+        **{
+            "stage1.checkpoint": "hf://tiny/gated/weights_propagating.pt",
+            "stage1.text_encoder": "hf://tiny/nothing/",
+        }
+    )
+    assert len(listed) == 3 and all("\n" not in p for p in listed)
+    assert listed[0].startswith("stage1.text_encoder=hf://tiny/nothing/: no repository")
+    assert listed[1].startswith("stage1.checkpoint=hf://tiny/gated/weights_propagating.pt: ")
+    assert "request access on https://huggingface.co/tiny/gated" in listed[1]
+    assert listed[2].startswith(
+        f"stage2.checkpoint=hf://tiny/sam2/weights_propagating.pt: the cached file {sam2} does "
+        "not match the hub's SHA-256"
+    )
+    # Offline, nothing cached: names the file and the command that fetches it.
+    go_offline(monkeypatch)
+    listed = problems(**{"stage1.checkpoint": "hf://tiny/referdino/referdino_checkpoint.pth"})
+    assert listed[0].startswith("stage1.text_encoder=hf://tiny/bert/: not in the Hugging")
+    assert any(
+        p.startswith("stage1.checkpoint=hf://tiny/referdino/referdino_checkpoint.pth: not in")
+        and "HF_HUB_OFFLINE=1" in p
+        and "`bash download_ckpts.sh hf://tiny/referdino/referdino_checkpoint.pth`" in p
+        for p in listed
+    )
+
+
+@pytest.mark.slow
+def test_a_refused_run_prints_one_line_per_problem_and_computes_nothing(
+    tiny_hub, hub_overrides, make_split, tmp_path
+):
+    from conftest import run_command
+
+    split = make_split(
+        tmp_path / "split", {"vid": {"frames": ["00000"], "expressions": {"0": "x"}}}
+    )
+    proc = run_command(
+        "--cpu", f"data.root={split}", f"work_dir={tmp_path / 'work'}",
+        f"submission_dir={tmp_path / 'submissions'}", *hub_overrides,
+        "stage2.checkpoint=hf://tiny/gated/weights_propagating.pt",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    (line,) = [line for line in proc.stderr.splitlines() if "cannot start" in line]
+    assert line.endswith(
+        "cannot start: stage2.checkpoint=hf://tiny/gated/weights_propagating.pt: tiny/gated is a "
+        "gated repository this account cannot read; request access on "
+        "https://huggingface.co/tiny/gated and log in with `hf auth login` (or set HF_TOKEN)"
+    )
+    assert not (tmp_path / "submissions" / "fused.zip").exists()
+    assert not list((tmp_path / "work").glob("stage*"))
