@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,23 +131,26 @@ def targets_of(names: Sequence[str], cfg: PipelineConfig) -> list[Target]:
     return list(unique.values())
 
 
-def fetcher(kind: str) -> Callable[..., Path]:
-    """``fetch(value, force=...)`` for a kind of target (what a run's loader resolves)."""
+@dataclass(frozen=True)
+class FolderFiles:
+    """What a kind of target needs of a folder (:func:`rvos.weights.resolve_weights`'s
+    ``folder_files`` and ``optional_files``); a file target ignores it."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+def folder_files(kind: str) -> FolderFiles:
+    """What a run's loader reads of a folder of this kind."""
     if kind == "text_encoder":
         from stage1_referdino.build import TEXT_ENCODER_EXTRAS, TEXT_ENCODER_FILES
 
-        files, extras = TEXT_ENCODER_FILES, TEXT_ENCODER_EXTRAS
-    elif kind == "sam3":
+        return FolderFiles(TEXT_ENCODER_FILES, TEXT_ENCODER_EXTRAS)
+    if kind == "sam3":
         from stage2_sam2_refine.sam3 import HUB_FOLDER_EXTRAS, HUB_FOLDER_FILES
 
-        files, extras = HUB_FOLDER_FILES, HUB_FOLDER_EXTRAS
-    else:
-        files, extras = ("*",), ()
-
-    def fetch(value: str, *, force: bool = False) -> Path:
-        return resolve_weights(value, folder_files=files, optional_files=extras, force=force)
-
-    return fetch
+        return FolderFiles(HUB_FOLDER_FILES, HUB_FOLDER_EXTRAS)
+    return FolderFiles(("*",))
 
 
 def check_released_copy(reference: HubReference, copy: Path) -> str | None:
@@ -177,19 +180,25 @@ def fetch_target(target: Target) -> Path:
             raise FileNotFoundError(f"{target.value}: no such file or folder")
         return path
     reference = parse_reference(target.value)
-    copy = released_copy(reference)
+    files = folder_files(target.kind)
+    copy = released_copy(reference, required=files.required)
     if copy is not None:
         problem = check_released_copy(reference, copy)
         if problem:
             raise WeightsError(target.value, problem)
         return copy
-    fetch = fetcher(target.kind)
+
+    def fetch(force: bool) -> Path:
+        return resolve_weights(
+            target.value, folder_files=files.required, optional_files=files.optional, force=force
+        )
+
     try:
-        return fetch(target.value)
+        return fetch(force=False)
     except ChecksumError as err:
         logger.warning("%s; fetching it again", err)
     try:
-        return fetch(target.value, force=True)
+        return fetch(force=True)
     except ChecksumError as err:
         forget_cached(err.blob)
         raise WeightsError(

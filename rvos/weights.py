@@ -190,7 +190,7 @@ def resolve_weights(
     if not is_hub_reference(value):
         return Path(value).expanduser()
     reference = parse_reference(str(value))
-    released = released_copy(reference)
+    released = released_copy(reference, required=folder_files)
     if released is not None and not force:
         logger.info("%s: using %s", reference, released)
         return released
@@ -210,11 +210,14 @@ def checkpoint_setting_problem(
     return checkpoint_family_problem(path, key=key, family=family, hint=hint)
 
 
-def released_copy(reference: HubReference) -> Path | None:
-    """``checkpoints/<released name>`` when it is there (a folder for a folder reference)."""
+def released_copy(reference: HubReference, *, required: Sequence[str] = ()) -> Path | None:
+    """``checkpoints/<released name>`` when it is there: the file, or the folder with the
+    ``required`` files (paths; patterns are not checked) of a folder reference."""
     candidate = RELEASED_DIR / reference.released_name
-    found = candidate.is_dir() if reference.is_folder else candidate.is_file()
-    return candidate if found else None
+    if not reference.is_folder:
+        return candidate if candidate.is_file() else None
+    complete = all((candidate / name).is_file() for name in required if not is_pattern(name))
+    return candidate if candidate.is_dir() and complete else None
 
 
 def is_pattern(text: str) -> bool:
@@ -334,11 +337,14 @@ def explain_hub_error(reference: HubReference, err: Exception) -> Exception:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
+    if isinstance(err, HFValidationError):
+        return WeightsError(str(reference), f"not a valid repository id ({err}); check it")
     if isinstance(err, GatedRepoError):  # before RepositoryNotFoundError: it is one
         return gated(reference)
     if isinstance(err, RepositoryNotFoundError):

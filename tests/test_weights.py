@@ -130,7 +130,15 @@ def test_a_copy_in_checkpoints_is_used_first(hub, tmp_path, monkeypatch):
     copy.write_bytes(b"made by download_ckpts.sh before")
     go_offline(monkeypatch)
     assert resolve_weights("hf://tiny/model/model.pt") == Path("checkpoints/model.pt")
+    # A folder (the repository's name) is used when it has the files the loader needs.
+    (tmp_path / "checkpoints" / "model").mkdir()
+    (tmp_path / "checkpoints" / "model" / "config.json").write_text("{}")
+    assert resolve_weights("hf://tiny/model/", folder_files=["config.json"]) == Path(
+        "checkpoints/model"
+    )
     assert hub.requests == []
+    with pytest.raises(WeightsError, match="not in the Hugging Face cache"):
+        resolve_weights("hf://tiny/model/", folder_files=["config.json", "model.pt"])
 
 
 def test_nothing_cached_while_offline_or_unreachable_is_one_line(hub, monkeypatch):
