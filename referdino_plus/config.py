@@ -209,6 +209,9 @@ class WeightsOptions:
     referdino: dict[str, str]
     sam2: dict[str, str]
 
+    def __post_init__(self) -> None:
+        check_declared(self)
+
 
 @dataclass
 class Sam2Choice:

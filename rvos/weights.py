@@ -253,8 +253,11 @@ def fetch(
                 force_download=force,
             )
         )
-    except Exception as err:  # noqa: BLE001 - explain_hub_error re-raises what it does not know
-        raise explain_hub_error(reference, err) from None
+    except Exception as err:
+        explained = explain_hub_error(reference, err)
+        if explained is err:  # not one the user can act on: with its traceback
+            raise
+        raise explained from None
     commit = snapshot.name
     local = snapshot / reference.path
     present = sorted(

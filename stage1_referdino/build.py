@@ -297,8 +297,8 @@ def text_encoder_problem(source: Path | str) -> str | None:
     if not isinstance(cached, str):
         return (
             f"BERT tokenizer/config {str(source)!r} not found (looked next to the model YAML, in "
-            f"{CHECKPOINT_DIR}/ and the local Hugging Face cache): run "
-            "`bash download_ckpts.sh bert`"
+            f"{CHECKPOINT_DIR}/ and the local Hugging Face cache): name it by hub reference "
+            "(hf://<owner>/<repo>/, fetched when needed) or run `bash download_ckpts.sh bert`"
         )
     return None
 

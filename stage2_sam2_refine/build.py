@@ -44,7 +44,10 @@ SAM2_MODEL_CONFIGS = {
     "sam2.1_hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 
-CHECKPOINT_HINT = "run download_ckpts.sh to fetch the SAM 2.1 checkpoints into checkpoints/"
+CHECKPOINT_HINT = (
+    "run `bash download_ckpts.sh sam2` to fetch the SAM 2.1 checkpoints, or name one by its hub "
+    "reference (hf://facebook/sam2.1-hiera-large/sam2.1_hiera_large.pt)"
+)
 
 
 def resolve_sam2_config(model: str | os.PathLike) -> Path:
