@@ -149,8 +149,11 @@ def _stage1_problems(cfg: PipelineConfig) -> list[str]:
         except FileNotFoundError as err:
             problem = str(err)
         except WeightsError as err:  # a hub reference: the key that names it
-            where = "stage1.text_encoder" if options.text_encoder else "text_encoder_type"
-            problem = f"{where}={err}"
+            problem = (
+                f"stage1.text_encoder={err}"
+                if options.text_encoder
+                else f"stage1.model={options.model}: text_encoder_type={err}"
+            )
         problems += [problem] if problem else []
     problem = checkpoint_setting_problem(
         options.checkpoint, key="stage1.checkpoint", family="ReferDINO", hint=DOWNLOAD_HINT

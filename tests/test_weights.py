@@ -382,6 +382,13 @@ def test_every_failure_is_one_line_before_anything_loads(tiny_hub, hub_overrides
         and "`bash download_ckpts.sh hf://tiny/referdino/referdino_checkpoint.pth`" in p
         for p in listed
     )
+    # The released defaults, none of them cached: each named with its key.
+    listed = model_problems(load_config(), stages=(1, 2))
+    assert [p.split(": not in the Hugging Face cache")[0] for p in listed] == [
+        "stage1.model=mevis_swinb: text_encoder_type=hf://google-bert/bert-base-uncased/",
+        "stage1.checkpoint=hf://liangtm/referdino/mevis_swinb.pth",
+        "stage2.checkpoint=hf://facebook/sam2.1-hiera-large/sam2.1_hiera_large.pt",
+    ]
 
 
 @pytest.mark.slow
