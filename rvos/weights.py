@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from tqdm.auto import tqdm
+
 from rvos.checkpoints import CheckpointError, checkpoint_family_problem
 
 logger = logging.getLogger(__name__)
@@ -244,6 +246,7 @@ def fetch(
         patterns = required + [reference.path + name for name in optional_files]
     else:
         required = patterns = [reference.path]
+    quiet = not force and is_cached(reference, [p for p in required if not is_pattern(p)])
     try:
         snapshot = Path(
             snapshot_download(
@@ -251,6 +254,7 @@ def fetch(
                 revision=reference.revision,
                 allow_patterns=patterns,
                 force_download=force,
+                tqdm_class=QuietProgress if quiet else None,
             )
         )
     except Exception as err:
@@ -276,6 +280,27 @@ def fetch(
     verify_snapshot(reference, snapshot, present)
     logger.info("%s: %s (commit %s)", reference, local, commit[:12])
     return local
+
+
+def is_cached(reference: HubReference, paths: Sequence[str]) -> bool:
+    """Whether the cache holds ``paths`` (in the repository) at the reference's revision as it
+    last resolved (then a run shows no download progress for them)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(
+        isinstance(
+            try_to_load_from_cache(reference.repo_id, path, revision=reference.revision), str
+        )
+        for path in paths
+    )
+
+
+class QuietProgress(tqdm):
+    """A progress bar that shows nothing (``snapshot_download``'s, for files already cached)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
 
 
 def missing_files(reference: HubReference, commit: str, missing: Sequence[str]) -> WeightsError:
