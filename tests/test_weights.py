@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT
 from hub_stand_in import StandInHub, StandInRepo
 
 from rvos import weights
 from rvos.weights import ChecksumError, HubReference, WeightsError, parse_reference, resolve_weights
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_stand_in"
 
 
@@ -295,11 +295,9 @@ def hub_overrides(fixtures_dir) -> list[str]:
 
 
 def run_pipeline_demo_and_app(
-    name: str, tmp_path: Path, fixtures_dir: Path, split: Path, overrides: list[str]
+    run_command, name: str, tmp_path: Path, fixtures_dir: Path, split: Path, overrides: list[str]
 ) -> tuple[bytes, bytes, bytes]:
     """A pipeline run, a demo and an app job on the tiny models: their fused masks."""
-    from conftest import run_command
-
     from referdino_plus.app import CONFIGURED_SAM2, App, JobRequest
     from referdino_plus.config import load_config
 
@@ -328,18 +326,22 @@ def run_pipeline_demo_and_app(
 
 @pytest.mark.slow
 def test_pipeline_demo_and_app_run_from_hub_references_then_offline(
-    tiny_hub, hub_overrides, fixtures_dir, make_split, tmp_path, monkeypatch
+    tiny_hub, hub_overrides, fixtures_dir, make_split, tmp_path, monkeypatch, run_cli
 ):
     split = make_split(
         tmp_path / "split",
         {"vid": {"frames": ["00000", "00001"], "expressions": {"0": "the dog"}}},
         size=(48, 64),
     )
-    online = run_pipeline_demo_and_app("online", tmp_path, fixtures_dir, split, hub_overrides)
+    online = run_pipeline_demo_and_app(
+        run_cli, "online", tmp_path, fixtures_dir, split, hub_overrides
+    )
     assert storage_gets(tiny_hub) == 2  # each weight file downloaded once, then from the cache
     tiny_hub.stop()
     go_offline(monkeypatch)
-    offline = run_pipeline_demo_and_app("offline", tmp_path, fixtures_dir, split, hub_overrides)
+    offline = run_pipeline_demo_and_app(
+        run_cli, "offline", tmp_path, fixtures_dir, split, hub_overrides
+    )
     assert online[0] == offline[0]  # the same weights: the same archive
     assert all(online) and all(offline)
 
@@ -393,14 +395,12 @@ def test_every_failure_is_one_line_before_anything_loads(tiny_hub, hub_overrides
 
 @pytest.mark.slow
 def test_a_refused_run_prints_one_line_per_problem_and_computes_nothing(
-    tiny_hub, hub_overrides, make_split, tmp_path
+    tiny_hub, hub_overrides, make_split, tmp_path, run_cli
 ):
-    from conftest import run_command
-
     split = make_split(
         tmp_path / "split", {"vid": {"frames": ["00000"], "expressions": {"0": "x"}}}
     )
-    proc = run_command(
+    proc = run_cli(
         "--cpu", f"data.root={split}", f"work_dir={tmp_path / 'work'}",
         f"submission_dir={tmp_path / 'submissions'}", *hub_overrides,
         "stage2.checkpoint=hf://tiny/gated/weights_propagating.pt",
