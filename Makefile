@@ -95,8 +95,10 @@ wheelhouse: $(PY)
 # On a machine with a CUDA GPU: speed, agreement and fallbacks at real size, the tests marked gpu
 # (tests/gpu); the figures are printed at the end. Without a GPU they skip, saying why. No pytest
 # plug-ins of the machine are loaded; xunit1: each comparison's measured values in the junit file.
+# The check makes its own random-weight models and fetches nothing: the Hugging Face Hub is
+# offline for it (HF_HUB_OFFLINE=1), as on a node without internet.
 gpu-check:
-	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(GPU_CHECK_PYTHON) benchmarks/wheelhouse.py run \
+	HF_HUB_OFFLINE=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(GPU_CHECK_PYTHON) benchmarks/wheelhouse.py run \
 	    --wheelhouse $(WHEELHOUSE) -- -m pytest -m gpu tests/gpu --durations=0 \
 	    --junitxml=$(GPU_CHECK_REPORT) -o junit_family=xunit1 $(GPU_CHECK_PYTEST_ARGS)
 

@@ -246,6 +246,20 @@ KEY_ALIASES = {
 
 
 @dataclass
+class WeightsOptions:
+    """The ``weights`` section: the released weights by group (``bash download_ckpts.sh
+    <group>``), each a name -> its hub reference or path; the other sections name them."""
+
+    SECTION = "weights"
+
+    referdino: dict[str, str]
+    sam2: dict[str, str]
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+@dataclass
 class Sam2Choice:
     """One SAM 2 size offered by the app's page (an entry of ``app.sam2_models``)."""
 
@@ -289,6 +303,7 @@ class PipelineConfig:
     name: str
     work_dir: str
     submission_dir: str
+    weights: WeightsOptions
     data: DataOptions
     stage1: Stage1Options
     stage2: Stage2Options

@@ -24,11 +24,11 @@ from pathlib import Path
 from referdino_plus.config import PipelineConfig
 from referdino_plus.stages import STAGES, get_stage
 from rvos.archive import build_archive_writer
-from rvos.checkpoints import checkpoint_family_problem
 from rvos.frames import check_frames
 from rvos.mevis import DataError, object_masks_problem
 from rvos.proposals import check_answer_rule
 from rvos.splits import Split
+from rvos.weights import WeightsError, checkpoint_setting_problem
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,14 @@ def _stage1_problems(cfg: PipelineConfig) -> list[str]:
             problem = text_encoder_problem(source)
         except FileNotFoundError as err:
             problem = str(err)
+        except WeightsError as err:  # a hub reference: the key that names it
+            problem = (
+                f"stage1.text_encoder={err}"
+                if options.text_encoder
+                else f"stage1.model={options.model}: text_encoder_type={err}"
+            )
         problems += [problem] if problem else []
-    problem = checkpoint_family_problem(
+    problem = checkpoint_setting_problem(
         options.checkpoint, key="stage1.checkpoint", family="ReferDINO", hint=DOWNLOAD_HINT
     )
     if problem is None and not problems:

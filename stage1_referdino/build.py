@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase
 
 from rvos.checkpoints import load_weights
 from rvos.options import INT64_MAX, OptionError, autocast_to_dtype, bounded, check_declared
+from rvos.weights import is_hub_reference, resolve_weights
 
 from .model.lora import LoRALinear, merge_lora_
 from .model.position_encoding import PositionEmbeddingSineHW
@@ -73,6 +74,8 @@ TEXT_ENCODER_FILES = ("config.json", "vocab.txt")
 MAX_LAYERS = 100
 # Swin stages: the pixel decoder and the transformer read all four (return_interm_indices).
 SWIN_STAGES = 4
+# Fetched with them from a hub folder when it has them (not its weights: they are in the checkpoint).
+TEXT_ENCODER_EXTRAS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Mask decoder layers are built with the decoder layer's defaults in ReferDINO (not from the config).
 MASK_DECODER_FFN_DIM = 1024
 MASK_DECODER_ACTIVATION = "relu"
@@ -314,10 +317,23 @@ def load_model_config(model_cfg: str | os.PathLike | Mapping[str, Any]) -> tuple
 def resolve_text_encoder(text_encoder_type: str | os.PathLike, base_dir: Path) -> Path | str:
     """Where to read the BERT tokenizer and config from.
 
-    Order: an existing absolute path; ``base_dir / text_encoder_type``;
+    A hub reference (``hf://<owner>/<repo>[@<revision>]/[<folder>/]``) is the folder it resolves
+    to (:func:`rvos.weights.resolve_weights`: ``checkpoints/<repo name>`` when there, else its
+    :data:`TEXT_ENCODER_FILES` in the Hugging Face cache, fetched and checked). Otherwise, in
+    order: an existing absolute path; ``base_dir / text_encoder_type``;
     ``checkpoints/<text_encoder_type>`` under the working directory; otherwise the name itself
     (loaded from the local Hugging Face cache only, never downloaded).
+
+    Raises:
+        FileNotFoundError: an absolute path that is not a folder.
+        rvos.weights.WeightsError: a hub reference that cannot be resolved (one line).
     """
+    if is_hub_reference(text_encoder_type):
+        return resolve_weights(
+            text_encoder_type,
+            folder_files=TEXT_ENCODER_FILES,
+            optional_files=TEXT_ENCODER_EXTRAS,
+        )
     candidate = Path(text_encoder_type).expanduser()
     if candidate.is_absolute():
         if not candidate.is_dir():
@@ -352,8 +368,8 @@ def text_encoder_problem(source: Path | str) -> str | None:
     if not isinstance(cached, str):
         return (
             f"BERT tokenizer/config {str(source)!r} not found (looked next to the model YAML, in "
-            f"{CHECKPOINT_DIR}/ and the local Hugging Face cache): run "
-            "`bash download_ckpts.sh bert`"
+            f"{CHECKPOINT_DIR}/ and the local Hugging Face cache): name it by hub reference "
+            "(hf://<owner>/<repo>/, fetched when needed) or run `bash download_ckpts.sh bert`"
         )
     return None
 
@@ -461,8 +477,9 @@ def build_referdino(
 
 
 def read_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``model_state_dict`` of a ReferDINO checkpoint (``weights_only`` load, on CPU)."""
-    path = Path(checkpoint)
+    """``model_state_dict`` of a ReferDINO checkpoint (``weights_only`` load, on CPU); a hub
+    reference is resolved first (:func:`rvos.weights.resolve_weights`)."""
+    path = resolve_weights(checkpoint)
     # memory-mapped: the tensors are only read once, when copied into the model
     content = load_weights(path, what="ReferDINO checkpoint", hint=DOWNLOAD_HINT, mmap=True)
     if not isinstance(content, dict) or "model_state_dict" not in content:
@@ -565,14 +582,17 @@ def load_referdino(
 
     Args:
         model_cfg: config name in ``configs/referdino/``, YAML path, or dict.
-        checkpoint: file with ``{"model_state_dict": ...}``.
-        text_encoder: tokenizer + BERT config folder (or cached hub name); overrides the config's
-            ``text_encoder_type``.
+        checkpoint: file with ``{"model_state_dict": ...}``, or its hub reference
+            (``hf://<owner>/<repo>[@<revision>]/<path>``).
+        text_encoder: tokenizer + BERT config folder, its hub reference (``hf://.../``), or a
+            cached hub name; overrides the config's ``text_encoder_type``.
         device: where to run.
         autocast: mixed precision on CUDA ("float16", "bfloat16" or None); CPU stays float32.
 
     Raises:
         FileNotFoundError: missing config, checkpoint or text encoder files.
+        rvos.weights.WeightsError: a hub reference that cannot be resolved (offline and not
+            cached, gated, a checksum mismatch, unknown).
         RuntimeError: the checkpoint's keys or shapes differ from the architecture.
     """
     values, base_dir = load_model_config(model_cfg)

@@ -27,6 +27,7 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from sam2.build_sam import build_sam2_video_predictor
 
 from rvos.checkpoints import load_weights
+from rvos.weights import resolve_weights
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,10 @@ SAM2_MODEL_CONFIGS = {
     "sam2.1_hiera_l": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 
-CHECKPOINT_HINT = "run download_ckpts.sh to fetch the SAM 2.1 checkpoints into checkpoints/"
+CHECKPOINT_HINT = (
+    "run `bash download_ckpts.sh sam2` to fetch the SAM 2.1 checkpoints, or name one by its hub "
+    "reference (hf://facebook/sam2.1-hiera-large/sam2.1_hiera_large.pt)"
+)
 
 
 def resolve_sam2_config(model: str | os.PathLike) -> Path:
@@ -198,17 +202,20 @@ def build_sam2_predictor(
 
     Args:
         model: ``sam2.1_hiera_{t,s,b+,l}`` or a SAM 2 YAML path.
-        checkpoint: ``{"model": state_dict}`` file, loaded strictly with ``weights_only=True``.
+        checkpoint: ``{"model": state_dict}`` file, loaded strictly with ``weights_only=True``,
+            or its hub reference (``hf://<owner>/<repo>[@<revision>]/<path>``, resolved by
+            :func:`rvos.weights.resolve_weights`).
         device: where the model runs.
         predictor_cls: :class:`SharedFeatureVideoPredictor` or a subclass of it.
         apply_postprocessing: SAM 2's default video options (see :func:`instantiate_sam2`).
         overrides: extra ``model.<key>`` settings, e.g. a tracker's hyper-parameters.
     Raises:
         FileNotFoundError: unknown model, or a missing checkpoint (naming ``download_ckpts.sh``).
+        rvos.weights.WeightsError: a hub reference that cannot be resolved (one line).
     """
     if not issubclass(predictor_cls, SharedFeatureVideoPredictor):
         raise TypeError(f"{predictor_cls} is not a SharedFeatureVideoPredictor")
-    checkpoint_path = Path(checkpoint).expanduser()
+    checkpoint_path = resolve_weights(checkpoint)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"SAM 2 checkpoint {checkpoint_path} not found; {CHECKPOINT_HINT}")
     predictor = instantiate_sam2(

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rvos.checkpoints import checkpoint_family_problem
 from rvos.options import CacheDevice, autocast_to_dtype
+from rvos.weights import checkpoint_setting_problem
 from stage2_sam2_refine.build import build_sam2_predictor, resolve_sam2_config
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.predictor import SharedFeatureVideoPredictor, VideoSession
@@ -225,13 +225,14 @@ def build(options: Stage2Options, *, device: str | torch.device = "cpu") -> Sam2
 def model_problems(options: Stage2Options, *, hint: str) -> list[str]:
     """What stops SAM 2 from loading, found without loading it: an unknown ``stage2.model``, a
     missing or unreadable ``stage2.checkpoint``, or one of another model family (only the file's
-    index is read; ``hint``: how to get it)."""
+    index is read; ``hint``: how to get it); a hub reference is resolved first (fetched if
+    needed, checked against the hub: :func:`rvos.weights.resolve_weights`)."""
     problems = []
     try:
         resolve_sam2_config(options.model)
     except FileNotFoundError as err:
         problems.append(f"stage2.model={options.model}: {err}")
-    problem = checkpoint_family_problem(
+    problem = checkpoint_setting_problem(
         options.checkpoint, key="stage2.checkpoint", family="SAM 2", hint=hint
     )
     return problems + ([problem] if problem else [])

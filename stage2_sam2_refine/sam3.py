@@ -27,8 +27,10 @@ when needed: the same features). The tracking itself is transformers' code, unch
 masks are bit-identical to its own propagation on a fresh session (tested).
 
 Weights: a transformers folder (``config.json``, ``*.safetensors``, the processor's
-``processor_config.json``) or a hub id (``facebook/sam3``, gated); :func:`checkpoint_problem` says
-in one line what is wrong with either before anything loads.
+``processor_config.json``), a hub reference to one (``hf://facebook/sam3/``, gated: fetched into
+the Hugging Face cache and checked by :mod:`rvos.weights`), or a hub id (``facebook/sam3``, read
+by transformers); :func:`checkpoint_problem` says in one line what is wrong with any of them
+before anything loads.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from PIL import Image
 
 from rvos.checkpoints import CheckpointError
 from rvos.options import CacheDevice, autocast_to_dtype
+from rvos.weights import WeightsError, is_hub_reference, resolve_weights
 from stage2_sam2_refine.options import Stage2Options
 from stage2_sam2_refine.tracker import (
     Frame,
@@ -73,6 +76,10 @@ MODEL_NAMES = ("sam3",)
 MODEL_TYPES = ("sam3_tracker_video", "sam3_video")
 # Files a processor saved by transformers may come as (one is enough).
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# What a hub folder reference (hf://<owner>/<repo>/) fetches: the config and the safetensors
+# weights, with the processor's and tokenizer's small files (not the original .pt checkpoint).
+HUB_FOLDER_FILES = ("config.json", "*.safetensors")
+HUB_FOLDER_EXTRAS = ("*.json", "*.txt")
 RELEASED_REPO = "facebook/sam3"
 ACCESS_HINT = (
     f"request access on https://huggingface.co/{RELEASED_REPO}, run `hf auth login`, or point "
@@ -107,6 +114,11 @@ def checkpoint_problem(options: Stage2Options) -> str | None:
         return problem
     source = options.checkpoint
     where = f"stage2.checkpoint={source}"
+    if is_hub_reference(source):
+        try:
+            return _folder_problem(hub_folder(source), where)
+        except WeightsError as err:
+            return f"stage2.checkpoint={err}"
     path = Path(source).expanduser()
     if path.is_file():
         return (
@@ -140,6 +152,18 @@ def _transformers_problem() -> str | None:
             "`pip install -c constraints.txt transformers`"
         )
     return None
+
+
+def hub_folder(reference: str) -> Path:
+    """The local folder of a hub reference to SAM 3's weights (``hf://facebook/sam3/``),
+    fetched and checked (:func:`rvos.weights.resolve_weights`).
+
+    Raises:
+        WeightsError: one line (offline and not cached, gated, checksum, unknown).
+    """
+    return resolve_weights(
+        reference, folder_files=HUB_FOLDER_FILES, optional_files=HUB_FOLDER_EXTRAS
+    )
 
 
 def _folder_problem(folder: Path, where: str) -> str | None:
@@ -213,7 +237,8 @@ def _hub_config(repo_id: str, where: str) -> tuple[dict[str, Any], str | None]:
 
 
 def load_sam3(source: str) -> tuple[Sam3TrackerVideoModel, Sam3TrackerVideoProcessor]:
-    """SAM 3's tracker and its processor from a folder or a hub id, on the CPU, in eval mode.
+    """SAM 3's tracker and its processor from a folder, a hub reference (``hf://.../``) or a hub
+    id, on the CPU, in eval mode.
 
     Raises:
         CheckpointError: weights of the tracker missing from the checkpoint (transformers would
@@ -221,6 +246,8 @@ def load_sam3(source: str) -> tuple[Sam3TrackerVideoModel, Sam3TrackerVideoProce
     """
     from transformers import Sam3TrackerVideoModel, Sam3TrackerVideoProcessor
 
+    if is_hub_reference(source):
+        source = str(hub_folder(source))
     model, info = Sam3TrackerVideoModel.from_pretrained(source, output_loading_info=True)
     missing = sorted(info["missing_keys"])
     if missing:

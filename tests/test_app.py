@@ -175,7 +175,7 @@ def test_job_config_follows_the_page(tmp_path):
     cfg = app.job_config(request_for(Path("x"), sam2="small", prompt="box", tracker="samurai"))
     assert (cfg.stage2.model, cfg.stage2.checkpoint) == (
         "sam2.1_hiera_s",
-        "checkpoints/sam2.1_hiera_small.pt",
+        "hf://facebook/sam2.1-hiera-small/sam2.1_hiera_small.pt",
     )
     assert (str(cfg.stage2.prompt), str(cfg.stage2.tracker)) == ("box", "samurai")
     assert str(app.cfg.stage2.prompt) == "mask"  # the server's configuration is left as it was

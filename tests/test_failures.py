@@ -373,26 +373,10 @@ def test_atomic_files_and_temporary_folders_follow_the_umask(tmp_path):
 # ----------------------------------------------------------------------------- weights
 
 
-def test_download_failures_are_counted_and_leave_nothing_behind(tmp_path):
-    if shutil.which("curl") is None and shutil.which("wget") is None:
-        pytest.fail("download_ckpts.sh needs curl or wget (installed by .ci/run)")
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    (mirror / "config.json").write_text('{"model_type": "bert"}')
-    env = {**os.environ, "CKPT_DIR": str(tmp_path / "ckpt"), "BERT_URL": mirror.as_uri()}
-    proc = subprocess.run(
-        ["bash", str(PROJECT_ROOT / "download_ckpts.sh"), "bert"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert "downloaded 1, already there 0, failed 3" in proc.stdout
-    assert proc.stderr.count("FAILED") == 3 and "vocab.txt" in proc.stderr
+def test_an_incomplete_bert_folder_says_to_fetch_it_again(tmp_path):
     bert = tmp_path / "ckpt" / "bert-base-uncased"
-    assert sorted(p.name for p in bert.iterdir()) == ["config.json"]
-    assert not (tmp_path / "ckpt" / ".partial").exists()
+    bert.mkdir(parents=True)
+    (bert / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(
         FileNotFoundError,
         match=r"incomplete \(missing vocab.txt\): rerun `bash download_ckpts.sh bert`",

@@ -348,13 +348,13 @@ def one_line(text: str | None) -> str:
 
 def test_released_weights_are_the_default_and_a_folder_overrides(tmp_path):
     cfg = load_config(["stage2.tracker=sam3"])
-    assert (cfg.stage2.model, cfg.stage2.checkpoint) == ("sam3", "facebook/sam3")
+    assert (cfg.stage2.model, cfg.stage2.checkpoint) == ("sam3", "hf://facebook/sam3/")
     cfg = load_config(["stage2.tracker=sam3", f"stage2.checkpoint={tmp_path}"])
     assert (cfg.stage2.model, cfg.stage2.checkpoint) == ("sam3", str(tmp_path))
     sam2 = load_config()
     assert (sam2.stage2.model, sam2.stage2.checkpoint) == (
         "sam2.1_hiera_l",
-        "checkpoints/sam2.1_hiera_large.pt",
+        "hf://facebook/sam2.1-hiera-large/sam2.1_hiera_large.pt",
     )
     saved = to_yaml(compose_config(["stage2.tracker=sam3"]))  # as work_dir/config.yaml
     assert "${" not in saved
@@ -553,7 +553,7 @@ def test_the_app_offers_sam3_with_its_released_weights(tmp_path):
     stage2 = app.job_config(request).stage2
     assert (stage2.model, stage2.checkpoint, str(stage2.tracker)) == (
         "sam3",
-        "facebook/sam3",
+        "hf://facebook/sam3/",
         "sam3",
     )
     samurai = app.job_config(dataclasses.replace(request, tracker="samurai")).stage2
@@ -565,7 +565,10 @@ def test_the_app_offers_sam3_with_its_released_weights(tmp_path):
     app = app_with("stage2.tracker=sam3", f"stage2.checkpoint={folder}")
     assert app.job_config(request).stage2.checkpoint == str(folder)
     sam2 = app.job_config(dataclasses.replace(request, tracker="sam2")).stage2
-    assert (sam2.model, sam2.checkpoint) == ("sam2.1_hiera_l", "checkpoints/sam2.1_hiera_large.pt")
+    assert (sam2.model, sam2.checkpoint) == (
+        "sam2.1_hiera_l",
+        "hf://facebook/sam2.1-hiera-large/sam2.1_hiera_large.pt",
+    )
 
 
 @pytest.mark.slow

@@ -121,7 +121,7 @@ MEVIS_SWINB = {
     "dec_pred_bbox_embed_share": True,
     "embed_init_tgt": True,
     "max_text_len": 256,
-    "text_encoder_type": "bert-base-uncased",
+    "text_encoder_type": "hf://google-bert/bert-base-uncased/",  # ReferDINO's: bert-base-uncased
     "use_text_enhancer": True,
     "use_fusion_layer": True,
     "use_text_cross_attention": True,

@@ -18,6 +18,7 @@ from referdino_plus.launchers.slurm.finish import finish_recorded_run
 from referdino_plus.launchers.slurm.record import SubmittedRun
 from referdino_plus.launchers.slurm.task import ShardTask, code_environment
 from referdino_plus.pipeline import PipelineError
+from rvos.weights import is_hub_reference
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> dict[str, str]:
             paths["stage2.checkpoint"] = checkpoint
         if Path(cfg.stage2.model).suffix in (".yaml", ".yml"):
             paths["stage2.model"] = cfg.stage2.model
-    return paths
+    # A hub reference (hf://...) names no file here either: the same shared cache (HF_HOME).
+    return {key: value for key, value in paths.items() if not is_hub_reference(value)}
 
 
 def check_cluster_paths(cfg: PipelineConfig, stages: Sequence[int]) -> None:
