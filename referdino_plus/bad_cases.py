@@ -42,6 +42,7 @@ from rvos.progress import progress_bar
 if TYPE_CHECKING:
     from referdino_plus.config import BadCaseOptions, PipelineConfig
     from rvos.archive_layouts import MemberLayout
+    from rvos.archive_limits import ArchiveLimits
     from rvos.archive_reader import PredictionArchive
     from rvos.scores import BenchmarkResult
     from rvos.splits import Split, Video
@@ -139,13 +140,18 @@ def find_spatial(split: Split, words: Sequence[str]) -> list[SpatialExpression]:
 
 
 def archive_bad_cases(
-    pred: Path, split: Split, options: BadCaseOptions, evaluation: BenchmarkResult | None
+    pred: Path,
+    split: Split,
+    options: BadCaseOptions,
+    evaluation: BenchmarkResult | None,
+    limits: ArchiveLimits | None = None,
 ) -> BadCases:
-    """The bad cases of an archive of ``split`` (see the module docstring)."""
+    """The bad cases of an archive of ``split`` (see the module docstring), read within
+    ``limits`` (``None``: ``evaluation.limits`` of ``configs/pipeline.yaml``)."""
     from rvos.archive_layouts import open_archive
 
     found = BadCases(settings=settings(options))
-    with open_archive(pred) as (archive, layout):
+    with open_archive(pred, limits=limits) as (archive, layout):
         for video_id, video in progress_bar(
             split.videos.items(), desc="bad cases", unit="video", leave=False
         ):
@@ -219,8 +225,16 @@ def main(argv: Sequence[str]) -> int:
         split = Split(cfg.data.root, cfg.data.layout)
         evaluation = None
         if cfg.data.metric and split.has_ground_truth and cfg.bad_cases.worst:
-            evaluation = evaluate(cfg.data.metric, args.pred, split, jobs=cfg.evaluation.jobs)
-        found = archive_bad_cases(args.pred, split, cfg.bad_cases, evaluation)
+            evaluation = evaluate(
+                cfg.data.metric,
+                args.pred,
+                split,
+                jobs=cfg.evaluation.jobs,
+                limits=cfg.evaluation.limits,
+            )
+        found = archive_bad_cases(
+            args.pred, split, cfg.bad_cases, evaluation, cfg.evaluation.limits
+        )
     except (ValueError, OSError) as err:
         logger.error("%s", err)
         return 1

@@ -122,7 +122,7 @@ def ensemble(
         if with_split:
             split = Split(cfg.data.root, cfg.data.layout)
             expected = split_inventory(split, MEMBER_LAYOUTS.lookup(cfg.data.archive))
-        plan = plan_ensemble(archives, weights, expected=expected)
+        plan = plan_ensemble(archives, weights, expected=expected, limits=cfg.evaluation.limits)
         count = write_ensemble(
             plan,
             out,

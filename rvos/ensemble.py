@@ -43,6 +43,7 @@ from rvos.archive_layouts import (
     open_archive,
     survey,
 )
+from rvos.archive_limits import ArchiveLimits, default_limits
 from rvos.archive_reader import decode_png
 from rvos.davis import decode_label_png
 from rvos.masks import RunLengthBuilder, RunLengthMasks
@@ -132,6 +133,7 @@ class EnsemblePlan:
         inventory: what every archive holds (all the same), in the order to write it.
         sizes: ``{video_id: (H, W)}``.
         objects: label layouts: ``{(video_id, anno_<k>): n}``, the objects ``1..n`` voted on.
+        limits: what each archive may hold (archives may come from anyone).
     """
 
     paths: tuple[Path, ...]
@@ -139,6 +141,7 @@ class EnsemblePlan:
     inventory: Inventory
     sizes: dict[str, tuple[int, int]]
     objects: dict[tuple[str, str], int]
+    limits: ArchiveLimits
 
     @property
     def layout(self) -> MemberLayout:
@@ -146,7 +149,11 @@ class EnsemblePlan:
 
 
 def plan_ensemble(
-    paths: Sequence[str | Path], weights: Sequence[float], *, expected: Inventory | None = None
+    paths: Sequence[str | Path],
+    weights: Sequence[float],
+    *,
+    expected: Inventory | None = None,
+    limits: ArchiveLimits | None = None,
 ) -> EnsemblePlan:
     """Check that the archives can be ensembled; nothing is written.
 
@@ -155,6 +162,8 @@ def plan_ensemble(
         weights: one per archive.
         expected: what each archive must hold (a split's, :func:`rvos.archive_layouts.
             split_inventory`); ``None``: what the first archive holds.
+        limits: what each archive may hold (``None``: ``evaluation.limits`` of
+            ``configs/pipeline.yaml``).
     Raises:
         EnsembleError: wrong weights, or the first difference between the archives (layout,
             videos, expressions or annotators, frames, frame sizes; label layouts with a split:
@@ -168,7 +177,8 @@ def plan_ensemble(
             f"weights: {len(weights)} weight(s) for {len(paths)} archive(s); give one per archive"
         )
     integers = integer_weights(weights)
-    inventories = [_inventory(path) for path in paths]
+    limits = limits or default_limits()
+    inventories = [_inventory(path, limits) for path in paths]
     _check_layouts(inventories, expected)
     reference = expected or inventories[0]
     check_frames_agree(reference)
@@ -179,7 +189,7 @@ def plan_ensemble(
     sizes: dict[str, tuple[int, int]] | None = None
     max_labels: dict[tuple[str, str], int] = {}
     for path, inventory in zip(paths, inventories, strict=True):
-        with open_archive(path, inventory.layout) as (archive, _):
+        with open_archive(path, inventory.layout, limits) as (archive, _):
             found = survey(archive, inventory, sizes=sizes, reference=str(paths[0]))
         sizes = sizes or found.sizes
         for key, label in found.max_labels.items():
@@ -189,11 +199,11 @@ def plan_ensemble(
     objects = {key: max(1, label) for key, label in max_labels.items()}
     if expected is not None:
         objects = {key: expected.objects[key] for key in objects}
-    return EnsemblePlan(paths, integers, reference, sizes, objects)
+    return EnsemblePlan(paths, integers, reference, sizes, objects, limits)
 
 
-def _inventory(path: Path) -> Inventory:
-    with open_archive(path) as (archive, layout):
+def _inventory(path: Path, limits: ArchiveLimits) -> Inventory:
+    with open_archive(path, limits=limits) as (archive, layout):
         return archive_inventory(archive, layout)
 
 
@@ -243,7 +253,9 @@ def voted_masks(plan: EnsemblePlan, video_id: str) -> tuple[list[str], dict[str,
     layout = plan.layout
     masks: dict[str, RunLengthMasks] = {}
     with contextlib.ExitStack() as stack:
-        archives = [stack.enter_context(open_archive(p, layout))[0] for p in plan.paths]
+        archives = [
+            stack.enter_context(open_archive(p, layout, plan.limits))[0] for p in plan.paths
+        ]
         for group in plan.inventory.videos[video_id]:
             count = plan.objects.get((video_id, group), 0)
             builder = RunLengthBuilder(len(frames), (count, *size) if layout.labels else size)
