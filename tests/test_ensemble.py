@@ -227,9 +227,7 @@ def test_another_frame_size_is_refused_naming_it(tmp_path, capfd):
 
 def test_archives_are_read_within_the_evaluation_limits_given(tmp_path, capfd):
     a = write_mask_archive(tmp_path / "a.zip", random_masks(12), FRAMES)  # 16x12 frames
-    line = _refused(
-        capfd, a, a, "evaluation.limits.max_pixels=100", out=tmp_path / "out" / "e.zip"
-    )
+    line = _refused(capfd, a, a, "evaluation.limits.max_pixels=100", out=tmp_path / "out" / "e.zip")
     assert "evaluation.limits.max_pixels=100" in line and "16x12" in line
 
 
