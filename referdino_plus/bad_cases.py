@@ -18,7 +18,6 @@ as empty.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from rvos.bad_cases import (
     worst_scores,
 )
 from rvos.intermediates import IntermediateError
+from rvos.io import write_json
 from rvos.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -239,8 +239,11 @@ def main(argv: Sequence[str]) -> int:
         logger.error("%s", err)
         return 1
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(found.to_json(), indent=1))
+        try:
+            write_json(args.json, found.to_json())
+        except OSError as err:
+            logger.error("%s", err)
+            return 1
         logger.info("bad cases written to %s", args.json)
     print(found.format())
     return 0

@@ -24,13 +24,13 @@ counted under the table and in the JSON (``unexpected_members``), not scored.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from rvos.archive_limits import SECTION, ArchiveLimits, limits_with_overrides
 from rvos.davis_metric import evaluate_davis17
+from rvos.io import write_json
 from rvos.metrics import DEFAULT_BOUND_TH
 from rvos.mevis_metric import evaluate_mevis, evaluate_mevis_v2
 from rvos.options import OptionError
@@ -183,8 +183,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", err)
         return 1
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_json(), indent=1))
+        try:
+            write_json(args.json, result.to_json())
+        except OSError as err:
+            logger.error("%s", err)
+            return 1
         logger.info("scores written to %s", args.json)
     print(result.format_table())
     if result.unexpected.count:

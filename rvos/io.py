@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import tempfile
 import unicodedata
@@ -139,6 +140,17 @@ def atomic_output(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # e.g. a folder made read-only meanwhile
             tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, document: object) -> None:
+    """``document`` as indented JSON at ``path``, whole or not at all (:func:`atomic_output`;
+    the folder is made).
+
+    Raises:
+        WriteError: naming ``path``.
+    """
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=1))
 
 
 def safe_component(name: str, what: str) -> str:

@@ -213,6 +213,15 @@ def test_a_metric_is_looked_up_by_name(split: Path, tmp_path: Path) -> None:
         evaluate("mevis3", pred, MevisSplit(split), jobs=1, progress=False)
 
 
+def test_scores_that_cannot_be_written_are_one_line(split: Path, tmp_path: Path) -> None:
+    pred = _write_folder(tmp_path / "pred", _perfect_files())
+    (tmp_path / "a_file").write_text("")
+    proc = _run(pred, "--data-root", split, "--json", tmp_path / "a_file" / "scores.json")
+    assert proc.returncode == 1
+    assert "a_file/scores.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
 def test_missing_mask_dict_is_a_clear_error(split: Path, tmp_path: Path) -> None:
     (split / "mask_dict.json").unlink()
     pred = _write_folder(tmp_path / "pred", _perfect_files())
