@@ -26,17 +26,13 @@ from typing import TYPE_CHECKING
 from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
 from referdino_plus.runtime import (
     command_line,
-    gpu_count,
     log_file_failed,
     log_to_file,
-    select_devices,
     setup_logging,
 )
 from referdino_plus.stages import STAGE_NUMBERS
 
 if TYPE_CHECKING:
-    from referdino_plus.config import PipelineConfig
-    from referdino_plus.launchers import Launcher
     from referdino_plus.pipeline import RunResult
 
 logger = logging.getLogger("referdino_plus")
@@ -112,10 +108,11 @@ def run_command(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     setup_logging(args.quiet)
     from referdino_plus.config import ConfigError, load_config
+    from referdino_plus.launchers import choose_launcher
 
     try:
         cfg = load_config(args.overrides)
-        launcher = choose_launcher(cfg, args)
+        launcher = choose_launcher(cfg, args.gids, args.cpu, args.stages)
     except (ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2
@@ -190,32 +187,6 @@ def report_result(result: RunResult, details: str = "") -> int:
         logger.error("the run did not complete: %s%s", where, details)
         return 1
     return 0
-
-
-def choose_launcher(cfg: PipelineConfig, args: argparse.Namespace) -> Launcher:
-    """The run's launcher (``launcher=...``), its settings checked before anything is written:
-    ``local`` on this machine's devices (``--gids``, ``--cpu``; neither: GPU 0, or the CPU),
-    another one on devices of its own.
-
-    Raises:
-        ValueError: ``--gids``/``--cpu`` with another launcher than ``local``, or a setting the
-            launcher cannot use (e.g. a path a cluster's nodes could not reach: relative).
-    """
-    from referdino_plus.config import LauncherKind
-    from referdino_plus.launchers import build_launcher
-
-    if cfg.launcher.name == LauncherKind.local:
-        devices = select_devices(args.gids, args.cpu, available=0 if args.cpu else gpu_count())
-    elif args.gids or args.cpu:
-        raise ValueError(
-            f"--gids and --cpu choose this machine's devices; with launcher={cfg.launcher.name}, "
-            "launcher.slurm.gpus_per_task sets each task's"
-        )
-    else:
-        devices = []
-    launcher = build_launcher(cfg, devices)
-    launcher.check_settings(args.stages)
-    return launcher
 
 
 def finish_command(argv: Sequence[str]) -> int:

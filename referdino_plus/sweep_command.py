@@ -72,15 +72,15 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parse_with_overrides(parser, argv, flag_overrides={"name": "name"})
     setup_logging(args.quiet)
-    from referdino_plus.cli import choose_launcher
     from referdino_plus.config import ConfigError
+    from referdino_plus.launchers import choose_launcher
     from referdino_plus.stages import STAGE_NUMBERS
     from referdino_plus.sweep import SweepError, plan_sweep
 
     try:
         plan = plan_sweep(args.overrides)
-        args.stages = list(STAGE_NUMBERS)  # a point runs the stages it needs of all of them
-        launcher = choose_launcher(plan.base, args)
+        # A point runs the stages it needs of all of them.
+        launcher = choose_launcher(plan.base, args.gids, args.cpu, list(STAGE_NUMBERS))
     except (SweepError, ConfigError, ValueError) as err:
         logger.error("%s", err)
         return 2

@@ -122,3 +122,31 @@ def build_launcher(cfg: PipelineConfig, devices: Sequence[str] = ()) -> Launcher
     module_name, _, class_name = LAUNCHERS[str(cfg.launcher.name)].partition(":")
     launcher_class = getattr(importlib.import_module(module_name), class_name)
     return launcher_class(cfg, devices)
+
+
+def choose_launcher(
+    cfg: PipelineConfig, gids: Sequence[int] | None, cpu: bool, stages: Sequence[int]
+) -> Launcher:
+    """The run's launcher (``launcher=...``), its settings checked before anything is written:
+    ``local`` on this machine's devices (``--gids``, ``--cpu``; neither: GPU 0, or the CPU),
+    another one on devices of its own; ``stages``: the stages it will run.
+
+    Raises:
+        ValueError: ``--gids``/``--cpu`` with another launcher than ``local``, or a setting the
+            launcher cannot use (e.g. a path a cluster's nodes could not reach: relative).
+    """
+    from referdino_plus.config import LauncherKind
+    from referdino_plus.runtime import gpu_count, select_devices
+
+    if cfg.launcher.name == LauncherKind.local:
+        devices = select_devices(gids, cpu, available=0 if cpu else gpu_count())
+    elif gids or cpu:
+        raise ValueError(
+            f"--gids and --cpu choose this machine's devices; with launcher={cfg.launcher.name}, "
+            "launcher.slurm.gpus_per_task sets each task's"
+        )
+    else:
+        devices = []
+    launcher = build_launcher(cfg, devices)
+    launcher.check_settings(stages)
+    return launcher
