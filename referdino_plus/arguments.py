@@ -13,7 +13,14 @@ positional word that is not ``key=value`` is the command's to refuse (demo, app)
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from referdino_plus.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
 
 OVERRIDES_HELP = "overrides of configs/pipeline.yaml"
 
@@ -89,3 +96,16 @@ def _spelled_flag(word: str, options: set[str]) -> str | None:
         return None
     matches = [option for option in options if option.startswith(word)]
     return matches[0] if len(matches) == 1 else None
+
+
+def command_config(overrides: Sequence[str]) -> PipelineConfig | None:
+    """The configuration a command's ``key=value`` overrides compose
+    (:func:`referdino_plus.config.load_config`), or ``None`` once the reason is logged in one
+    line (the command then exits with status 2)."""
+    from referdino_plus.config import ConfigError, load_config
+
+    try:
+        return load_config(overrides)
+    except ConfigError as err:
+        logger.error("%s", err)
+        return None

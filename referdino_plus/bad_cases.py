@@ -23,7 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
+from referdino_plus.arguments import (
+    add_overrides_argument,
+    command_config,
+    parse_with_overrides,
+)
 from referdino_plus.runtime import setup_logging
 from referdino_plus.stages import LAST_STAGE, Fingerprints, get_stage
 from rvos.bad_cases import (
@@ -212,14 +216,11 @@ def main(argv: Sequence[str]) -> int:
         parser, argv, stray=lambda word: parser.error(f"unrecognized argument: {word}")
     )
     setup_logging(args.quiet)
-    from referdino_plus.config import ConfigError, load_config
     from rvos.evaluation import evaluate
     from rvos.splits import Split
 
-    try:
-        cfg = load_config(args.overrides)
-    except ConfigError as err:
-        logger.error("%s", err)
+    cfg = command_config(args.overrides)
+    if cfg is None:
         return 2
     try:
         split = Split(cfg.data.root, cfg.data.layout)

@@ -23,7 +23,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
+from referdino_plus.arguments import (
+    add_overrides_argument,
+    command_config,
+    parse_with_overrides,
+)
 from referdino_plus.runtime import (
     command_line,
     log_file_failed,
@@ -240,12 +244,8 @@ def evaluate_command(argv: Sequence[str]) -> int:
         parser, argv, stray=lambda word: parser.error(f"unrecognized argument: {word}")
     )
     setup_logging(args.quiet)
-    from referdino_plus.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.overrides)
-    except ConfigError as err:
-        logger.error("%s", err)
+    cfg = command_config(args.overrides)
+    if cfg is None:
         return 2
     benchmark = {
         "data_root": cfg.data.root,

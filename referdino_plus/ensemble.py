@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from referdino_plus.arguments import add_overrides_argument, parse_with_overrides
+from referdino_plus.arguments import (
+    add_overrides_argument,
+    command_config,
+    parse_with_overrides,
+)
 from referdino_plus.runtime import setup_logging
 
 if TYPE_CHECKING:
@@ -76,13 +80,9 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parse_with_overrides(parser, argv)
     setup_logging(args.quiet)
-    from referdino_plus.config import ConfigError, load_config
-
     overrides = expand_short_keys(args.overrides)
-    try:
-        cfg = load_config(overrides)
-    except ConfigError as err:
-        logger.error("%s", err)
+    cfg = command_config(overrides)
+    if cfg is None:
         return 2
     if cfg.ensemble.out is None:
         logger.error("out=E.zip: name the archive to write")

@@ -3,7 +3,6 @@ and the command line run in this process (the ensemble and bad-case tests)."""
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -69,20 +68,3 @@ def decoded(path: Path, labels: bool = False) -> dict[str, np.ndarray]:
         name: decode_label_png(data, name) if labels else decode_png(data, name)
         for name, data in members(path).items()
     }
-
-
-def run_in_process(*argv) -> int:
-    """``run_pipeline.py *argv`` in this process (its console goes to stderr: ``capfd``); the
-    logging it sets up is undone afterwards."""
-    from referdino_plus.cli import main
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        return main([str(a) for a in argv])
-    finally:
-        for handler in [h for h in root.handlers if h not in handlers]:
-            root.removeHandler(handler)
-            handler.close()
-        root.setLevel(level)
-        logging.captureWarnings(False)

@@ -13,7 +13,8 @@ import json
 import numpy as np
 import pytest
 from benchmark_layouts import rle
-from mask_archives import run_in_process, write_mask_archive
+from in_process import run_in_process
+from mask_archives import write_mask_archive
 
 from referdino_plus import visualize
 from referdino_plus.config import load_config

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from benchmark_layouts import ANNOTATORS, write_ref_davis17
+from in_process import run_in_process
 from mask_archives import (
     decoded,
     members,
-    run_in_process,
     write_label_archive,
     write_mask_archive,
 )

@@ -683,24 +683,12 @@ def run_here(monkeypatch):
     """``run_here(*argv)``: the command line in this process, so that a test can change what the
     run meets between its checks and its stages; its console goes to stderr (``capfd``). The
     logging it sets up is undone after each command."""
-    from referdino_plus.cli import main
+    from in_process import run_in_process
+
     from rvos.progress import QUIET_VARIABLE
 
-    root = logging.getLogger()
     monkeypatch.delenv(QUIET_VARIABLE, raising=False)
-
-    def run(*argv) -> int:
-        handlers, level = list(root.handlers), root.level
-        try:
-            return main([str(a) for a in argv])
-        finally:
-            for handler in [h for h in root.handlers if h not in handlers]:
-                root.removeHandler(handler)
-                handler.close()
-            root.setLevel(level)
-            logging.captureWarnings(False)
-
-    return run
+    return run_in_process
 
 
 def once_checked(monkeypatch, damage: Callable[[], None]) -> None:

@@ -38,6 +38,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from in_process import logging_restored
 from omegaconf import OmegaConf
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -157,20 +158,13 @@ class _Keep(logging.Handler):
 
 def run_in_process(argv: Sequence[str]) -> Outcome:
     """``run_pipeline.py *argv`` in this process (``-q``); the handlers it adds are removed."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     keep = _Keep()
-    root.addHandler(keep)
-    try:
-        status, loaded = cli.main([*argv, "-q"]), False
-    except ModelLoaded:
-        status, loaded = None, True
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(level)
+    with logging_restored() as root:
+        root.addHandler(keep)
+        try:
+            status, loaded = cli.main([*argv, "-q"]), False
+        except ModelLoaded:
+            status, loaded = None, True
     shown = [r for r in keep.records if r.levelno >= logging.WARNING]
     for record in shown:  # what the console prints: no traceback, ever
         assert record.exc_info is None, f"a traceback is printed: {record.getMessage()}"

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from held_frames import hold_frame, release_frame
 
 from referdino_plus.config import load_config
 from referdino_plus.workdir_lock import (
@@ -298,21 +299,6 @@ def copy_split(split: Path, folder: Path) -> Path:
     return folder
 
 
-def hold_video(root: Path) -> bytes:
-    """Make a frame of HELD_VIDEO a named pipe: a run opening it waits there. Returns the frame."""
-    frame = root / "JPEGImages" / HELD_VIDEO / f"{HELD_FRAME}.jpg"
-    data = frame.read_bytes()
-    frame.unlink()
-    os.mkfifo(frame)
-    return data
-
-
-def release_video(root: Path, data: bytes) -> None:
-    frame = root / "JPEGImages" / HELD_VIDEO / f"{HELD_FRAME}.jpg"
-    frame.unlink()
-    frame.write_bytes(data)
-
-
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
     """The command line in the background, its output into ``log``."""
     with open(log, "w") as stream:
@@ -409,7 +395,7 @@ def test_a_killed_run_does_not_block_the_next_which_resumes(
     run_cli, run_args, split, uninterrupted, tmp_path
 ):
     root = copy_split(split, tmp_path / "split")
-    frame = hold_video(root)
+    frame = hold_frame(root, HELD_VIDEO, HELD_FRAME)
     args = run_args(root, tmp_path)
     work = tmp_path / "work"
     killed = start_cli(args, tmp_path / "killed.log")
@@ -421,7 +407,7 @@ def test_a_killed_run_does_not_block_the_next_which_resumes(
         killed.kill()
     assert read_holder(work / LOCK_FILE).pid == killed.pid  # left behind, not released
     finished = record_times(work)
-    release_video(root, frame)
+    release_frame(root, HELD_VIDEO, HELD_FRAME, frame)
     run_cli(*args)  # run.lock_timeout=0: would be refused by a lock still held
     assert_same_archives(uninterrupted, tmp_path / "submissions")
     assert {key: record_times(work)[key] for key in finished} == finished
@@ -432,7 +418,7 @@ def test_sigterm_reports_interrupted_and_its_resume_command_completes_the_run(
     run_args, split, uninterrupted, tmp_path
 ):
     root = copy_split(split, tmp_path / "split")
-    frame = hold_video(root)
+    frame = hold_frame(root, HELD_VIDEO, HELD_FRAME)
     args = run_args(root, tmp_path)
     work = tmp_path / "work"
     log = tmp_path / "stopped.log"
@@ -461,7 +447,7 @@ def test_sigterm_reports_interrupted_and_its_resume_command_completes_the_run(
     assert read_holder(work / LOCK_FILE).released
     finished = record_times(work)
 
-    release_video(root, frame)
+    release_frame(root, HELD_VIDEO, HELD_FRAME, frame)
     resumed = subprocess.run(resume, shell=True, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stage 1 (ReferDINO): 1 video(s) to process, 1 already finished" in resumed.stderr

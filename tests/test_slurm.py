@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from held_frames import hold_frame, release_frame
 from pycocotools import mask as mask_utils
 from submitit import SlurmJob
 from submitit.core.utils import cloudpickle_dump
@@ -466,21 +467,6 @@ def start_cli(*args: str) -> subprocess.Popen:
     )
 
 
-def hold_video(root: Path) -> bytes:
-    """Make a frame of HELD_VIDEO a named pipe: a task opening it waits there. Returns the frame."""
-    frame = root / "JPEGImages" / HELD_VIDEO / f"{HELD_FRAME}.jpg"
-    data = frame.read_bytes()
-    frame.unlink()
-    os.mkfifo(frame)
-    return data
-
-
-def release_video(root: Path, data: bytes) -> None:
-    frame = root / "JPEGImages" / HELD_VIDEO / f"{HELD_FRAME}.jpg"
-    frame.unlink()
-    frame.write_bytes(data)
-
-
 def wait_until_held(log_dir: Path, timeout: float = 300) -> str:
     """The job id of the task that started HELD_VIDEO, once it has."""
     deadline = time.monotonic() + timeout
@@ -548,7 +534,7 @@ def test_a_killed_task_is_reported_and_a_rerun_completes_only_what_is_missing(
     slurm, run_cli, split, model_overrides, local_run, tmp_path
 ):
     root = Path(shutil.copytree(split, tmp_path / "split"))
-    frame = hold_video(root)
+    frame = hold_frame(root, HELD_VIDEO, HELD_FRAME)
     overrides = slurm_overrides(model_overrides, root, tmp_path, "data.validate_frames=false")
     proc = start_cli(*overrides)
     try:
@@ -576,7 +562,7 @@ def test_a_killed_task_is_reported_and_a_rerun_completes_only_what_is_missing(
     ]  # fmt: skip
 
     # The rerun, not waiting: it submits the missing videos and a job that finishes the run.
-    release_video(root, frame)
+    release_frame(root, HELD_VIDEO, HELD_FRAME, frame)
     rerun = run_cli(*overrides, "launcher.wait=false")
     assert "2 video(s) to process, 2 already finished" in rerun.stderr
     run = submitted_runs(work)[-1]
@@ -606,14 +592,14 @@ def test_a_preempted_task_is_requeued_and_resumes_after_its_finished_videos(
     slurm, split, model_overrides, local_run, tmp_path
 ):
     root = Path(shutil.copytree(split, tmp_path / "split"))
-    frame = hold_video(root)
+    frame = hold_frame(root, HELD_VIDEO, HELD_FRAME)
     overrides = slurm_overrides(model_overrides, root, tmp_path, "data.validate_frames=false")
     proc = start_cli(*overrides)
     try:
         job_id = wait_until_held(tmp_path / "work" / "slurm")
         # What a pre-empting scheduler sends: submitit checkpoints the task and requeues it.
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-        release_video(root, frame)
+        release_frame(root, HELD_VIDEO, HELD_FRAME, frame)
         _, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
@@ -642,7 +628,7 @@ def test_a_detached_run_keeps_its_work_dir_while_a_preempted_task_resumes(
     refused; the requeued task resumes after its finished videos (their records untouched), and
     the finishing job writes the archives of an uninterrupted run."""
     root = Path(shutil.copytree(split, tmp_path / "split"))
-    frame = hold_video(root)
+    frame = hold_frame(root, HELD_VIDEO, HELD_FRAME)
     overrides = slurm_overrides(model_overrides, root, tmp_path, "data.validate_frames=false")
     work, log_dir = tmp_path / "work", tmp_path / "work" / "slurm"
     try:
@@ -664,7 +650,7 @@ def test_a_detached_run_keeps_its_work_dir_while_a_preempted_task_resumes(
             "stage2.score_threshold=0.3",
         )
         refused = run_cli(*other, check=False)
-        release_video(root, frame)
+        release_frame(root, HELD_VIDEO, HELD_FRAME, frame)
         assert wait_for_job(run.finishing_job_id) == "COMPLETED"
     finally:
         cancel_jobs(tmp_path)
