@@ -40,6 +40,7 @@ from PIL import Image
 from rvos.davis import annotator_dir, encode_label_png
 from rvos.io import atomic_output, safe_component
 from rvos.masks import MaskStack, iter_frames
+from rvos.options import process_count
 from rvos.progress import progress_bar
 from rvos.registry import Registry
 from rvos.splits import Video
@@ -268,7 +269,8 @@ def write_archive(
     count = 0
     # The file first: a folder that cannot be written fails before any PNG is encoded.
     with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        results: Iterator[Entries] = Parallel(n_jobs=jobs, return_as="generator")(
+        processes = process_count(jobs, len(video_ids))
+        results: Iterator[Entries] = Parallel(n_jobs=processes, return_as="generator")(
             delayed(encode_video_entries)(load, vid, expected[vid], compress_level, writer)
             for vid in video_ids
         )

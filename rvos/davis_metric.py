@@ -41,6 +41,7 @@ from rvos.archive_limits import ArchiveLimits, default_limits
 from rvos.archive_reader import PNG_SUFFIX, Member, PredictionArchive, read_prediction_png
 from rvos.davis import VOID_LABEL, annotator_dir, decode_label_png
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores
+from rvos.options import process_count
 from rvos.progress import progress_bar
 from rvos.scores import AnnotatorScore, DavisResult, ObjectScore
 from rvos.splits import DataError, Split
@@ -272,7 +273,7 @@ def evaluate_davis17(
         unexpected = archive.unexpected()
     if unexpected.count:
         logger.warning("%s: %s", pred, unexpected.describe())
-    results = Parallel(n_jobs=jobs, return_as="generator")(
+    results = Parallel(n_jobs=process_count(jobs, len(tasks)), return_as="generator")(
         delayed(_score_sequence)(task, bound_th, limits) for task in tasks
     )
     bar = progress_bar(

@@ -44,6 +44,7 @@ from rvos.archive_reader import (
 )
 from rvos.metrics import DEFAULT_BOUND_TH, frame_scores, mean_scores
 from rvos.mevis import MASK_FILE, DataError, MevisSplit, gt_frame_mask, gt_frame_size
+from rvos.options import process_count
 from rvos.progress import progress_bar
 from rvos.scores import EvaluationResult, ExpressionScore, MevisV2Result
 from rvos.splits import Split
@@ -274,7 +275,7 @@ def evaluate_mevis(
             delayed(_score_task)(_make_task(item, archive, mask_dict), bound_th, limits)
             for item in todo
         )
-        results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
+        results = Parallel(n_jobs=process_count(jobs, len(todo)), return_as="generator")(tasks)
         bar = progress_bar(results, total=len(todo), desc="J&F", unit="exp", disable=not progress)
         computed = {
             (item.video_id, item.exp_id): score for item, score in zip(todo, bar, strict=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -110,8 +111,17 @@ def bounded(
 
 def jobs() -> Any:
     """A field counting worker processes (joblib's ``n_jobs``): ``-1`` (all cores) or ``1`` and
-    more (``0`` would fail only when the processes start)."""
+    more (``0`` would fail only when the processes start); never more are started than the
+    tasks or the cores (:func:`process_count`)."""
     return bounded(1, also=(-1,))
+
+
+def process_count(jobs: int, tasks: int) -> int:
+    """The worker processes to start for ``tasks`` CPU-bound tasks when a :func:`jobs` field
+    says ``jobs``: never more than the tasks or the cores (``-1``: the cores), at least one."""
+    cores = os.cpu_count() or 1
+    wanted = cores if jobs == -1 else jobs
+    return max(1, min(wanted, cores, tasks))
 
 
 def fraction() -> Any:

@@ -139,3 +139,16 @@ def test_quiet_silences_the_progress_bars_of_worker_processes(capfd, monkeypatch
     err = capfd.readouterr().err
     shown = ("inner progress of a" in err, "outer [cpu]" in err)
     assert shown == ((False, False) if quiet else (True, True)), err
+
+
+def test_no_more_processes_than_tasks_or_cores(monkeypatch):
+    from rvos import options
+
+    monkeypatch.setattr(options.os, "cpu_count", lambda: 8)
+    assert options.process_count(-1, 100) == 8  # all cores
+    assert options.process_count(10**6, 100) == 8  # a slip never starts a million processes
+    assert options.process_count(4, 100) == 4
+    assert options.process_count(4, 2) == 2  # no idle workers
+    assert options.process_count(-1, 0) == 1
+    monkeypatch.setattr(options.os, "cpu_count", lambda: None)  # unknown: one
+    assert options.process_count(-1, 100) == 1
