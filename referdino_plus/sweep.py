@@ -40,7 +40,7 @@ from pathlib import Path
 from referdino_plus.config import ConfigError, PipelineConfig, load_config
 from referdino_plus.stages import LAST_STAGE, STAGE_NUMBERS, STAGES, Fingerprints
 from rvos import intermediates as im
-from rvos.io import atomic_output, write_error
+from rvos.io import write_error, write_json
 from rvos.splits import DataError, Split
 
 logger = logging.getLogger(__name__)
@@ -458,8 +458,7 @@ def write_result(plan: SweepPlan, result: PointResult) -> Path:
         "archive": str(result.archive),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(saved, indent=1))
+    write_json(path, saved)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf
 
 from referdino_plus.config import CONFIG_DIR
 from referdino_plus.sweep import PointResult, SweepPlan
+from rvos import io as rvos_io
 from rvos.io import atomic_output
 
 HEADLINE = "J&F"  # the score that ranks the points
@@ -184,8 +184,7 @@ def write_json(
             "commands": {split: command for split, command in commands},
         },
     }
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=1))
+    rvos_io.write_json(path, document)
     return path
 
 

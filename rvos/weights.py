@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from urllib.parse import unquote
 from tqdm.auto import tqdm
 
 from rvos.checkpoints import CheckpointError, checkpoint_family_problem
+from rvos.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -570,14 +570,8 @@ def marker_matches(path: Path, expected: Expected) -> bool:
 def write_marker(path: Path, expected: Expected) -> None:
     """Remember that ``path`` matched ``expected`` (best effort: a read-only ``HF_HOME`` only
     means hashing again next time)."""
-    marker = verification_marker(path)
     try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=marker.parent, prefix=".tmp.", suffix=".json", delete=False
-        ) as handle:
-            json.dump(_marker_record(path, expected), handle)
-        os.replace(handle.name, marker)
+        write_json(verification_marker(path), _marker_record(path, expected))
     except OSError as err:
         logger.debug("cannot remember the check of %s: %s", path, err)
 

@@ -53,17 +53,13 @@ def offline_hugging_face_cache(tmp_path_factory) -> Iterator[Path]:
     an empty temporary folder, no token, for this process and its subprocesses. Tests of hub
     references serve them from a local stand-in (``tests/hub_stand_in.py``)."""
     import huggingface_hub.constants as constants
+    from hub_stand_in import use_hf_home
 
     home = tmp_path_factory.mktemp("hf_home")
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT"):
-            patch.delenv(name, raising=False)
-        patch.setenv("HF_HOME", str(home))
+        use_hf_home(patch, home)
+        patch.delenv("HF_ENDPOINT", raising=False)
         patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(constants, "HF_HOME", str(home))
-        patch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-        patch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-        patch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
         patch.setattr(constants, "HF_HUB_OFFLINE", True)
         yield home
 

@@ -270,3 +270,18 @@ def _handler(hub: StandInHub, *, storage: bool) -> type[BaseHTTPRequestHandler]:
             self.reply(status, headers, body)
 
     return Handler
+
+
+def use_hf_home(patch, home: Path) -> None:
+    """Point huggingface_hub at the cache folder ``home`` (``HF_HOME``), with no token, for this
+    process (it reads its settings at import: its constants are set too) and its subprocesses;
+    ``patch``: a ``pytest.MonkeyPatch``."""
+    import huggingface_hub.constants as constants
+
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
+        patch.delenv(name, raising=False)
+    patch.setenv("HF_HOME", str(home))
+    patch.setattr(constants, "HF_HOME", str(home))
+    patch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    patch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    patch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))

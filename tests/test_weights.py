@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_stand_in import StandInHub, StandInRepo
+from hub_stand_in import StandInHub, StandInRepo, use_hf_home
 
 from rvos import weights
 from rvos.weights import ChecksumError, HubReference, WeightsError, parse_reference, resolve_weights
@@ -34,15 +34,10 @@ def isolate_hub_settings(monkeypatch, home: Path, endpoint: str) -> None:
     constants are set too) and for subprocesses; no token, online."""
     import huggingface_hub.constants as constants
 
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(home))
+    use_hf_home(monkeypatch, home)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(
         constants,
